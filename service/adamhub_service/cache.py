@@ -1,0 +1,66 @@
+"""The newest state of recently used sessions, kept in this process.
+
+An entry is only a hint: every write still goes through the store's fencing
+compare-and-set, which fails when another process changed the session meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from adamhub_service.optim import AdamState
+from adamhub_service.records import SessionRecord
+
+
+@dataclass(frozen=True, slots=True)
+class CachedSession:
+    """A session's record and the state of the version it names."""
+
+    record: SessionRecord
+    state: AdamState
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its arrays take."""
+        arrays = (self.state.params, self.state.exp_avg, self.state.exp_avg_sq)
+        extra = self.state.max_exp_avg_sq
+        return sum(a.nbytes for a in arrays) + (0 if extra is None else extra.nbytes)
+
+
+class StateCache:
+    """A least-recently-used map of session id to ``CachedSession``, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[str, CachedSession] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, session_id: str) -> CachedSession | None:
+        """The cached entry, if any, marked as just used."""
+        entry = self._entries.get(session_id)
+        if entry is not None:
+            self._entries.move_to_end(session_id)
+        return entry
+
+    def put(self, entry: CachedSession) -> None:
+        """Cache ``entry``, evicting the least recently used ones past the bound."""
+        self.drop(entry.record.id)
+        if entry.nbytes > self._max_bytes:
+            return
+        self._entries[entry.record.id] = entry
+        self._bytes += entry.nbytes
+        while self._bytes > self._max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.nbytes
+
+    def drop(self, session_id: str) -> None:
+        """Forget a session."""
+        entry = self._entries.pop(session_id, None)
+        if entry is not None:
+            self._bytes -= entry.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes held now."""
+        return self._bytes

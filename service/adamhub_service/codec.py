@@ -1,0 +1,192 @@
+"""Request bodies to validated arrays, and arrays to response bodies.
+
+Binary vectors are raw little-endian bytes read with ``np.frombuffer`` (no copy); JSON
+is parsed with orjson, which refuses ``NaN``/``Infinity`` literals and numbers that
+overflow a double, as RFC 8259 asks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from adamhub_service import errors
+from adamhub_service.optim import SUPPORTED_DTYPES, FloatArray
+
+JSON = "application/json"
+BINARY = "application/octet-stream"
+PROBLEM_JSON = "application/problem+json"
+DTYPE_HEADER = "Adamhub-Dtype"
+WIRE_DTYPES: tuple[str, ...] = ("float16", "float32", "float64")
+
+
+def media_type(content_type: str | None) -> str:
+    """The bare media type of a Content-Type header (lower case, no parameters)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def body_kind(content_type: str | None) -> str:
+    """``JSON`` or ``BINARY``, or 415 for anything else."""
+    kind = media_type(content_type)
+    if kind == JSON or (kind.startswith("application/") and kind.endswith("+json")):
+        return JSON
+    if kind == BINARY:
+        return BINARY
+    shown = kind or "none"
+    raise errors.UnsupportedMediaType(
+        f"Content-Type {shown!r} is not supported; send {JSON} or {BINARY}",
+        supported=[JSON, BINARY],
+    )
+
+
+def wire_dtype(header: str | None, session_dtype: str) -> np.dtype[np.floating]:
+    """The element type of a binary body: the Adamhub-Dtype header or the session's."""
+    name = session_dtype if header is None else header.strip().lower()
+    if name not in WIRE_DTYPES:
+        raise errors.UnsupportedMediaType(
+            f"{DTYPE_HEADER} {header!r} is not supported; use one of {', '.join(WIRE_DTYPES)}",
+            supported=list(WIRE_DTYPES),
+        )
+    return np.dtype(name).newbyteorder("<")
+
+
+def wants_binary(accept: str | None) -> bool:
+    """Whether the Accept header prefers raw bytes to JSON."""
+    best_json = best_binary = -1.0
+    for part in (accept or "").split(","):
+        kind, *params = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    quality = float(param[2:])
+                except ValueError:
+                    quality = 0.0
+        if kind.lower() == BINARY:
+            best_binary = max(best_binary, quality)
+        elif kind.lower() in (JSON, "application/*", "*/*"):
+            best_json = max(best_json, quality)
+    return best_binary > 0 and best_binary > best_json
+
+
+def parse_json(body: bytes) -> Any:
+    """A JSON document, or 422 naming what is wrong with it."""
+    if not body.strip():
+        raise errors.MalformedJson("the request body is empty; a JSON document was expected")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        rest = body[exc.pos : exc.pos + 9].lstrip(b"-")
+        if "infinity" in str(exc) or rest.startswith((b"NaN", b"Infinity")):
+            raise errors.NonFiniteValue(
+                f"a number is NaN, infinite or beyond a 64-bit float ({exc}); "
+                "numbers must be finite",
+                position=exc.pos,
+            ) from exc
+        raise errors.MalformedJson(f"the body is not valid JSON: {exc}", position=exc.pos) from exc
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object body, or 422."""
+    document = parse_json(body)
+    if not isinstance(document, dict):
+        raise errors.MalformedJson(
+            f"the body must be a JSON object, not {type(document).__name__}"
+        )
+    return document
+
+
+def vector_from_json(value: Any, field: str) -> FloatArray:
+    """A JSON array of numbers as a float64 vector, or 422 naming ``field``."""
+    if not isinstance(value, list):
+        raise errors.InvalidVector(
+            f"{field!r} must be an array of numbers, not {_json_type(value)}", field=field
+        )
+    if not value:
+        raise errors.InvalidVector(f"{field!r} is empty", field=field)
+    array = np.array(value) if _all_plain_numbers(value) else None
+    if array is None or array.ndim != 1 or array.dtype.kind not in "fiu":
+        index = _first_non_number(value)
+        raise errors.InvalidVector(
+            f"{field!r} must be a flat array of numbers; element {index} is "
+            f"{_json_type(value[index])}",
+            field=field,
+            index=index,
+        )
+    return array.astype(np.float64, copy=False)
+
+
+def vector_from_bytes(body: bytes, dtype: np.dtype[np.floating]) -> FloatArray:
+    """A binary body as a vector of ``dtype`` (no copy), or 422."""
+    if not body:
+        raise errors.InvalidVector("the request body is empty; a binary vector was expected")
+    if len(body) % dtype.itemsize:
+        raise errors.InvalidVector(
+            f"the body has {len(body)} bytes, not a multiple of the {dtype.itemsize}-byte "
+            f"{dtype.name} element",
+            itemsize=dtype.itemsize,
+        )
+    return np.frombuffer(body, dtype=dtype)
+
+
+def conform(vector: FloatArray, *, size: int | None, dtype: str, field: str) -> FloatArray:
+    """``vector`` in ``dtype``, checked for length (when ``size`` is given) and finiteness."""
+    if size is not None and vector.size != size:
+        raise errors.WrongSize(
+            f"{field!r} has {vector.size} elements; the session has {size}",
+            field=field,
+            expected_size=size,
+            actual_size=int(vector.size),
+        )
+    with np.errstate(over="ignore"):
+        converted = vector.astype(dtype, copy=False)
+    finite = np.isfinite(converted)
+    if not finite.all():
+        index = int(np.argmin(finite))
+        original = vector[index]
+        what = "is not finite" if not np.isfinite(original) else f"overflows {dtype}"
+        raise errors.NonFiniteValue(
+            f"element {index} of {field!r} {what}; every element must be a finite number",
+            field=field,
+            index=index,
+        )
+    return converted
+
+
+def vector_dtype_name(dtype: str) -> str:
+    """Validate a session dtype name."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise errors.InvalidHyperparameters(
+            f"dtype must be one of {', '.join(SUPPORTED_DTYPES)}, not {dtype!r}"
+        )
+    return dtype
+
+
+def dump_json(document: Any) -> bytes:
+    """A JSON document, numpy arrays included, as bytes."""
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def vector_bytes(vector: FloatArray) -> bytes:
+    """The raw little-endian bytes of a vector."""
+    return vector.astype(vector.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _all_plain_numbers(values: list[Any]) -> bool:
+    # bool is a subclass of int: refuse it instead of reading true as 1.
+    kinds = set(map(type, values))
+    return kinds <= {float, int}
+
+
+def _first_non_number(values: list[Any]) -> int:
+    for index, item in enumerate(values):
+        if type(item) not in (float, int) or (type(item) is int and abs(item) >= 2**63):
+            return index
+    return 0
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    return "null" if value is None else names.get(type(value), "a number")

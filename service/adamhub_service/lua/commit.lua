@@ -1,0 +1,54 @@
+-- Commit a new version of a session, all or nothing.
+--
+-- KEYS[1]            the session's meta hash
+-- KEYS[2]            the idempotency record to check and write (KEYS[1] again when none)
+-- KEYS[3 .. 2+n]     the new version's chunks, written beforehand with a TTL
+-- KEYS[3+n .. #KEYS] the old version's chunks, to unlink
+-- ARGV[1]  expected rev ("" = the session must not exist yet)
+-- ARGV[2]  n, the number of new chunks
+-- ARGV[3]  the idempotency record's value ("" = none)
+-- ARGV[4]  the idempotency record's TTL in milliseconds
+-- ARGV[5 ..] field, value pairs to set on the meta hash
+--
+-- Returns {1, new rev} on commit; {2, record} when the idempotency key is already
+-- recorded; {0, current rev or false} when the rev is not the expected one;
+-- {-1} when a new session's id is taken; {-2} when a new chunk has expired.
+local meta = KEYS[1]
+local n_new = tonumber(ARGV[2])
+
+if ARGV[3] ~= '' then
+  local record = redis.call('GET', KEYS[2])
+  if record then
+    return {2, record}
+  end
+end
+
+local rev = redis.call('HGET', meta, 'rev')
+if ARGV[1] == '' then
+  if rev then
+    return {-1}
+  end
+elseif rev ~= ARGV[1] then
+  return {0, rev}
+end
+
+for i = 3, 2 + n_new do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    return {-2}
+  end
+end
+for i = 3, 2 + n_new do
+  redis.call('PERSIST', KEYS[i])
+end
+for i = 3 + n_new, #KEYS do
+  redis.call('UNLINK', KEYS[i])
+end
+
+if #ARGV > 4 then
+  redis.call('HSET', meta, unpack(ARGV, 5))
+end
+local new_rev = redis.call('HINCRBY', meta, 'rev', 1)
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+end
+return {1, new_rev}

@@ -1,0 +1,182 @@
+"""Adam and AdamW as pure functions over numpy arrays.
+
+Adam is the method of Kingma & Ba, "Adam: A Method for Stochastic Optimization"
+(ICLR 2015, arXiv:1412.6980); decoupled weight decay (AdamW) is that of Loshchilov &
+Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019, arXiv:1711.05101); AMSGrad
+is that of Reddi et al., "On the Convergence of Adam and Beyond" (ICLR 2018).
+
+The arithmetic follows the order of operations of ``torch.optim.Adam``'s single-tensor
+implementation, with every scalar rounded to the state's dtype first, so that results
+agree with torch to float rounding. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.floating]
+
+SUPPORTED_DTYPES: tuple[str, ...] = ("float32", "float64")
+
+
+class NonFiniteUpdate(ArithmeticError):
+    """The update would make a parameter or a moment non-finite."""
+
+    def __init__(self, vector: str, index: int) -> None:
+        super().__init__(f"the update makes element {index} of {vector} non-finite")
+        self.vector = vector
+        self.index = index
+
+
+@dataclass(frozen=True, slots=True)
+class AdamConfig:
+    """Hyperparameters of Adam, with the defaults of the paper and of torch."""
+
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decoupled_weight_decay: bool = False
+    amsgrad: bool = False
+    maximize: bool = False
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every way in which these values are out of range (empty when valid)."""
+        found = []
+        finite = all(np.isfinite([self.lr, self.beta1, self.beta2, self.eps, self.weight_decay]))
+        if not finite:
+            found.append("hyperparameters must be finite numbers")
+        if not self.lr >= 0:
+            found.append(f"lr must be >= 0, got {self.lr}")
+        for name, beta in (("betas[0]", self.beta1), ("betas[1]", self.beta2)):
+            if not 0.0 <= beta < 1.0:
+                found.append(f"{name} must be in [0, 1), got {beta}")
+        if not self.eps > 0:
+            found.append(f"eps must be > 0, got {self.eps}")
+        if not self.weight_decay >= 0:
+            found.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class AdamState:
+    """The optimiser state of one parameter vector after ``step`` updates.
+
+    ``max_exp_avg_sq`` is the running maximum of ``exp_avg_sq`` and exists only with
+    AMSGrad. All arrays are flat and share one dtype.
+    """
+
+    params: FloatArray
+    exp_avg: FloatArray
+    exp_avg_sq: FloatArray
+    max_exp_avg_sq: FloatArray | None
+    step: int
+
+    @property
+    def dtype(self) -> np.dtype[np.floating]:
+        """The dtype of every array of the state."""
+        return self.params.dtype
+
+    @property
+    def size(self) -> int:
+        """The number of parameters."""
+        return int(self.params.size)
+
+
+def init_state(params: FloatArray, config: AdamConfig) -> AdamState:
+    """The state before the first step: zero moments, step 0."""
+    zeros = np.zeros_like(params)
+    return AdamState(
+        params=params,
+        exp_avg=zeros,
+        exp_avg_sq=zeros.copy(),
+        max_exp_avg_sq=zeros.copy() if config.amsgrad else None,
+        step=0,
+    )
+
+
+def adam_step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamState:
+    """One Adam update: the state after applying ``grad`` to ``state``.
+
+    ``grad`` must have the state's size and dtype. The input state is not modified.
+    Raises ``NonFiniteUpdate`` when a new parameter or moment would be NaN or infinite.
+    """
+    dtype = state.dtype
+    scalar = dtype.type
+    step = state.step + 1
+
+    if config.maximize:
+        grad = -grad
+    params = state.params
+    if config.weight_decay != 0:
+        if config.decoupled_weight_decay:
+            params = params * scalar(1 - config.lr * config.weight_decay)
+        else:
+            grad = grad + params * scalar(config.weight_decay)
+
+    # torch: exp_avg.lerp_(grad, 1 - beta1), i.e. m + w * (g - m)
+    exp_avg = grad - state.exp_avg
+    exp_avg *= scalar(1 - config.beta1)
+    exp_avg += state.exp_avg
+    # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    exp_avg_sq = state.exp_avg_sq * scalar(config.beta2)
+    exp_avg_sq += scalar(1 - config.beta2) * grad * grad
+
+    bias_correction1 = 1 - config.beta1**step
+    bias_correction2 = 1 - config.beta2**step
+    step_size = config.lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2**0.5
+
+    max_exp_avg_sq = None
+    if config.amsgrad:
+        previous_max = state.max_exp_avg_sq
+        max_exp_avg_sq = (
+            exp_avg_sq.copy() if previous_max is None else np.maximum(previous_max, exp_avg_sq)
+        )
+        denom = np.sqrt(max_exp_avg_sq)
+    else:
+        denom = np.sqrt(exp_avg_sq)
+    denom /= scalar(bias_correction2_sqrt)
+    denom += scalar(config.eps)
+
+    # torch: param.addcdiv_(exp_avg, denom, value=-step_size), i.e. p + (v * m) / d
+    update = scalar(-step_size) * exp_avg
+    update /= denom
+    new_params = params + update
+
+    new_state = AdamState(
+        params=new_params,
+        exp_avg=exp_avg,
+        exp_avg_sq=exp_avg_sq,
+        max_exp_avg_sq=max_exp_avg_sq,
+        step=step,
+    )
+    _require_finite(new_state)
+    return new_state
+
+
+def _require_finite(state: AdamState) -> None:
+    # exp_avg is a convex combination of finite gradients and params, so it is
+    # checked last; exp_avg_sq can overflow on its own through g * g.
+    for name, vector in (
+        ("params", state.params),
+        ("exp_avg_sq", state.exp_avg_sq),
+        ("exp_avg", state.exp_avg),
+    ):
+        finite = np.isfinite(vector)
+        if not finite.all():
+            raise NonFiniteUpdate(name, int(np.argmin(finite)))
+
+
+def with_step(state: AdamState, step: int) -> AdamState:
+    """The same arrays with another step counter."""
+    return replace(state, step=step)

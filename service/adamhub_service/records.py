@@ -1,0 +1,82 @@
+"""What the service knows about a session apart from its vectors."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from adamhub_service.optim import AdamConfig
+
+SESSION_ID_PATTERN = re.compile(r"^s_[0-9a-f]{32}$")
+
+# The vectors of a session's state, by their short stored names.
+PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "p", "m", "v", "x"
+
+
+def new_session_id() -> str:
+    """A fresh id whose lexical order is its creation order (ms clock, then random)."""
+    return f"s_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+def new_write_id() -> str:
+    """A fresh id naming one written version of a session's vectors."""
+    return secrets.token_hex(8)
+
+
+def is_session_id(value: str) -> bool:
+    """Whether ``value`` has the form of a session id."""
+    return SESSION_ID_PATTERN.fullmatch(value) is not None
+
+
+def utc_now() -> str:
+    """The current time as RFC 3339 UTC with a ``Z``, to the millisecond."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def state_fields(config: AdamConfig) -> tuple[str, ...]:
+    """The vectors a session with this config stores."""
+    if config.amsgrad:
+        return (PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ)
+    return (PARAMS, EXP_AVG, EXP_AVG_SQ)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A session's description and version, without its vectors.
+
+    ``rev`` counts every change of the session (steps, parameter writes, settings
+    changes) and is the fencing token of every write; ``head`` names the stored
+    version of the vectors; ``t`` is Adam's step counter.
+    """
+
+    id: str
+    size: int
+    dtype: str
+    chunk_elements: int
+    optimizer: AdamConfig
+    t: int
+    rev: int
+    head: str
+    created_at: str
+    updated_at: str
+    name: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The vectors this session stores."""
+        return state_fields(self.optimizer)
+
+    @property
+    def chunk_count(self) -> int:
+        """How many chunks each vector is stored in."""
+        return -(-self.size // self.chunk_elements)
+
+    def evolve(self, **changes: Any) -> SessionRecord:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
