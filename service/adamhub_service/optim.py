@@ -12,7 +12,7 @@ agree with torch to float rounding. This module does no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -110,6 +110,13 @@ def adam_step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamSta
     ``grad`` must have the state's size and dtype. The input state is not modified.
     Raises ``NonFiniteUpdate`` when a new parameter or moment would be NaN or infinite.
     """
+    with np.errstate(over="ignore", invalid="ignore"):
+        new_state = _step(state, grad, config)
+    _require_finite(new_state)
+    return new_state
+
+
+def _step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamState:
     dtype = state.dtype
     scalar = dtype.type
     step = state.step + 1
@@ -153,15 +160,13 @@ def adam_step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamSta
     update /= denom
     new_params = params + update
 
-    new_state = AdamState(
+    return AdamState(
         params=new_params,
         exp_avg=exp_avg,
         exp_avg_sq=exp_avg_sq,
         max_exp_avg_sq=max_exp_avg_sq,
         step=step,
     )
-    _require_finite(new_state)
-    return new_state
 
 
 def _require_finite(state: AdamState) -> None:
@@ -176,7 +181,3 @@ def _require_finite(state: AdamState) -> None:
         if not finite.all():
             raise NonFiniteUpdate(name, int(np.argmin(finite)))
 
-
-def with_step(state: AdamState, step: int) -> AdamState:
-    """The same arrays with another step counter."""
-    return replace(state, step=step)

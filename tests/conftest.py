@@ -1,0 +1,46 @@
+"""Fixtures: a private store server for the whole run, flushed before each test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import StoreServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def store_url() -> Iterator[str]:
+    """A private Redis (or ``ADAMHUB_TEST_REDIS_URL``) for this test run."""
+    given = os.environ.get("ADAMHUB_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    server = StoreServer().start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_url(store_url: str) -> Iterator[str]:
+    """The store's URL, emptied before the test."""
+    client = redis.Redis.from_url(store_url)
+    client.flushall()
+    client.close()
+    yield store_url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A synchronous client of the (empty) test store, to look at what the service wrote."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
