@@ -145,6 +145,6 @@ class ServiceProcess:
         """What the process printed so far."""
         return self.log_path.read_text(errors="replace")
 
-    def client(self, **kwargs: Any) -> httpx.Client:
+    def client(self, timeout: float = 30, **kwargs: Any) -> httpx.Client:
         """An httpx client for the service."""
-        return httpx.Client(base_url=self.base_url, timeout=30, **kwargs)
+        return httpx.Client(base_url=self.base_url, timeout=timeout, **kwargs)

@@ -81,7 +81,7 @@ def serve(settings: Settings) -> int:
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    raise SystemExit(0)  # a stop that was asked for and completed is a success
 
 
 def _export(settings: Settings) -> None:
