@@ -12,7 +12,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import StoreServer  # noqa: E402
+from support import StoreServer
 
 
 @pytest.fixture(scope="session")
@@ -30,12 +30,12 @@ def store_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(store_url: str) -> Iterator[str]:
+def redis_url(store_url: str) -> str:
     """The store's URL, emptied before the test."""
     client = redis.Redis.from_url(store_url)
     client.flushall()
     client.close()
-    yield store_url
+    return store_url
 
 
 @pytest.fixture

@@ -97,7 +97,9 @@ class ServiceProcess:
         self.port = port or free_port()
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="adamhub-service-", suffix=".log")[1])
+        self.log_path = log_path or Path(
+            tempfile.mkstemp(prefix="adamhub-service-", suffix=".log")[1]
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

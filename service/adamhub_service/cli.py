@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
-    flags = {key: value for key, value in vars(args).items() if key != "command" and value is not None}
+    flags = {
+        key: value for key, value in vars(args).items() if key != "command" and value is not None
+    }
     settings = Settings(**flags)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(message)s")
     try:
@@ -66,7 +68,9 @@ def serve(settings: Settings) -> int:
         if not settings.redis_url:
             embedded = stack.enter_context(EmbeddedValkey(settings.data_dir))
             settings = settings.model_copy(update={"redis_url": embedded.url})
-            logger.info("embedded Valkey (pid %s) keeps its data in %s", embedded.pid, embedded.data_dir)
+            logger.info(
+                "embedded Valkey (pid %s) keeps its data in %s", embedded.pid, embedded.data_dir
+            )
         _export(settings)  # worker processes build their settings from the environment
         uvicorn.run(
             "adamhub_service.app:create_app_from_env",

@@ -92,9 +92,7 @@ def json_object(body: bytes) -> dict[str, Any]:
     """A JSON object body, or 422."""
     document = parse_json(body)
     if not isinstance(document, dict):
-        raise errors.MalformedJson(
-            f"the body must be a JSON object, not {type(document).__name__}"
-        )
+        raise errors.MalformedJson(f"the body must be a JSON object, not {type(document).__name__}")
     return document
 
 

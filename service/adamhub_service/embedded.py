@@ -160,8 +160,7 @@ class EmbeddedValkey:
                 return  # a stale pidfile: its server is gone
             if time.monotonic() > deadline:
                 raise EmbeddedStoreError(
-                    f"the Valkey server of a previous run (pid {pid}) still holds "
-                    f"{self.data_dir}"
+                    f"the Valkey server of a previous run (pid {pid}) still holds {self.data_dir}"
                 )
             time.sleep(0.05)
 

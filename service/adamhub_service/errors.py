@@ -22,9 +22,7 @@ class AdamhubError(Exception):
     slug: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal error"
 
-    def __init__(
-        self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
-    ) -> None:
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra

@@ -180,4 +180,3 @@ def _require_finite(state: AdamState) -> None:
         finite = np.isfinite(vector)
         if not finite.all():
             raise NonFiniteUpdate(name, int(np.argmin(finite)))
-

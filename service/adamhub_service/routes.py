@@ -63,7 +63,9 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 
 
 def _body_doc(model: type[BaseModel], *, binary: bool, required: bool = True) -> dict[str, Any]:
-    content: dict[str, Any] = {JSON: {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}
+    content: dict[str, Any] = {
+        JSON: {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}
+    }
     if binary:
         content[BINARY] = {
             "schema": {"type": "string", "format": "binary"},
@@ -123,7 +125,11 @@ def _check_metadata(metadata: dict[str, Any] | None) -> None:
 
 
 async def _vector_body(
-    request: Request, services: Services, record: SessionRecord, field: str, dtype_header: str | None
+    request: Request,
+    services: Services,
+    record: SessionRecord,
+    field: str,
+    dtype_header: str | None,
 ) -> FloatArray:
     kind = codec.body_kind(request.headers.get("content-type"))
     body = await read_body(request, services.settings.max_body_bytes)
@@ -173,7 +179,10 @@ async def create_session(request: Request, services: ServicesDep) -> Response:
         if spec.init is not None:
             raise errors.InvalidHyperparameters("'init' goes with 'size', not with 'params'")
         params = codec.conform(
-            codec.vector_from_json(params_value, "params"), size=None, dtype=spec.dtype, field="params"
+            codec.vector_from_json(params_value, "params"),
+            size=None,
+            dtype=spec.dtype,
+            field="params",
         )
     else:
         assert spec.size is not None
@@ -213,7 +222,10 @@ async def list_sessions(
 
 
 @router.get(
-    "/sessions/{session_id}", response_model=SessionOut, responses=_PROBLEMS, summary="Get a session"
+    "/sessions/{session_id}",
+    response_model=SessionOut,
+    responses=_PROBLEMS,
+    summary="Get a session",
 )
 async def get_session(session_id: SessionId, services: ServicesDep) -> Response:
     """One session's settings and step counter."""
@@ -254,7 +266,10 @@ async def delete_session(session_id: SessionId, services: ServicesDep) -> Respon
 
 @router.get(
     "/sessions/{session_id}/params",
-    responses={**_binary_response_doc(ParamsOut, "The parameters."), 304: {"description": "Unchanged"}},
+    responses={
+        **_binary_response_doc(ParamsOut, "The parameters."),
+        304: {"description": "Unchanged"},
+    },
     summary="Read the parameters",
 )
 async def get_params(

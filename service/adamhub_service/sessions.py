@@ -280,4 +280,3 @@ def _config(values: Mapping[str, Any]) -> AdamConfig:
         return AdamConfig(**values)
     except ValueError as exc:
         raise errors.InvalidHyperparameters(str(exc)) from exc
-

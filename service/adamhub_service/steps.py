@@ -12,6 +12,8 @@ import asyncio
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
+
 from adamhub_service import errors, optim
 from adamhub_service.locks import KeyedLocks
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray
@@ -35,7 +37,8 @@ class StepResult:
 
 def gradient_digest(gradient: FloatArray) -> str:
     """A fingerprint of a gradient's values in the session dtype."""
-    return hashlib.blake2b(memoryview(gradient).cast("B"), digest_size=16).hexdigest()
+    data = np.ascontiguousarray(gradient).data.cast("B")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 class StepService:

@@ -14,6 +14,7 @@ A new version is written under a fresh write id with a TTL and made current by t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -79,14 +80,14 @@ def _record_to_hash(record: SessionRecord) -> dict[str, bytes | str | int]:
     }
 
 
-def _record_from_hash(raw: Mapping[bytes, bytes]) -> SessionRecord:
-    doc: dict[str, Any] = {key.decode(): value for key, value in raw.items()}
+def _record_from_hash(raw: Mapping[Any, Any]) -> SessionRecord:
+    doc: dict[str, Any] = {_text(key): value for key, value in raw.items()}
     for name in _RECORD_INT_FIELDS:
         doc[name] = int(doc[name])
     for name in _RECORD_JSON_FIELDS:
         doc[name] = orjson.loads(doc[name])
     for name in ("id", "dtype", "head", "created_at", "updated_at"):
-        doc[name] = doc[name].decode()
+        doc[name] = _text(doc[name])
     doc["optimizer"] = AdamConfig(**doc["optimizer"])
     return SessionRecord(**doc)
 
@@ -176,7 +177,7 @@ class RedisStore:
         async with _unavailable_on_error(), self._redis.pipeline(transaction=False) as pipe:
             key_iter = iter(keys)
             for vector in vectors.values():
-                data = memoryview(np.ascontiguousarray(vector, dtype=dtype)).cast("B")
+                data = np.ascontiguousarray(vector, dtype=dtype).data.cast("B")
                 itemsize = dtype.itemsize
                 for start in range(0, record.size, step):
                     pipe.set(
@@ -191,10 +192,8 @@ class RedisStore:
         """Unlink chunks that will never be committed (best effort)."""
         if not keys:
             return
-        try:
+        with contextlib.suppress(RedisError):  # if not, they expire on their own
             await self._redis.unlink(*keys)
-        except RedisError:
-            pass  # they expire on their own
 
     async def commit(
         self,
@@ -265,7 +264,7 @@ class RedisStore:
         start = b"-" if after is None else b"(" + after.encode()
         async with _unavailable_on_error():
             ids = await self._redis.zrangebylex(INDEX_KEY, start, b"+", start=0, num=limit)
-        return [raw.decode() for raw in ids]
+        return [_text(raw) for raw in ids]
 
     async def read_records(self, session_ids: Sequence[str]) -> list[SessionRecord | None]:
         """The records of several sessions (None for those that are gone)."""
@@ -279,7 +278,11 @@ class RedisStore:
         """The idempotency record of ``key``, if any."""
         async with _unavailable_on_error():
             raw = await self._redis.get(idempotency_key(session_id, key))
-        return None if raw is None else raw.decode()
+        return None if raw is None else _text(raw)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @asynccontextmanager

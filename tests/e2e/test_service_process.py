@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
 from adamhub_service.optim import AdamConfig, adam_step, init_state
 from support import ServiceProcess, StoreServer, free_port
 
@@ -31,7 +30,9 @@ def gradient(worker: int, index: int) -> np.ndarray:
 
 
 def create_session(base_url: str) -> str:
-    response = httpx.post(f"{base_url}/v1/sessions", json={"size": SIZE, "optimizer": {"lr": 0.01}}, timeout=30)
+    response = httpx.post(
+        f"{base_url}/v1/sessions", json={"size": SIZE, "optimizer": {"lr": 0.01}}, timeout=30
+    )
     assert response.status_code == 201
     session_id: str = response.json()["id"]
     return session_id
@@ -45,7 +46,9 @@ def post_step(client: httpx.Client, session_id: str, grad: np.ndarray, key: str)
     )
 
 
-def step_until_acknowledged(client: httpx.Client, session_id: str, grad: np.ndarray, key: str) -> httpx.Response:
+def step_until_acknowledged(
+    client: httpx.Client, session_id: str, grad: np.ndarray, key: str
+) -> httpx.Response:
     """Send a step, retrying (same key) on 409/503 as a well-behaved client does."""
     for _ in range(50):
         response = post_step(client, session_id, grad, key)
@@ -54,7 +57,9 @@ def step_until_acknowledged(client: httpx.Client, session_id: str, grad: np.ndar
     raise AssertionError(f"step {key} was never acknowledged: {response.text}")
 
 
-def run_workers(base_urls: list[str], session_id: str, workers: int, steps: int) -> dict[int, tuple[int, int]]:
+def run_workers(
+    base_urls: list[str], session_id: str, workers: int, steps: int
+) -> dict[int, tuple[int, int]]:
     """``workers`` threads × ``steps`` steps, spread over the services; applied_t -> request."""
     applied: dict[int, tuple[int, int]] = {}
     lock = threading.Lock()
@@ -62,7 +67,9 @@ def run_workers(base_urls: list[str], session_id: str, workers: int, steps: int)
     def work(worker: int) -> None:
         with httpx.Client(base_url=base_urls[worker % len(base_urls)], timeout=60) as client:
             for index in range(steps):
-                response = step_until_acknowledged(client, session_id, gradient(worker, index), f"w{worker}-{index}")
+                response = step_until_acknowledged(
+                    client, session_id, gradient(worker, index), f"w{worker}-{index}"
+                )
                 assert response.status_code == 200, response.text
                 applied_t = int(response.headers["adamhub-applied-step"])
                 with lock:
@@ -84,12 +91,16 @@ def replay(order: list[tuple[int, int]], config: AdamConfig) -> np.ndarray:
 
 
 def current_params(base_url: str, session_id: str) -> tuple[int, np.ndarray]:
-    response = httpx.get(f"{base_url}/v1/sessions/{session_id}/params", headers={"Accept": BINARY}, timeout=30)
+    response = httpx.get(
+        f"{base_url}/v1/sessions/{session_id}/params", headers={"Accept": BINARY}, timeout=30
+    )
     assert response.status_code == 200
     return int(response.headers["adamhub-step"]), np.frombuffer(response.content, np.float32)
 
 
-def check_serialised(base_url: str, session_id: str, applied: dict[int, tuple[int, int]], total: int) -> None:
+def check_serialised(
+    base_url: str, session_id: str, applied: dict[int, tuple[int, int]], total: int
+) -> None:
     assert sorted(applied) == list(range(1, total + 1))
     t, params = current_params(base_url, session_id)
     assert t == total
@@ -103,7 +114,9 @@ def test_eight_clients_on_one_session(service: ServiceProcess) -> None:
     check_serialised(service.base_url, session_id, applied, 400)
 
 
-def test_two_service_processes_on_one_redis(service: ServiceProcess, redis_url: str, tmp_path: Path) -> None:
+def test_two_service_processes_on_one_redis(
+    service: ServiceProcess, redis_url: str, tmp_path: Path
+) -> None:
     second = ServiceProcess("--redis-url", redis_url, log_path=tmp_path / "second.log").start()
     try:
         session_id = create_session(service.base_url)
@@ -131,7 +144,9 @@ def test_kill_9_while_stepping_loses_no_acknowledged_step(tmp_path: Path) -> Non
     port = free_port()
 
     def start() -> ServiceProcess:
-        return ServiceProcess("--data-dir", str(data_dir), port=port, log_path=tmp_path / "service.log").start()
+        return ServiceProcess(
+            "--data-dir", str(data_dir), port=port, log_path=tmp_path / "service.log"
+        ).start()
 
     service = start()
     session_id = create_session(service.base_url)
@@ -145,7 +160,9 @@ def test_kill_9_while_stepping_loses_no_acknowledged_step(tmp_path: Path) -> Non
             index = 0
             while not stop.is_set():
                 try:
-                    response = post_step(client, session_id, gradient(worker, index), f"w{worker}-{index}")
+                    response = post_step(
+                        client, session_id, gradient(worker, index), f"w{worker}-{index}"
+                    )
                 except httpx.HTTPError:
                     with lock:
                         in_doubt.append((worker, index))
@@ -174,7 +191,9 @@ def test_kill_9_while_stepping_loses_no_acknowledged_step(tmp_path: Path) -> Non
         # were applied (a replay) or applies them now, exactly once either way.
         with service.client() as client:
             for worker, index in in_doubt:
-                response = post_step(client, session_id, gradient(worker, index), f"w{worker}-{index}")
+                response = post_step(
+                    client, session_id, gradient(worker, index), f"w{worker}-{index}"
+                )
                 assert response.status_code == 200
                 acknowledged[(worker, index)] = int(response.headers["adamhub-applied-step"])
         order = {t: request for request, t in acknowledged.items()}
@@ -234,13 +253,15 @@ def test_store_outage_is_503_then_recovers(tmp_path: Path) -> None:
             for call in _calls(session_id):
                 response = call(client)
                 assert response.status_code == 503, response.text
-                assert response.headers["retry-after"] and "Traceback" not in response.text
+                assert response.headers["retry-after"]
+                assert "Traceback" not in response.text
                 assert response.json()["type"].endswith("/store-unavailable")
         store.start()
         with service.client(timeout=20) as client:
             assert client.get("/readyz").status_code == 200
             response = post_step(client, session_id, gradient(0, 0), "after-outage")
-            assert response.status_code == 200 and response.headers["adamhub-applied-step"] == "1"
+            assert response.status_code == 200
+            assert response.headers["adamhub-applied-step"] == "1"
     finally:
         service.stop()
         store.cleanup()

@@ -37,7 +37,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
 DTYPES = ("float32", "float64")
 
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
-    f"{name}-{dtype}": (dtype, options) for name in OPTIONS for dtype in DTYPES for options in [OPTIONS[name]]
+    f"{name}-{dtype}": (dtype, options)
+    for name in OPTIONS
+    for dtype in DTYPES
+    for options in [OPTIONS[name]]
 }
 
 

@@ -8,11 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from fastapi.testclient import TestClient
-
 from adamhub_service.app import create_app
 from adamhub_service.optim import AdamConfig, adam_step, init_state
 from adamhub_service.settings import Settings
+from fastapi.testclient import TestClient
 
 BINARY = "application/octet-stream"
 ERRORS = "https://adamhub.dev/errors/"
@@ -21,7 +20,9 @@ ERRORS = "https://adamhub.dev/errors/"
 @pytest.fixture
 def client(redis_url: str) -> Iterator[TestClient]:
     # Small chunks, so that every vector here spans several of them.
-    settings = Settings(redis_url=redis_url, chunk_elements=4, max_size=10_000, max_body_bytes=200_000)
+    settings = Settings(
+        redis_url=redis_url, chunk_elements=4, max_size=10_000, max_body_bytes=200_000
+    )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 
@@ -50,12 +51,17 @@ def snapshot(client: TestClient, redis_client: redis.Redis, session_id: str) -> 
 
 
 def test_create_with_params_fills_defaults(client: TestClient) -> None:
-    response = client.post("/v1/sessions", json={"params": [0.5, -1.0, 2.0], "name": "run-7", "metadata": {"a": [1]}})
+    response = client.post(
+        "/v1/sessions", json={"params": [0.5, -1.0, 2.0], "name": "run-7", "metadata": {"a": [1]}}
+    )
     assert response.status_code == 201
     body = response.json()
     assert response.headers["location"] == f"/v1/sessions/{body['id']}"
-    assert body["size"] == 3 and body["dtype"] == "float32" and body["t"] == 0
-    assert body["name"] == "run-7" and body["metadata"] == {"a": [1]}
+    assert body["size"] == 3
+    assert body["dtype"] == "float32"
+    assert body["t"] == 0
+    assert body["name"] == "run-7"
+    assert body["metadata"] == {"a": [1]}
     assert body["optimizer"] == {
         "lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
         "decoupled_weight_decay": False, "amsgrad": False, "maximize": False,
@@ -93,11 +99,16 @@ def test_patch_changes_settings_for_the_steps_that_follow(client: TestClient) ->
     session = create(client, params=[1.0, 2.0], optimizer={"lr": 0.1})
     sid = session["id"]
     client.post(f"/v1/sessions/{sid}/step", json={"gradient": [1.0, 1.0]})
-    response = client.patch(f"/v1/sessions/{sid}", json={"optimizer": {"lr": 0.5}, "name": "x", "metadata": {"k": 1}})
+    response = client.patch(
+        f"/v1/sessions/{sid}", json={"optimizer": {"lr": 0.5}, "name": "x", "metadata": {"k": 1}}
+    )
     assert response.status_code == 200
     body = response.json()
-    assert body["optimizer"]["lr"] == 0.5 and body["optimizer"]["betas"] == [0.9, 0.999]
-    assert body["name"] == "x" and body["metadata"] == {"k": 1} and body["t"] == 1
+    assert body["optimizer"]["lr"] == 0.5
+    assert body["optimizer"]["betas"] == [0.9, 0.999]
+    assert body["name"] == "x"
+    assert body["metadata"] == {"k": 1}
+    assert body["t"] == 1
 
     expected = init_state(np.array([1.0, 2.0], np.float32), AdamConfig(lr=0.1))
     expected = adam_step(expected, np.ones(2, np.float32), AdamConfig(lr=0.1))
@@ -153,7 +164,11 @@ def test_steps_follow_the_optimiser_bit_for_bit(client: TestClient, dtype: str) 
                 headers={"Content-Type": BINARY, "Accept": BINARY},
             )
             assert response.headers["content-type"] == BINARY
-            assert response.headers["adamhub-step"] == response.headers["adamhub-applied-step"] == str(t)
+            assert (
+                response.headers["adamhub-step"]
+                == response.headers["adamhub-applied-step"]
+                == str(t)
+            )
             params = np.frombuffer(response.content, dtype=dtype)
         assert np.array_equal(params, state.params)
 
@@ -169,7 +184,9 @@ def test_binary_gradient_in_another_dtype_is_converted(client: TestClient, wire:
     )
     assert response.status_code == 200
     config = AdamConfig(lr=0.1)
-    expected = adam_step(init_state(np.array([1.0, 2.0, 3.0], np.float32), config), grad.astype(np.float32), config)
+    expected = adam_step(
+        init_state(np.array([1.0, 2.0, 3.0], np.float32), config), grad.astype(np.float32), config
+    )
     assert np.array_equal(np.array(response.json()["params"], np.float32), expected.params)
 
 
@@ -181,8 +198,11 @@ def test_return_none_answers_only_the_step(client: TestClient) -> None:
 
 def test_idempotency_key_applies_once(client: TestClient) -> None:
     sid = create(client, size=3, optimizer={"lr": 0.1})["id"]
-    first = client.post(f"/v1/sessions/{sid}/step", json={"gradient": [1, 2, 3]}, headers={"Idempotency-Key": "k-1"})
-    assert first.status_code == 200 and "idempotent-replayed" not in first.headers
+    first = client.post(
+        f"/v1/sessions/{sid}/step", json={"gradient": [1, 2, 3]}, headers={"Idempotency-Key": "k-1"}
+    )
+    assert first.status_code == 200
+    assert "idempotent-replayed" not in first.headers
     client.post(f"/v1/sessions/{sid}/step", json={"gradient": [1, 1, 1]})
     # The same key and gradient, sent as binary this time: a replay of step 1.
     replay = client.post(
@@ -192,10 +212,13 @@ def test_idempotency_key_applies_once(client: TestClient) -> None:
     )
     assert replay.status_code == 200
     assert replay.headers["idempotent-replayed"] == "true"
-    assert replay.json()["applied_t"] == 1 and replay.json()["t"] == 2
+    assert replay.json()["applied_t"] == 1
+    assert replay.json()["t"] == 2
     assert client.get(f"/v1/sessions/{sid}").json()["t"] == 2
 
-    reused = client.post(f"/v1/sessions/{sid}/step", json={"gradient": [9, 9, 9]}, headers={"Idempotency-Key": "k-1"})
+    reused = client.post(
+        f"/v1/sessions/{sid}/step", json={"gradient": [9, 9, 9]}, headers={"Idempotency-Key": "k-1"}
+    )
     assert reused.status_code == 422
     assert reused.json()["type"] == ERRORS + "idempotency-key-reused"
     assert client.get(f"/v1/sessions/{sid}").json()["t"] == 2
@@ -205,12 +228,18 @@ def test_etag_and_not_modified(client: TestClient) -> None:
     sid = create(client, size=3)["id"]
     first = client.get(f"/v1/sessions/{sid}/params")
     etag = first.headers["etag"]
-    assert first.headers["adamhub-step"] == "0" and first.json() == {"t": 0, "params": [0.0, 0.0, 0.0]}
+    assert first.headers["adamhub-step"] == "0"
+    assert first.json() == {
+        "t": 0,
+        "params": [0.0, 0.0, 0.0],
+    }
     again = client.get(f"/v1/sessions/{sid}/params", headers={"If-None-Match": etag})
-    assert again.status_code == 304 and again.content == b""
+    assert again.status_code == 304
+    assert again.content == b""
     client.post(f"/v1/sessions/{sid}/step", json={"gradient": [1, 2, 3]})
     changed = client.get(f"/v1/sessions/{sid}/params", headers={"If-None-Match": etag})
-    assert changed.status_code == 200 and changed.headers["etag"] != etag
+    assert changed.status_code == 200
+    assert changed.headers["etag"] != etag
     assert changed.headers["adamhub-step"] == "1"
 
 
@@ -219,12 +248,22 @@ def test_put_params_starts_over(client: TestClient) -> None:
     sid = create(client, params=[1.0, 2.0], optimizer={"lr": 0.1})["id"]
     for _ in range(3):
         client.post(f"/v1/sessions/{sid}/step", json={"gradient": [1.0, -1.0]})
-    response = client.put(f"/v1/sessions/{sid}/params", content=np.array([5.0, 6.0], np.float32).tobytes(), headers={"Content-Type": BINARY})
-    assert response.status_code == 200 and response.json()["t"] == 0
+    response = client.put(
+        f"/v1/sessions/{sid}/params",
+        content=np.array([5.0, 6.0], np.float32).tobytes(),
+        headers={"Content-Type": BINARY},
+    )
+    assert response.status_code == 200
+    assert response.json()["t"] == 0
     assert params_of(client, sid).tolist() == [5.0, 6.0]
     after = client.post(f"/v1/sessions/{sid}/step", json={"gradient": [1.0, -1.0]}).json()
-    expected = adam_step(init_state(np.array([5.0, 6.0], np.float32), config), np.array([1.0, -1.0], np.float32), config)
-    assert after["t"] == 1 and np.array_equal(np.array(after["params"], np.float32), expected.params)
+    expected = adam_step(
+        init_state(np.array([5.0, 6.0], np.float32), config),
+        np.array([1.0, -1.0], np.float32),
+        config,
+    )
+    assert after["t"] == 1
+    assert np.array_equal(np.array(after["params"], np.float32), expected.params)
     assert client.put(f"/v1/sessions/{sid}/params", json={"params": [7.0, 8.0]}).status_code == 200
     assert params_of(client, sid).tolist() == [7.0, 8.0]
 
@@ -232,37 +271,154 @@ def test_put_params_starts_over(client: TestClient) -> None:
 # -- bad input: the status, the problem type, and nothing changed --------------------------
 
 BAD_STEPS: list[tuple[str, dict[str, str], bytes, int, str]] = [
-    ("NaN literal", {"Content-Type": "application/json"}, b'{"gradient": [1, NaN, 3]}', 422, "non-finite-value"),
-    ("Infinity literal", {"Content-Type": "application/json"}, b'{"gradient": [1, 2, -Infinity]}', 422, "non-finite-value"),
-    ("1e400", {"Content-Type": "application/json"}, b'{"gradient": [1, 1e400, 3]}', 422, "non-finite-value"),
-    ("over float32", {"Content-Type": "application/json"}, b'{"gradient": [1, 2, 1e39]}', 422, "non-finite-value"),
-    ("wrong length", {"Content-Type": "application/json"}, b'{"gradient": [1, 2]}', 422, "wrong-size"),
-    ("nested", {"Content-Type": "application/json"}, b'{"gradient": [[1], [2], [3]]}', 422, "invalid-vector"),
-    ("strings", {"Content-Type": "application/json"}, b'{"gradient": ["1", "2", "3"]}', 422, "invalid-vector"),
-    ("booleans", {"Content-Type": "application/json"}, b'{"gradient": [1, true, 3]}', 422, "invalid-vector"),
-    ("nulls", {"Content-Type": "application/json"}, b'{"gradient": [1, null, 3]}', 422, "invalid-vector"),
-    ("not an array", {"Content-Type": "application/json"}, b'{"gradient": 3}', 422, "invalid-vector"),
-    ("no gradient", {"Content-Type": "application/json"}, b'{"grad": [1, 2, 3]}', 422, "invalid-vector"),
+    (
+        "NaN literal",
+        {"Content-Type": "application/json"},
+        b'{"gradient": [1, NaN, 3]}',
+        422,
+        "non-finite-value",
+    ),
+    (
+        "Infinity literal",
+        {"Content-Type": "application/json"},
+        b'{"gradient": [1, 2, -Infinity]}',
+        422,
+        "non-finite-value",
+    ),
+    (
+        "1e400",
+        {"Content-Type": "application/json"},
+        b'{"gradient": [1, 1e400, 3]}',
+        422,
+        "non-finite-value",
+    ),
+    (
+        "over float32",
+        {"Content-Type": "application/json"},
+        b'{"gradient": [1, 2, 1e39]}',
+        422,
+        "non-finite-value",
+    ),
+    (
+        "wrong length",
+        {"Content-Type": "application/json"},
+        b'{"gradient": [1, 2]}',
+        422,
+        "wrong-size",
+    ),
+    (
+        "nested",
+        {"Content-Type": "application/json"},
+        b'{"gradient": [[1], [2], [3]]}',
+        422,
+        "invalid-vector",
+    ),
+    (
+        "strings",
+        {"Content-Type": "application/json"},
+        b'{"gradient": ["1", "2", "3"]}',
+        422,
+        "invalid-vector",
+    ),
+    (
+        "booleans",
+        {"Content-Type": "application/json"},
+        b'{"gradient": [1, true, 3]}',
+        422,
+        "invalid-vector",
+    ),
+    (
+        "nulls",
+        {"Content-Type": "application/json"},
+        b'{"gradient": [1, null, 3]}',
+        422,
+        "invalid-vector",
+    ),
+    (
+        "not an array",
+        {"Content-Type": "application/json"},
+        b'{"gradient": 3}',
+        422,
+        "invalid-vector",
+    ),
+    (
+        "no gradient",
+        {"Content-Type": "application/json"},
+        b'{"grad": [1, 2, 3]}',
+        422,
+        "invalid-vector",
+    ),
     ("not an object", {"Content-Type": "application/json"}, b"[1, 2, 3]", 422, "malformed-json"),
-    ("malformed", {"Content-Type": "application/json"}, b'{"gradient": [1, 2,', 422, "malformed-json"),
+    (
+        "malformed",
+        {"Content-Type": "application/json"},
+        b'{"gradient": [1, 2,',
+        422,
+        "malformed-json",
+    ),
     ("empty JSON", {"Content-Type": "application/json"}, b"", 422, "malformed-json"),
     ("empty binary", {"Content-Type": BINARY}, b"", 422, "invalid-vector"),
     ("ragged bytes", {"Content-Type": BINARY}, b"\x00" * 11, 422, "invalid-vector"),
-    ("binary wrong length", {"Content-Type": BINARY}, np.ones(4, np.float32).tobytes(), 422, "wrong-size"),
-    ("binary NaN", {"Content-Type": BINARY}, np.array([1, np.nan, 1], np.float32).tobytes(), 422, "non-finite-value"),
-    ("binary inf", {"Content-Type": BINARY}, np.array([1, 1, np.inf], np.float32).tobytes(), 422, "non-finite-value"),
-    ("float64 over float32", {"Content-Type": BINARY, "Adamhub-Dtype": "float64"}, np.array([1, 1e300, 1]).tobytes(), 422, "non-finite-value"),
-    ("unknown dtype", {"Content-Type": BINARY, "Adamhub-Dtype": "int8"}, b"\x01\x02\x03", 415, "unsupported-media-type"),
+    (
+        "binary wrong length",
+        {"Content-Type": BINARY},
+        np.ones(4, np.float32).tobytes(),
+        422,
+        "wrong-size",
+    ),
+    (
+        "binary NaN",
+        {"Content-Type": BINARY},
+        np.array([1, np.nan, 1], np.float32).tobytes(),
+        422,
+        "non-finite-value",
+    ),
+    (
+        "binary inf",
+        {"Content-Type": BINARY},
+        np.array([1, 1, np.inf], np.float32).tobytes(),
+        422,
+        "non-finite-value",
+    ),
+    (
+        "float64 over float32",
+        {"Content-Type": BINARY, "Adamhub-Dtype": "float64"},
+        np.array([1, 1e300, 1]).tobytes(),
+        422,
+        "non-finite-value",
+    ),
+    (
+        "unknown dtype",
+        {"Content-Type": BINARY, "Adamhub-Dtype": "int8"},
+        b"\x01\x02\x03",
+        415,
+        "unsupported-media-type",
+    ),
     ("text body", {"Content-Type": "text/plain"}, b"1,2,3", 415, "unsupported-media-type"),
     ("no content type", {}, b"1,2,3", 415, "unsupported-media-type"),
-    ("bad idempotency key", {"Content-Type": "application/json", "Idempotency-Key": "has space"}, b'{"gradient": [1, 2, 3]}', 422, "invalid-header"),
+    (
+        "bad idempotency key",
+        {"Content-Type": "application/json", "Idempotency-Key": "has space"},
+        b'{"gradient": [1, 2, 3]}',
+        422,
+        "invalid-header",
+    ),
     ("too large", {"Content-Type": BINARY}, b"\x00" * 200_004, 413, "payload-too-large"),
 ]
 
 
-@pytest.mark.parametrize(("headers", "body", "status", "kind"), [case[1:] for case in BAD_STEPS], ids=[case[0] for case in BAD_STEPS])
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "kind"),
+    [case[1:] for case in BAD_STEPS],
+    ids=[case[0] for case in BAD_STEPS],
+)
 def test_bad_gradients_are_refused_and_change_nothing(
-    client: TestClient, redis_client: redis.Redis, headers: dict[str, str], body: bytes, status: int, kind: str
+    client: TestClient,
+    redis_client: redis.Redis,
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+    kind: str,
 ) -> None:
     sid = create(client, params=[1.0, 2.0, 3.0])["id"]
     client.post(f"/v1/sessions/{sid}/step", json={"gradient": [1, 1, 1]})
@@ -271,25 +427,33 @@ def test_bad_gradients_are_refused_and_change_nothing(
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
-    assert problem["type"] == ERRORS + kind and problem["status"] == status and problem["detail"]
+    assert problem["type"] == ERRORS + kind
+    assert problem["status"] == status
+    assert problem["detail"]
     assert snapshot(client, redis_client, sid) == before
 
 
 def test_problem_names_the_first_bad_element_and_the_expected_size(client: TestClient) -> None:
     sid = create(client, size=5)["id"]
     bad = np.array([1, 2, 3, np.nan, np.inf], np.float32).tobytes()
-    problem = client.post(f"/v1/sessions/{sid}/step", content=bad, headers={"Content-Type": BINARY}).json()
+    problem = client.post(
+        f"/v1/sessions/{sid}/step", content=bad, headers={"Content-Type": BINARY}
+    ).json()
     assert problem["index"] == 3
     problem = client.post(f"/v1/sessions/{sid}/step", json={"gradient": [1, 2]}).json()
-    assert problem["expected_size"] == 5 and problem["actual_size"] == 2
+    assert problem["expected_size"] == 5
+    assert problem["actual_size"] == 2
 
 
-def test_an_update_that_would_overflow_commits_nothing(client: TestClient, redis_client: redis.Redis) -> None:
+def test_an_update_that_would_overflow_commits_nothing(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
     sid = create(client, params=[1.0, 2.0])["id"]
     before = snapshot(client, redis_client, sid)
     response = client.post(f"/v1/sessions/{sid}/step", json={"gradient": [1.0, 3e38]})
     assert response.status_code == 422
-    assert response.json()["type"] == ERRORS + "non-finite-update" and response.json()["index"] == 1
+    assert response.json()["type"] == ERRORS + "non-finite-update"
+    assert response.json()["index"] == 1
     assert snapshot(client, redis_client, sid) == before
 
 
@@ -303,7 +467,11 @@ BAD_CREATES: list[tuple[str, Any, str]] = [
     ("eps = 0", {"size": 1, "optimizer": {"eps": 0}}, "validation-error"),
     ("weight_decay < 0", {"size": 1, "optimizer": {"weight_decay": -1}}, "validation-error"),
     ("lr as a string", {"size": 1, "optimizer": {"lr": "0.1"}}, "validation-error"),
-    ("unknown optimizer field", {"size": 1, "optimizer": {"learning_rate": 0.1}}, "validation-error"),
+    (
+        "unknown optimizer field",
+        {"size": 1, "optimizer": {"learning_rate": 0.1}},
+        "validation-error",
+    ),
     ("size 0", {"size": 0}, "validation-error"),
     ("size over the maximum", {"size": 10_001}, "validation-error"),
     ("size as a float", {"size": 1.5}, "validation-error"),
@@ -318,7 +486,9 @@ BAD_CREATES: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("body", "kind"), [c[1:] for c in BAD_CREATES], ids=[c[0] for c in BAD_CREATES])
+@pytest.mark.parametrize(
+    ("body", "kind"), [c[1:] for c in BAD_CREATES], ids=[c[0] for c in BAD_CREATES]
+)
 def test_bad_creates_are_refused_and_create_nothing(
     client: TestClient, redis_client: redis.Redis, body: Any, kind: str
 ) -> None:
@@ -331,9 +501,15 @@ def test_bad_creates_are_refused_and_create_nothing(
 def test_bad_patch_changes_nothing(client: TestClient, redis_client: redis.Redis) -> None:
     sid = create(client, size=2)["id"]
     before = snapshot(client, redis_client, sid)
-    for body in [{"optimizer": {"lr": -1}}, {"optimizer": {"betas": [0.9, 1.0]}}, {"size": 3}, {"optimizer": {"eps": "x"}}]:
+    for body in [
+        {"optimizer": {"lr": -1}},
+        {"optimizer": {"betas": [0.9, 1.0]}},
+        {"size": 3},
+        {"optimizer": {"eps": "x"}},
+    ]:
         response = client.patch(f"/v1/sessions/{sid}", json=body)
-        assert response.status_code == 422 and response.json()["type"] == ERRORS + "validation-error"
+        assert response.status_code == 422
+        assert response.json()["type"] == ERRORS + "validation-error"
     assert snapshot(client, redis_client, sid) == before
 
 
@@ -343,9 +519,11 @@ def test_unknown_sessions_and_routes_are_problems(client: TestClient) -> None:
         assert response.status_code == 404
         assert response.headers["content-type"] == "application/problem+json"
     response = client.put("/v1/sessions")
-    assert response.status_code == 405 and response.json()["type"] == ERRORS + "method-not-allowed"
+    assert response.status_code == 405
+    assert response.json()["type"] == ERRORS + "method-not-allowed"
     response = client.get("/v1/sessions", params={"limit": 0})
-    assert response.status_code == 422 and response.json()["type"] == ERRORS + "validation-error"
+    assert response.status_code == 422
+    assert response.json()["type"] == ERRORS + "validation-error"
 
 
 def test_openapi_describes_binary_bodies(client: TestClient) -> None:

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from adamhub_service.optim import AdamConfig, AdamState, NonFiniteUpdate, adam_step, init_state
+from golden_cases import CASES, CHECKPOINT_STEPS, GOLDEN_FILE, STEPS, case_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-from adamhub_service.optim import AdamConfig, AdamState, NonFiniteUpdate, adam_step, init_state
-from golden_cases import CASES, CHECKPOINT_STEPS, GOLDEN_FILE, STEPS, case_inputs
 
 HERE = Path(__file__).parent
 VECTORS = ("params", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -46,7 +45,9 @@ def worst_relative_deviation(ours: np.ndarray, reference: np.ndarray) -> float:
     return float(np.max(np.abs(ours - reference) / np.maximum(1.0, np.abs(reference))))
 
 
-def assert_matches(states: dict[int, AdamState], reference: dict[str, np.ndarray], case: str) -> None:
+def assert_matches(
+    states: dict[int, AdamState], reference: dict[str, np.ndarray], case: str
+) -> None:
     for step in CHECKPOINT_STEPS:
         for vector in VECTORS:
             ours = getattr(states[step], vector)
@@ -75,7 +76,9 @@ def test_matches_torch_golden(case: str, golden: dict[str, np.ndarray]) -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
-@pytest.mark.parametrize("case", ["adamw_amsgrad_maximize-float32", "l2-float64", "default-float32"])
+@pytest.mark.parametrize(
+    "case", ["adamw_amsgrad_maximize-float32", "l2-float64", "default-float32"]
+)
 def test_matches_torch_live(case: str) -> None:
     sys.path.insert(0, str(HERE.parent.parent / "tools"))
     from make_golden import run_case
@@ -102,9 +105,12 @@ def paper_step(state: AdamState, g: np.ndarray, c: AdamConfig) -> AdamState:
         g = g + c.weight_decay * theta
     m = c.beta1 * state.exp_avg + (1 - c.beta1) * g
     v = c.beta2 * state.exp_avg_sq + (1 - c.beta2) * g * g
-    v_max = np.maximum(state.max_exp_avg_sq, v) if c.amsgrad else None
+    v_max = None
+    if c.amsgrad:
+        assert state.max_exp_avg_sq is not None
+        v_max = np.maximum(state.max_exp_avg_sq, v)
     m_hat = m / (1 - c.beta1**t)
-    v_hat = (v_max if c.amsgrad else v) / (1 - c.beta2**t)
+    v_hat = (v if v_max is None else v_max) / (1 - c.beta2**t)
     theta = theta - c.lr * m_hat / (np.sqrt(v_hat) + c.eps)
     return AdamState(theta, m, v, v_max, t)
 
@@ -171,6 +177,6 @@ def test_an_overflowing_update_is_refused_with_the_index() -> None:
         ({"lr": float("nan")}, "finite"),
     ],
 )
-def test_out_of_range_hyperparameters_are_refused(changes: dict[str, float], message: str) -> None:
+def test_out_of_range_hyperparameters_are_refused(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         replace(AdamConfig(), **changes)

@@ -1,0 +1,43 @@
+# Every target creates .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+# torch is only for the live comparisons in the tests; `make test TORCH=` skips it.
+TORCH ?= torch==2.13.0
+
+.PHONY: serve test lint bench format clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.torch: $(VENV)/.installed
+	@if [ -n "$(TORCH)" ]; then \
+		$(PY) -m pip install --quiet "$(TORCH)" \
+		|| echo "note: $(TORCH) did not install; the live torch checks will be skipped"; \
+	fi
+	touch $@
+
+serve: $(VENV)/.installed
+	$(VENV)/bin/adamhub-service serve --port $(PORT)
+
+test: $(VENV)/.torch
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(VENV)/.installed
+	$(PY) bench/bench_step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
