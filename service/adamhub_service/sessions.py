@@ -255,14 +255,13 @@ class SessionService:
     ) -> CommitOutcome:
         """Write ``state`` as version ``new.head`` and make it current if nothing moved.
 
-        On success the cache holds the new version; otherwise the written chunks are
-        deleted and the cache forgets the session.
+        On success the cache holds the new version; otherwise the store has deleted
+        the written chunks and the cache forgets the session.
         """
-        new_keys = await self.store.write_vectors(new, new.head, vectors_of(state))
         outcome = await self.store.commit(
             current.id,
             expected_rev=current.rev,
-            new_keys=new_keys,
+            new_version=(new, vectors_of(state)),
             old_keys=chunk_keys(current, current.head, current.fields),
             changes=record_changes(t=new.t, head=new.head, updated_at=new.updated_at),
             idempotency=idempotency,
@@ -270,7 +269,6 @@ class SessionService:
         if outcome.committed_rev is not None:
             self.cache.put(CachedSession(new.evolve(rev=outcome.committed_rev), state))
         else:
-            await self.store.discard(new_keys)
             self.cache.drop(current.id)
         return outcome
 

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 import orjson
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from adamhub_service.errors import StoreUnavailable
@@ -102,6 +103,19 @@ def record_changes(**fields: Any) -> dict[str, bytes | str | int]:
     }
 
 
+def _commit_outcome(reply: Sequence[Any]) -> CommitOutcome:
+    status = int(reply[0])
+    if status == 1:
+        return CommitOutcome(committed_rev=int(reply[1]))
+    if status == 2:
+        return CommitOutcome(replay_record=_text(reply[1]))
+    if status == 0:
+        return CommitOutcome(gone=True) if reply[1] is None else CommitOutcome(conflict=True)
+    if status == -1:
+        return CommitOutcome(conflict=True)
+    return CommitOutcome(expired=True)
+
+
 class RedisStore:
     """Sessions in one Redis (or one Redis Cluster slot per session)."""
 
@@ -171,21 +185,31 @@ class RedisStore:
         self, record: SessionRecord, write_id: str, vectors: Mapping[str, FloatArray]
     ) -> list[str]:
         """Write a version's chunks with the pending TTL; return their keys."""
+        async with _unavailable_on_error(), self._redis.pipeline(transaction=False) as pipe:
+            keys = self._queue_vectors(pipe, record, write_id, vectors)
+            await pipe.execute()
+        return keys
+
+    def _queue_vectors(
+        self,
+        pipe: Pipeline,
+        record: SessionRecord,
+        write_id: str,
+        vectors: Mapping[str, FloatArray],
+    ) -> list[str]:
         keys = chunk_keys(record, write_id, vectors)
         dtype = np.dtype(record.dtype).newbyteorder("<")
         step = record.chunk_elements
-        async with _unavailable_on_error(), self._redis.pipeline(transaction=False) as pipe:
-            key_iter = iter(keys)
-            for vector in vectors.values():
-                data = np.ascontiguousarray(vector, dtype=dtype).data.cast("B")
-                itemsize = dtype.itemsize
-                for start in range(0, record.size, step):
-                    pipe.set(
-                        next(key_iter),
-                        data[start * itemsize : (start + step) * itemsize],
-                        px=self._pending_ttl_ms,
-                    )
-            await pipe.execute()
+        itemsize = dtype.itemsize
+        key_iter = iter(keys)
+        for vector in vectors.values():
+            data = np.ascontiguousarray(vector, dtype=dtype).data.cast("B")
+            for start in range(0, record.size, step):
+                pipe.set(
+                    next(key_iter),
+                    data[start * itemsize : (start + step) * itemsize],
+                    px=self._pending_ttl_ms,
+                )
         return keys
 
     async def discard(self, keys: Sequence[str]) -> None:
@@ -200,13 +224,17 @@ class RedisStore:
         session_id: str,
         *,
         expected_rev: int | None,
+        new_version: tuple[SessionRecord, Mapping[str, FloatArray]] | None = None,
         new_keys: Sequence[str] = (),
         old_keys: Sequence[str] = (),
         changes: Mapping[str, bytes | str | int] | None = None,
         idempotency: tuple[str, str, int] | None = None,
     ) -> CommitOutcome:
-        """Make a written version current if the session is still at ``expected_rev``.
+        """Make a new version current if the session is still at ``expected_rev``.
 
+        The new version's chunks are either ``new_version`` (a record naming the write
+        id in ``head``, and its vectors), written here in the same round trip as the
+        commit and deleted again if it fails, or ``new_keys``, written beforehand.
         ``expected_rev`` None creates the session. ``idempotency`` is
         ``(key, record, ttl_ms)``: the commit is refused with the existing record when
         the key is already recorded, and the record is written with the commit.
@@ -217,37 +245,49 @@ class RedisStore:
             if idempotency
             else (meta, "", 0)
         )
-        args: list[Any] = [
-            "" if expected_rev is None else expected_rev,
-            len(new_keys),
-            idem_value,
-            idem_ttl,
-        ]
-        for field, value in (changes or {}).items():
-            args += [field, value]
-        async with _unavailable_on_error():
-            reply = await self._commit(keys=[meta, idem_key, *new_keys, *old_keys], args=args)
-        status = int(reply[0])
-        if status == 1:
-            return CommitOutcome(committed_rev=int(reply[1]))
-        if status == 2:
-            return CommitOutcome(replay_record=reply[1].decode())
-        if status == 0:
-            return CommitOutcome(gone=True) if reply[1] is None else CommitOutcome(conflict=True)
-        if status == -1:
-            return CommitOutcome(conflict=True)
-        return CommitOutcome(expired=True)
+        async with _unavailable_on_error(), self._redis.pipeline(transaction=False) as pipe:
+            written: list[str] = []
+            if new_version is not None:
+                written = self._queue_vectors(
+                    pipe, new_version[0], new_version[0].head, new_version[1]
+                )
+            keys = [meta, idem_key, *written, *new_keys, *old_keys]
+            args: list[Any] = [
+                "" if expected_rev is None else expected_rev,
+                len(written) + len(new_keys),
+                idem_value,
+                idem_ttl,
+            ]
+            for field, value in (changes or {}).items():
+                args += [field, value]
+            # A plain EVALSHA: redis-py's Script in a pipeline would add a SCRIPT EXISTS
+            # round trip to every commit.
+            pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            for reply in replies[:-1]:
+                if isinstance(reply, Exception):
+                    raise reply
+            reply = replies[-1]
+            if isinstance(reply, NoScriptError):
+                reply = await self._commit(keys=keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+        outcome = _commit_outcome(reply)
+        if outcome.committed_rev is None:
+            await self.discard(written)
+        return outcome
 
     async def create(self, record: SessionRecord, vectors: Mapping[str, FloatArray]) -> None:
         """Store a new session (its record and its first version)."""
-        keys = await self.write_vectors(record, record.head, vectors)
         async with _unavailable_on_error():
             await self._redis.zadd(INDEX_KEY, {record.id: 0})
         outcome = await self.commit(
-            record.id, expected_rev=None, new_keys=keys, changes=_record_to_hash(record)
+            record.id,
+            expected_rev=None,
+            new_version=(record, vectors),
+            changes=_record_to_hash(record),
         )
         if outcome.committed_rev is None:
-            await self.discard(keys)
             raise RuntimeError(f"could not create session {record.id}: {outcome}")
 
     async def delete(self, record: SessionRecord) -> bool | None:

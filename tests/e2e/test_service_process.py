@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
 from adamhub_service.optim import AdamConfig, adam_step, init_state
 from support import ServiceProcess, StoreServer, free_port
 

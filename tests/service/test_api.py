@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from fastapi.testclient import TestClient
+
 from adamhub_service.app import create_app
 from adamhub_service.optim import AdamConfig, adam_step, init_state
 from adamhub_service.settings import Settings
-from fastapi.testclient import TestClient
 
 BINARY = "application/octet-stream"
 ERRORS = "https://adamhub.dev/errors/"

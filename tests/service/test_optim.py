@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from adamhub_service.optim import AdamConfig, AdamState, NonFiniteUpdate, adam_step, init_state
-from golden_cases import CASES, CHECKPOINT_STEPS, GOLDEN_FILE, STEPS, case_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from adamhub_service.optim import AdamConfig, AdamState, NonFiniteUpdate, adam_step, init_state
+from golden_cases import CASES, CHECKPOINT_STEPS, GOLDEN_FILE, STEPS, case_inputs
 
 HERE = Path(__file__).parent
 VECTORS = ("params", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import redis
+from fastapi.testclient import TestClient
+
 from adamhub_service.app import create_app
 from adamhub_service.cache import StateCache
 from adamhub_service.optim import AdamConfig
@@ -16,7 +18,6 @@ from adamhub_service.sessions import NewSession, SessionService
 from adamhub_service.settings import Settings
 from adamhub_service.steps import StepService
 from adamhub_service.store import RedisStore, chunk_keys
-from fastapi.testclient import TestClient
 from support import free_port
 
 BINARY = "application/octet-stream"
