@@ -79,10 +79,15 @@ def parse_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         rest = body[exc.pos : exc.pos + 9].lstrip(b"-")
-        if "infinity" in str(exc) or rest.startswith((b"NaN", b"Infinity")):
+        if rest.startswith((b"NaN", b"Infinity")):
             raise errors.NonFiniteValue(
-                f"a number is NaN, infinite or beyond a 64-bit float ({exc}); "
-                "numbers must be finite",
+                f"JSON has no NaN or Infinity (character {exc.pos}); every number must be finite",
+                position=exc.pos,
+            ) from exc
+        if "infinity" in str(exc):
+            raise errors.NonFiniteValue(
+                f"a number beyond the range of a 64-bit float (character {exc.pos}); "
+                "every number must be finite",
                 position=exc.pos,
             ) from exc
         raise errors.MalformedJson(f"the body is not valid JSON: {exc}", position=exc.pos) from exc
