@@ -7,10 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from adamhub_service import __version__
 from adamhub_service.cache import StateCache
 from adamhub_service.codec import JSON, dump_json
+from adamhub_service.metrics import Metrics, MetricsMiddleware
 from adamhub_service.problems import install_problem_handlers
 from adamhub_service.routes import Services, router
 from adamhub_service.sessions import SessionService
@@ -33,8 +35,10 @@ def create_app(settings: Settings) -> FastAPI:
             max_connections=settings.redis_max_connections,
             pending_write_ttl_ms=int(settings.pending_write_ttl_seconds * 1000),
         )
-        sessions = SessionService(store, StateCache(settings.cache_bytes), settings)
-        app.state.services = Services(settings, sessions, StepService(sessions))
+        cache = StateCache(settings.cache_bytes)
+        sessions = SessionService(store, cache, settings)
+        metrics.cache_bytes.set_function(lambda: cache.nbytes)
+        app.state.services = Services(settings, sessions, StepService(sessions, metrics))
         try:
             yield
         finally:
@@ -46,6 +50,8 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Adam as a service: optimiser state in Redis, steps over HTTP.",
         lifespan=lifespan,
     )
+    metrics = Metrics()
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_problem_handlers(app)
     app.include_router(router)
 
@@ -58,6 +64,10 @@ def create_app(settings: Settings) -> FastAPI:
         services: Services = request.app.state.services
         await services.sessions.store.ping()
         return Response(dump_json({"status": "ready"}), media_type=JSON)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -256,7 +256,8 @@ class SessionService:
         """Write ``state`` as version ``new.head`` and make it current if nothing moved.
 
         On success the cache holds the new version; otherwise the store has deleted
-        the written chunks and the cache forgets the session.
+        the written chunks, and the cache forgets the session unless the commit was
+        refused as an idempotent replay (which leaves the current version as it was).
         """
         outcome = await self.store.commit(
             current.id,
@@ -268,7 +269,7 @@ class SessionService:
         )
         if outcome.committed_rev is not None:
             self.cache.put(CachedSession(new.evolve(rev=outcome.committed_rev), state))
-        else:
+        elif outcome.replay_record is None:  # a replay changed nothing: the cache holds
             self.cache.drop(current.id)
         return outcome
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from adamhub_service import errors, optim
 from adamhub_service.locks import KeyedLocks
+from adamhub_service.metrics import Metrics
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray
 from adamhub_service.records import SessionRecord, new_write_id, utc_now
 from adamhub_service.sessions import SessionService, attempts
@@ -44,9 +45,10 @@ def gradient_digest(gradient: FloatArray) -> str:
 class StepService:
     """Steps as the routes see them."""
 
-    def __init__(self, sessions: SessionService) -> None:
+    def __init__(self, sessions: SessionService, metrics: Metrics | None = None) -> None:
         self._sessions = sessions
         self._locks = KeyedLocks()
+        self._metrics = metrics or Metrics()
 
     async def step(
         self, session_id: str, gradient: FloatArray, *, idempotency_key: str | None = None
@@ -86,12 +88,14 @@ class StepService:
                     current.record, new, state, idempotency=idempotency
                 )
                 if outcome.committed_rev is not None:
+                    self._metrics.steps.labels("applied").inc()
                     committed = new.evolve(rev=outcome.committed_rev)
                     return StepResult(committed, state.params, state.step, replayed=False)
                 if outcome.replay_record is not None:
                     return await self._replay(session_id, outcome.replay_record, digest)
                 if outcome.gone:
                     raise errors.SessionNotFound(session_id)
+                self._metrics.conflicts.inc()
         raise AssertionError("unreachable: attempts() raises when exhausted")
 
     async def _replay(self, session_id: str, record: str, digest: str) -> StepResult:
@@ -103,6 +107,7 @@ class StepService:
             )
         current, params = await self._sessions.params(session_id)
         assert params is not None
+        self._metrics.steps.labels("replayed").inc()
         return StepResult(current, params, int(applied_t), replayed=True)
 
 

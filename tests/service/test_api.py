@@ -542,3 +542,24 @@ def test_openapi_describes_binary_bodies(client: TestClient) -> None:
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_metrics_count_requests_steps_and_replays(client: TestClient) -> None:
+    sid = create(client, size=3)["id"]
+    for _ in range(2):
+        client.post(
+            f"/v1/sessions/{sid}/step",
+            json={"gradient": [1, 2, 3]},
+            headers={"Idempotency-Key": "m"},
+        )
+    client.post(f"/v1/sessions/{sid}/step", json={"gradient": [1, 2]})
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    route = "/v1/sessions/{session_id}/step"
+    assert f'adamhub_http_requests_total{{method="POST",route="{route}",status="200"}} 2.0' in text
+    assert f'adamhub_http_requests_total{{method="POST",route="{route}",status="422"}} 1.0' in text
+    assert 'adamhub_steps_total{outcome="applied"} 1.0' in text
+    assert 'adamhub_steps_total{outcome="replayed"} 1.0' in text
+    assert "adamhub_cache_bytes 36.0" in text  # θ, m, v of 3 float32
