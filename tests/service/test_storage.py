@@ -10,6 +10,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from adamhub_service import errors
 from adamhub_service.app import create_app
 from adamhub_service.cache import StateCache
 from adamhub_service.optim import AdamConfig
@@ -161,3 +162,32 @@ def test_store_down_is_503_with_retry_after() -> None:
             assert problem["type"] == "https://adamhub.dev/errors/store-unavailable"
             assert "Traceback" not in response.text
         assert client.get("/healthz").status_code == 200
+
+
+def test_losing_every_compare_and_set_is_409_with_retry_after(redis_url: str) -> None:
+    async def scenario() -> None:
+        store = RedisStore.from_url(
+            redis_url, timeout_seconds=5, max_connections=4, pending_write_ttl_ms=60_000
+        )
+        settings = Settings(redis_url=redis_url, chunk_elements=3, commit_attempts=1)
+        mine = SessionService(store, StateCache(1 << 20), settings)
+        record = await mine.create(NewSession(np.ones(7, np.float32), AdamConfig(), None, {}))
+        # Another process steps the session; this one still caches the old version.
+        other = StepService(SessionService(store, StateCache(0), settings))
+        await other.step(record.id, np.ones(7, np.float32))
+        with pytest.raises(errors.StepConflict) as caught:
+            await StepService(mine).step(record.id, np.full(7, 2.0, np.float32))
+        assert caught.value.status == 409
+        assert caught.value.headers == {"Retry-After": "1"}
+        current = await store.read_record(record.id)
+        assert current is not None
+        assert current.t == 1  # the refused step changed nothing
+        client = redis.Redis.from_url(redis_url)
+        assert len(client.keys("*:c:*")) == 9  # and left no chunks behind
+        client.close()
+        # With the cache refreshed by the failure, the next attempt succeeds.
+        result = await StepService(mine).step(record.id, np.full(7, 2.0, np.float32))
+        assert result.applied_t == 2
+        await store.close()
+
+    asyncio.run(scenario())
