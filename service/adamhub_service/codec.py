@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from adamhub_service import errors
-from adamhub_service.optim import SUPPORTED_DTYPES, FloatArray
+from adamhub_service.optim import FloatArray
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
@@ -156,15 +156,6 @@ def conform(vector: FloatArray, *, size: int | None, dtype: str, field: str) -> 
             index=index,
         )
     return converted
-
-
-def vector_dtype_name(dtype: str) -> str:
-    """Validate a session dtype name."""
-    if dtype not in SUPPORTED_DTYPES:
-        raise errors.InvalidHyperparameters(
-            f"dtype must be one of {', '.join(SUPPORTED_DTYPES)}, not {dtype!r}"
-        )
-    return dtype
 
 
 def dump_json(document: Any) -> bytes:

@@ -55,14 +55,6 @@ class BadRequest(AdamhubError):
     title = "Bad request"
 
 
-class Unauthorized(AdamhubError):
-    """A missing or wrong API key."""
-
-    status = 401
-    slug = "unauthorized"
-    title = "Unauthorized"
-
-
 class NotFound(AdamhubError):
     """No such resource (or not the caller's)."""
 

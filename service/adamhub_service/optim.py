@@ -19,8 +19,6 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.floating]
 
-SUPPORTED_DTYPES: tuple[str, ...] = ("float32", "float64")
-
 
 class NonFiniteUpdate(ArithmeticError):
     """The update would make a parameter or a moment non-finite."""

@@ -17,7 +17,6 @@ logger = logging.getLogger("adamhub_service")
 
 _BY_STATUS: dict[int, type[errors.AdamhubError]] = {
     400: errors.BadRequest,
-    401: errors.Unauthorized,
     404: errors.NotFound,
     405: errors.MethodNotAllowed,
     413: errors.PayloadTooLarge,

@@ -24,6 +24,13 @@ from support import free_port
 BINARY = "application/octet-stream"
 
 
+def open_store(redis_url: str, *, pending_ttl_ms: int = 60_000) -> RedisStore:
+    """A store on the test Redis, as the service opens it."""
+    return RedisStore.from_url(
+        redis_url, timeout_seconds=5, max_connections=4, pending_write_ttl_ms=pending_ttl_ms
+    )
+
+
 @pytest.fixture
 def client(redis_url: str) -> Iterator[TestClient]:
     settings = Settings(redis_url=redis_url, chunk_elements=1000)
@@ -64,9 +71,7 @@ def test_redis_holds_one_version_after_many_steps(
 
 def test_store_commit_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) -> None:
     async def scenario() -> None:
-        store = RedisStore.from_url(
-            redis_url, timeout_seconds=5, max_connections=4, pending_write_ttl_ms=60_000
-        )
+        store = open_store(redis_url)
         settings = Settings(redis_url=redis_url, chunk_elements=3)
         sessions = SessionService(store, StateCache(0), settings)
         record = await sessions.create(NewSession(np.ones(7, np.float32), AdamConfig(), None, {}))
@@ -98,14 +103,10 @@ def test_store_commit_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) 
 def test_commit_refuses_chunks_that_expired(redis_url: str) -> None:
     async def scenario() -> None:
         settings = Settings(redis_url=redis_url, chunk_elements=3)
-        store = RedisStore.from_url(
-            redis_url, timeout_seconds=5, max_connections=4, pending_write_ttl_ms=60_000
-        )
+        store = open_store(redis_url)
         sessions = SessionService(store, StateCache(0), settings)
         record = await sessions.create(NewSession(np.ones(7, np.float32), AdamConfig(), None, {}))
-        slow = RedisStore.from_url(
-            redis_url, timeout_seconds=5, max_connections=4, pending_write_ttl_ms=5
-        )
+        slow = open_store(redis_url, pending_ttl_ms=5)
         new = record.evolve(t=1, head=new_write_id())
         keys = await slow.write_vectors(new, new.head, {"p": np.zeros(7, np.float32)})
         await asyncio.sleep(0.05)  # a writer slower than the pending TTL
@@ -123,9 +124,7 @@ def test_commit_refuses_chunks_that_expired(redis_url: str) -> None:
 
 def test_reader_retries_when_a_commit_removes_the_version_it_read(redis_url: str) -> None:
     async def scenario() -> None:
-        store = RedisStore.from_url(
-            redis_url, timeout_seconds=5, max_connections=4, pending_write_ttl_ms=60_000
-        )
+        store = open_store(redis_url)
         settings = Settings(redis_url=redis_url, chunk_elements=3)
         sessions = SessionService(store, StateCache(0), settings)
         record = await sessions.create(
@@ -166,9 +165,7 @@ def test_store_down_is_503_with_retry_after() -> None:
 
 def test_losing_every_compare_and_set_is_409_with_retry_after(redis_url: str) -> None:
     async def scenario() -> None:
-        store = RedisStore.from_url(
-            redis_url, timeout_seconds=5, max_connections=4, pending_write_ttl_ms=60_000
-        )
+        store = open_store(redis_url)
         settings = Settings(redis_url=redis_url, chunk_elements=3, commit_attempts=1)
         mine = SessionService(store, StateCache(1 << 20), settings)
         record = await mine.create(NewSession(np.ones(7, np.float32), AdamConfig(), None, {}))

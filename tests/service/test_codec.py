@@ -1,0 +1,74 @@
+"""The codec: bodies to arrays and back, whatever the values (property-based)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from adamhub_service import codec, errors
+
+finite64 = st.floats(allow_nan=False, allow_infinity=False)
+vectors64 = hnp.arrays(np.float64, st.integers(1, 64), elements=finite64)
+
+
+@given(vectors64)
+def test_json_vectors_round_trip_exactly(vector: np.ndarray) -> None:
+    body = codec.dump_json({"gradient": vector})
+    parsed = codec.vector_from_json(codec.json_object(body)["gradient"], "gradient")
+    assert parsed.dtype == np.float64
+    assert np.array_equal(parsed, vector)
+
+
+WIDTHS: dict[str, Literal[16, 32, 64]] = {"float16": 16, "float32": 32, "float64": 64}
+
+
+@given(st.sampled_from(codec.WIRE_DTYPES), st.data())
+def test_binary_vectors_round_trip_exactly(dtype: str, data: st.DataObject) -> None:
+    elements = st.floats(width=WIDTHS[dtype], allow_nan=False, allow_infinity=False)
+    vector = data.draw(hnp.arrays(dtype, st.integers(1, 64), elements=elements))
+    parsed = codec.vector_from_bytes(codec.vector_bytes(vector), codec.wire_dtype(dtype, "float32"))
+    assert np.array_equal(parsed, vector)
+
+
+@given(vectors64, st.data())
+def test_conform_names_the_first_non_finite_element(
+    vector: np.ndarray, data: st.DataObject
+) -> None:
+    bad = data.draw(st.lists(st.integers(0, vector.size - 1), min_size=1, unique=True))
+    vector = vector.copy()
+    vector[bad] = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    with pytest.raises(errors.NonFiniteValue) as caught:
+        codec.conform(vector, size=vector.size, dtype="float64", field="gradient")
+    assert caught.value.extra["index"] == min(bad)
+
+
+@given(vectors64)
+def test_conform_refuses_values_beyond_float32(vector: np.ndarray) -> None:
+    beyond = np.abs(vector) > np.finfo(np.float32).max
+    if beyond.any():
+        with pytest.raises(errors.NonFiniteValue) as caught:
+            codec.conform(vector, size=None, dtype="float32", field="params")
+        assert caught.value.extra["index"] == int(np.argmax(beyond))
+    else:
+        assert codec.conform(vector, size=None, dtype="float32", field="params").dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("accept", "binary"),
+    [
+        (None, False),
+        ("*/*", False),
+        ("application/json", False),
+        ("application/octet-stream", True),
+        ("application/json;q=0.5, application/octet-stream", True),
+        ("application/octet-stream;q=0.2, application/json", False),
+        ("application/octet-stream;q=0", False),
+    ],
+)
+def test_accept_negotiation(accept: str | None, binary: bool) -> None:
+    assert codec.wants_binary(accept) is binary

@@ -1,0 +1,57 @@
+"""The in-process pieces: per-session locks and the bounded state cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from adamhub_service.cache import CachedSession, StateCache
+from adamhub_service.locks import KeyedLocks
+from adamhub_service.optim import AdamConfig, init_state
+from adamhub_service.records import SessionRecord, new_session_id
+
+
+def test_keyed_locks_serialise_one_key_in_arrival_order_and_free_themselves() -> None:
+    async def scenario() -> None:
+        locks = KeyedLocks()
+        order: list[str] = []
+
+        async def hold(key: str, name: str) -> None:
+            async with locks.hold(key):
+                order.append(f"{name}+")
+                await asyncio.sleep(0.01)
+                order.append(f"{name}-")
+
+        await asyncio.gather(hold("a", "1"), hold("a", "2"), hold("b", "3"), hold("a", "4"))
+        a_events = [event for event in order if event[0] in "124"]
+        assert a_events == ["1+", "1-", "2+", "2-", "4+", "4-"]
+        assert order.index("3+") < order.index("1-")  # another key does not wait
+        assert locks._locks == {}
+
+    asyncio.run(scenario())
+
+
+def entry(size: int) -> CachedSession:
+    config = AdamConfig()
+    record = SessionRecord(
+        id=new_session_id(), size=size, dtype="float32", chunk_elements=4, optimizer=config,
+        t=0, rev=1, head="h", created_at="", updated_at="",
+    )  # fmt: skip
+    return CachedSession(record, init_state(np.zeros(size, np.float32), config))
+
+
+def test_cache_evicts_least_recently_used_past_its_byte_bound() -> None:
+    cache = StateCache(max_bytes=3 * 120)  # three sessions of 10 float32 × θ, m, v
+    first, second, third, fourth = (entry(10) for _ in range(4))
+    for item in (first, second, third):
+        cache.put(item)
+    assert cache.get(first.record.id) is first  # now the most recently used
+    cache.put(fourth)
+    assert cache.get(second.record.id) is None
+    assert all(cache.get(e.record.id) is not None for e in (first, third, fourth))
+    assert cache.nbytes == 360
+    cache.put(entry(1000))  # larger than the whole cache: not kept
+    assert cache.nbytes == 360
+    cache.drop(first.record.id)
+    assert cache.nbytes == 240
