@@ -12,7 +12,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import StoreServer
+from support import ServiceProcess, StoreServer
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +44,15 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def service_url(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``adamhub-service serve`` on the test store, shared by the tests that only
+    need some service (each works on sessions of its own)."""
+    log = tmp_path_factory.mktemp("service") / "service.log"
+    service = ServiceProcess("--redis-url", store_url, log_path=log).start()
+    try:
+        yield service.base_url
+    finally:
+        service.stop()

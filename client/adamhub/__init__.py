@@ -1,3 +1,56 @@
-"""adamhub: the Python SDK of the Adam-as-a-service HTTP API."""
+"""adamhub: the Python SDK of the Adam-as-a-service HTTP API.
 
-__version__ = "0.1.0"
+    import adamhub
+
+    with adamhub.Client("http://localhost:8000") as client:
+        session = client.create_session(params, optimizer={"lr": 1e-3})
+        params = session.step(gradient)
+
+``adamhub.torch.RemoteAdam`` (with ``adamhub[torch]``) is a drop-in torch optimizer.
+"""
+
+from adamhub._client import AsyncClient, Client
+from adamhub._config import AdamConfig
+from adamhub._errors import (
+    AdamhubError,
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnprocessableEntityError,
+    UnsupportedMediaTypeError,
+)
+from adamhub._session import AsyncSession, Session
+from adamhub._version import __version__
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AdamConfig",
+    "AdamhubError",
+    "AsyncClient",
+    "AsyncSession",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "ConflictError",
+    "InternalServerError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServiceUnavailableError",
+    "Session",
+    "UnprocessableEntityError",
+    "UnsupportedMediaTypeError",
+    "__version__",
+]

@@ -1,0 +1,167 @@
+"""What the sync and async clients share: settings, requests, retries, errors.
+
+A request is described once (``RequestSpec``); the sync and async faces only differ in
+how they send it and how they sleep between attempts.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from adamhub._errors import AdamhubError, APIConnectionError, APITimeoutError, status_error
+from adamhub._version import __version__
+
+DEFAULT_BASE_URL = "http://localhost:8000"
+DEFAULT_TIMEOUT: httpx.Timeout = httpx.Timeout(60.0, connect=5.0)
+DEFAULT_MAX_RETRIES = 3
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+MAX_RETRY_AFTER = 60.0
+
+# Statuses after which the same request may be sent again. A 409 is retried only when
+# the service says a concurrent update won (the request changed nothing).
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+RETRY_PROBLEM_TYPES = frozenset({"step-conflict", "in-progress"})
+# Statuses that guarantee that nothing was changed: safe to retry any request.
+NOTHING_CHANGED_STATUSES = frozenset({429, 503})
+
+Retry = Literal["always", "unsent"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """One API call, independent of how it is sent.
+
+    ``retry="always"`` for calls that are safe to repeat (reads, idempotent writes,
+    steps with an Idempotency-Key); ``"unsent"`` for calls that may only be repeated
+    when they surely changed nothing (session creation).
+    """
+
+    method: str
+    path: str
+    json: Any = None
+    content: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+    retry: Retry = "always"
+
+
+class BaseClient:
+    """Settings and retry policy of a client."""
+
+    def __init__(
+        self,
+        base_url: str | None,
+        *,
+        api_key: str | None,
+        timeout: float | httpx.Timeout,
+        max_retries: int,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.base_url = (base_url or os.environ.get("ADAMHUB_BASE_URL") or DEFAULT_BASE_URL).rstrip(
+            "/"
+        )
+        self.api_key = api_key if api_key is not None else os.environ.get("ADAMHUB_API_KEY")
+        self.timeout = timeout
+        self.max_retries = max_retries
+
+    def _default_headers(self) -> dict[str, str]:
+        headers = {"User-Agent": f"adamhub-python/{__version__}"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _build_request(
+        self, http: httpx.Client | httpx.AsyncClient, spec: RequestSpec
+    ) -> httpx.Request:
+        return http.build_request(
+            spec.method,
+            f"{self.base_url}{spec.path}",
+            json=spec.json,
+            content=spec.content,
+            headers={**self._default_headers(), **spec.headers},
+            params=dict(spec.params),
+            timeout=self.timeout,
+        )
+
+    def _retry_after_error(self, spec: RequestSpec, error: httpx.TransportError) -> bool:
+        if spec.retry == "always":
+            return True
+        return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
+
+    def _retry_after_response(self, spec: RequestSpec, response: httpx.Response) -> bool:
+        status = response.status_code
+        if spec.retry == "unsent":
+            return status in NOTHING_CHANGED_STATUSES
+        if status in RETRY_STATUSES:
+            return True
+        return status == 409 and _problem_slug(response) in RETRY_PROBLEM_TYPES
+
+    def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float:
+        """Retry-After when the service sent it, else exponential backoff, full jitter."""
+        if response is not None:
+            retry_after = _parse_retry_after(response.headers.get("retry-after"))
+            if retry_after is not None:
+                return retry_after
+        ceiling = min(MAX_RETRY_DELAY, INITIAL_RETRY_DELAY * 2**attempt)
+        return random.uniform(0, ceiling)
+
+    def _outcome(
+        self,
+        spec: RequestSpec,
+        attempt: int,
+        request: httpx.Request,
+        result: httpx.Response | Exception,
+    ) -> httpx.Response | float:
+        """The response to return, or the delay before the next attempt; raises otherwise."""
+        can_retry = attempt < self.max_retries
+        if isinstance(result, httpx.TimeoutException):
+            if can_retry and self._retry_after_error(spec, result):
+                return self._retry_delay(attempt, None)
+            raise APITimeoutError(request=request) from result
+        if isinstance(result, httpx.TransportError):
+            if can_retry and self._retry_after_error(spec, result):
+                return self._retry_delay(attempt, None)
+            raise APIConnectionError(
+                f"could not reach the adamhub service: {result}", request=request
+            ) from result
+        if isinstance(result, Exception):
+            raise result
+        if result.is_success or result.status_code == 304:
+            return result
+        if can_retry and self._retry_after_response(spec, result):
+            return self._retry_delay(attempt, result)
+        raise status_error(result)
+
+
+def _problem_slug(response: httpx.Response) -> str:
+    try:
+        problem_type = response.json().get("type", "")
+    except (ValueError, AttributeError):
+        return ""
+    return str(problem_type).rsplit("/", 1)[-1]
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        seconds = parsed.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+__all__ = ["AdamhubError", "BaseClient", "RequestSpec"]

@@ -1,0 +1,257 @@
+"""``Client`` and ``AsyncClient``: the entry points of the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from adamhub._base_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, BaseClient, RequestSpec
+from adamhub._config import AdamConfig
+from adamhub._session import BINARY, AsyncSession, Session
+
+# Larger initial parameters go as raw bytes after creation, not as JSON numbers.
+JSON_PARAMS_LIMIT = 65_536
+PAGE_SIZE = 1000
+
+
+def _create_specs(
+    params: npt.ArrayLike | None,
+    size: int | None,
+    init: dict[str, Any] | None,
+    dtype: str,
+    optimizer: AdamConfig | dict[str, Any] | None,
+    name: str | None,
+    metadata: dict[str, Any] | None,
+) -> tuple[RequestSpec, bytes | None]:
+    """The create request, and the raw parameters to PUT after it (for large ones)."""
+    if (params is None) == (size is None):
+        raise ValueError("give exactly one of params and size")
+    body: dict[str, Any] = {"dtype": dtype}
+    if isinstance(optimizer, AdamConfig):
+        body["optimizer"] = optimizer.to_dict()
+    elif optimizer is not None:
+        body["optimizer"] = {k: list(v) if k == "betas" else v for k, v in optimizer.items()}
+    if name is not None:
+        body["name"] = name
+    if metadata is not None:
+        body["metadata"] = metadata
+    raw = None
+    if params is not None:
+        vector = np.asarray(params, dtype=dtype).reshape(-1)
+        if vector.size > JSON_PARAMS_LIMIT:
+            body["size"] = int(vector.size)
+            raw = vector.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+        else:
+            body["params"] = vector.tolist()
+    else:
+        body["size"] = size
+        if init is not None:
+            body["init"] = init
+    return RequestSpec("POST", "/v1/sessions", json=body, retry="unsent"), raw
+
+
+def _put_raw(session_id: str, raw: bytes) -> RequestSpec:
+    return RequestSpec(
+        "PUT", f"/v1/sessions/{session_id}/params", content=raw, headers={"Content-Type": BINARY}
+    )
+
+
+class Client(BaseClient):
+    """A synchronous client of an adamhub service.
+
+    ``base_url`` defaults to ``$ADAMHUB_BASE_URL`` or http://localhost:8000 and
+    ``api_key`` to ``$ADAMHUB_API_KEY``. Failed calls are retried ``max_retries`` times
+    (connection errors, timeouts, 408, 409 conflicts, 429, 502, 503, 504) with
+    exponential backoff and full jitter, honouring ``Retry-After``. ``gradient_dtype``
+    (e.g. ``"float16"``) sets how the sessions it returns send gradients.
+    Use as a context manager, or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        http_client: httpx.Client | None = None,
+        gradient_dtype: str | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        self._own_http = http_client is None
+        self._http = http_client or httpx.Client(timeout=timeout)
+        self.gradient_dtype = gradient_dtype
+
+    def _request(self, spec: RequestSpec) -> httpx.Response:
+        attempt = 0
+        while True:
+            request = self._build_request(self._http, spec)
+            result: httpx.Response | Exception
+            try:
+                result = self._http.send(request)
+            except httpx.TransportError as exc:
+                result = exc
+            outcome = self._outcome(spec, attempt, request, result)
+            if isinstance(outcome, httpx.Response):
+                return outcome
+            time.sleep(outcome)
+            attempt += 1
+
+    def create_session(
+        self,
+        params: npt.ArrayLike | None = None,
+        *,
+        size: int | None = None,
+        init: dict[str, Any] | None = None,
+        dtype: str = "float32",
+        optimizer: AdamConfig | dict[str, Any] | None = None,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Session:
+        """Create a session from initial ``params``, or of ``size`` (zeros, or ``init``)."""
+        spec, raw = _create_specs(params, size, init, dtype, optimizer, name, metadata)
+        resource = self._request(spec).json()
+        if raw is not None:
+            try:
+                resource = self._request(_put_raw(resource["id"], raw)).json()
+            except BaseException:
+                self._request(RequestSpec("DELETE", f"/v1/sessions/{resource['id']}"))
+                raise
+        return Session(self, resource, gradient_dtype=self.gradient_dtype)
+
+    def session(self, session_id: str) -> Session:
+        """An existing session, read fresh from the service."""
+        resource = self._request(RequestSpec("GET", f"/v1/sessions/{session_id}")).json()
+        return Session(self, resource, gradient_dtype=self.gradient_dtype)
+
+    def iter_sessions(self) -> Iterator[Session]:
+        """Every session, oldest first, fetched a page at a time."""
+        cursor: str | None = None
+        while True:
+            params = {"limit": str(PAGE_SIZE)} | ({"cursor": cursor} if cursor else {})
+            page = self._request(RequestSpec("GET", "/v1/sessions", params=params)).json()
+            for resource in page["sessions"]:
+                yield Session(self, resource, gradient_dtype=self.gradient_dtype)
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    def list_sessions(self) -> list[Session]:
+        """Every session, oldest first."""
+        return list(self.iter_sessions())
+
+    def close(self) -> None:
+        """Close the connections (unless the httpx client was given)."""
+        if self._own_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient(BaseClient):
+    """An asyncio client of an adamhub service: ``Client``'s methods, as coroutines."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        http_client: httpx.AsyncClient | None = None,
+        gradient_dtype: str | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        self._own_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        self.gradient_dtype = gradient_dtype
+
+    async def _request(self, spec: RequestSpec) -> httpx.Response:
+        attempt = 0
+        while True:
+            request = self._build_request(self._http, spec)
+            result: httpx.Response | Exception
+            try:
+                result = await self._http.send(request)
+            except httpx.TransportError as exc:
+                result = exc
+            outcome = self._outcome(spec, attempt, request, result)
+            if isinstance(outcome, httpx.Response):
+                return outcome
+            await asyncio.sleep(outcome)
+            attempt += 1
+
+    async def create_session(
+        self,
+        params: npt.ArrayLike | None = None,
+        *,
+        size: int | None = None,
+        init: dict[str, Any] | None = None,
+        dtype: str = "float32",
+        optimizer: AdamConfig | dict[str, Any] | None = None,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> AsyncSession:
+        """Create a session (see ``Client.create_session``)."""
+        spec, raw = _create_specs(params, size, init, dtype, optimizer, name, metadata)
+        resource = (await self._request(spec)).json()
+        if raw is not None:
+            try:
+                resource = (await self._request(_put_raw(resource["id"], raw))).json()
+            except BaseException:
+                await self._request(RequestSpec("DELETE", f"/v1/sessions/{resource['id']}"))
+                raise
+        return AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
+
+    async def session(self, session_id: str) -> AsyncSession:
+        """An existing session, read fresh from the service."""
+        resource = (await self._request(RequestSpec("GET", f"/v1/sessions/{session_id}"))).json()
+        return AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
+
+    async def iter_sessions(self) -> AsyncIterator[AsyncSession]:
+        """Every session, oldest first, fetched a page at a time."""
+        cursor: str | None = None
+        while True:
+            params = {"limit": str(PAGE_SIZE)} | ({"cursor": cursor} if cursor else {})
+            page = (await self._request(RequestSpec("GET", "/v1/sessions", params=params))).json()
+            for resource in page["sessions"]:
+                yield AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    async def list_sessions(self) -> list[AsyncSession]:
+        """Every session, oldest first."""
+        return [session async for session in self.iter_sessions()]
+
+    async def close(self) -> None:
+        """Close the connections (unless the httpx client was given)."""
+        if self._own_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,194 @@
+"""A training session as the SDK shows it: ``Session`` (sync) and ``AsyncSession``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from adamhub._base_client import RequestSpec
+from adamhub._config import AdamConfig
+
+if TYPE_CHECKING:
+    from adamhub._client import AsyncClient, Client
+
+BINARY = "application/octet-stream"
+WIRE_DTYPES = ("float16", "float32", "float64")
+
+
+class SessionBase:
+    """The fields of a session and the requests its methods make."""
+
+    def __init__(self, resource: dict[str, Any], *, gradient_dtype: str | None = None) -> None:
+        if gradient_dtype is not None and gradient_dtype not in WIRE_DTYPES:
+            raise ValueError(f"gradient_dtype must be one of {WIRE_DTYPES}, not {gradient_dtype!r}")
+        self.gradient_dtype = gradient_dtype
+        self.last_applied_t: int | None = None
+        self._apply(resource)
+
+    def _apply(self, resource: dict[str, Any]) -> None:
+        self.id: str = resource["id"]
+        self.t: int = resource["t"]
+        self.size: int = resource["size"]
+        self.dtype: str = resource["dtype"]
+        self.name: str | None = resource.get("name")
+        self.metadata: dict[str, Any] = resource.get("metadata") or {}
+        self.optimizer = AdamConfig.from_dict(resource["optimizer"])
+        self.created_at: str | None = resource.get("created_at")
+        self.updated_at: str | None = resource.get("updated_at")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} size={self.size} dtype={self.dtype} t={self.t}>"
+
+    @property
+    def _path(self) -> str:
+        return f"/v1/sessions/{self.id}"
+
+    def _step_spec(self, gradient: npt.ArrayLike, idempotency_key: str | None) -> RequestSpec:
+        wire = self.gradient_dtype or self.dtype
+        vector = flat_vector(gradient, self.size, "the gradient")
+        return RequestSpec(
+            "POST",
+            f"{self._path}/step",
+            content=vector.astype(np.dtype(wire).newbyteorder("<"), copy=False).tobytes(),
+            headers={
+                "Content-Type": BINARY,
+                "Accept": BINARY,
+                "Adamhub-Dtype": wire,
+                # Made once, before any retry: a step whose answer was lost is applied once.
+                "Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4().hex}",
+            },
+        )
+
+    def _step_result(self, response: httpx.Response) -> npt.NDArray[np.floating]:
+        self.t = int(response.headers["adamhub-step"])
+        self.last_applied_t = int(response.headers["adamhub-applied-step"])
+        return self._vector(response)
+
+    def _params_spec(self) -> RequestSpec:
+        return RequestSpec("GET", f"{self._path}/params", headers={"Accept": BINARY})
+
+    def _params_result(self, response: httpx.Response) -> npt.NDArray[np.floating]:
+        self.t = int(response.headers["adamhub-step"])
+        return self._vector(response)
+
+    def _put_params_spec(self, params: npt.ArrayLike) -> RequestSpec:
+        vector = flat_vector(params, self.size, "params")
+        return RequestSpec(
+            "PUT",
+            f"{self._path}/params",
+            content=vector.astype(np.dtype(self.dtype).newbyteorder("<")).tobytes(),
+            headers={"Content-Type": BINARY},
+        )
+
+    def _update_spec(self, optimizer: dict[str, Any], extra: dict[str, Any]) -> RequestSpec:
+        body = dict(extra)
+        if optimizer:
+            if "betas" in optimizer:
+                optimizer["betas"] = list(optimizer["betas"])
+            body["optimizer"] = optimizer
+        return RequestSpec("PATCH", self._path, json=body)
+
+    def _vector(self, response: httpx.Response) -> npt.NDArray[np.floating]:
+        wire = np.dtype(self.dtype).newbyteorder("<")
+        vector: npt.NDArray[np.floating] = np.frombuffer(response.content, dtype=wire).astype(
+            self.dtype
+        )
+        return vector
+
+
+class Session(SessionBase):
+    """A session of a ``Client``: its fields are as of the last call that returned them."""
+
+    def __init__(
+        self, client: Client, resource: dict[str, Any], *, gradient_dtype: str | None = None
+    ) -> None:
+        super().__init__(resource, gradient_dtype=gradient_dtype)
+        self._client = client
+
+    def step(
+        self, gradient: npt.ArrayLike, *, idempotency_key: str | None = None
+    ) -> npt.NDArray[np.floating]:
+        """Apply one gradient (any shape, ``size`` elements); return the new parameters.
+
+        Sent as raw bytes in the session dtype (or ``gradient_dtype``), with an
+        Idempotency-Key, so that retries after lost answers apply it exactly once.
+        """
+        response = self._client._request(self._step_spec(gradient, idempotency_key))
+        return self._step_result(response)
+
+    def params(self) -> npt.NDArray[np.floating]:
+        """The current parameters (``t`` is updated too)."""
+        return self._params_result(self._client._request(self._params_spec()))
+
+    def set_params(self, params: npt.ArrayLike) -> None:
+        """Start over from ``params``: the moments and ``t`` go back to zero."""
+        self._apply(self._client._request(self._put_params_spec(params)).json())
+
+    def update(
+        self, *, name: str | None = None, metadata: dict[str, Any] | None = None, **optimizer: Any
+    ) -> None:
+        """Change optimizer settings (``lr=…``, ``betas=…``, …), ``name`` or ``metadata``."""
+        extra = {k: v for k, v in {"name": name, "metadata": metadata}.items() if v is not None}
+        self._apply(self._client._request(self._update_spec(optimizer, extra)).json())
+
+    def refresh(self) -> None:
+        """Read the session's fields again."""
+        self._apply(self._client._request(RequestSpec("GET", self._path)).json())
+
+    def delete(self) -> None:
+        """Delete the session and all its state."""
+        self._client._request(RequestSpec("DELETE", self._path))
+
+
+class AsyncSession(SessionBase):
+    """A session of an ``AsyncClient``: the methods of ``Session``, as coroutines."""
+
+    def __init__(
+        self, client: AsyncClient, resource: dict[str, Any], *, gradient_dtype: str | None = None
+    ) -> None:
+        super().__init__(resource, gradient_dtype=gradient_dtype)
+        self._client = client
+
+    async def step(
+        self, gradient: npt.ArrayLike, *, idempotency_key: str | None = None
+    ) -> npt.NDArray[np.floating]:
+        """Apply one gradient; return the new parameters (see ``Session.step``)."""
+        response = await self._client._request(self._step_spec(gradient, idempotency_key))
+        return self._step_result(response)
+
+    async def params(self) -> npt.NDArray[np.floating]:
+        """The current parameters (``t`` is updated too)."""
+        return self._params_result(await self._client._request(self._params_spec()))
+
+    async def set_params(self, params: npt.ArrayLike) -> None:
+        """Start over from ``params``: the moments and ``t`` go back to zero."""
+        self._apply((await self._client._request(self._put_params_spec(params))).json())
+
+    async def update(
+        self, *, name: str | None = None, metadata: dict[str, Any] | None = None, **optimizer: Any
+    ) -> None:
+        """Change optimizer settings, ``name`` or ``metadata``."""
+        extra = {k: v for k, v in {"name": name, "metadata": metadata}.items() if v is not None}
+        self._apply((await self._client._request(self._update_spec(optimizer, extra))).json())
+
+    async def refresh(self) -> None:
+        """Read the session's fields again."""
+        self._apply((await self._client._request(RequestSpec("GET", self._path))).json())
+
+    async def delete(self) -> None:
+        """Delete the session and all its state."""
+        await self._client._request(RequestSpec("DELETE", self._path))
+
+
+def flat_vector(values: npt.ArrayLike, size: int, what: str) -> npt.NDArray[Any]:
+    """``values`` as a flat array of ``size`` numbers, or ValueError."""
+    array = np.asarray(values)
+    if array.size != size:
+        raise ValueError(f"{what} has {array.size} elements; the session has {size}")
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"{what} must hold numbers, not {array.dtype}")
+    return array.reshape(-1)

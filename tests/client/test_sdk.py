@@ -1,0 +1,175 @@
+"""The SDK against a real service process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+
+import adamhub
+from adamhub_service.optim import AdamConfig as ServiceAdamConfig
+from adamhub_service.optim import adam_step, init_state
+
+
+@pytest.fixture
+def client(service_url: str) -> adamhub.Client:
+    return adamhub.Client(service_url)
+
+
+def test_a_session_steps_exactly_like_the_optimiser(client: adamhub.Client) -> None:
+    rng = np.random.default_rng(1)
+    start = rng.normal(size=(4, 5)).astype(np.float32)
+    config = adamhub.AdamConfig(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)
+    with client:
+        session = client.create_session(start, optimizer=config, name="sdk", metadata={"k": 1})
+        assert (session.size, session.dtype, session.t, session.name) == (20, "float32", 0, "sdk")
+        assert session.optimizer == config
+        reference = init_state(
+            start.reshape(-1),
+            ServiceAdamConfig(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+        )
+        for _ in range(5):
+            gradient = rng.normal(size=(4, 5)).astype(np.float32)  # any shape of the right size
+            params = session.step(gradient)
+            reference = adam_step(reference, gradient.reshape(-1), reference_config(config))
+            assert params.dtype == np.float32 and params.flags.writeable
+            assert np.array_equal(params, reference.params)
+        assert session.t == session.last_applied_t == 5
+        assert np.array_equal(session.params(), reference.params)
+
+
+def reference_config(config: adamhub.AdamConfig) -> ServiceAdamConfig:
+    return ServiceAdamConfig(
+        lr=config.lr, beta1=config.betas[0], beta2=config.betas[1], eps=config.eps,
+        weight_decay=config.weight_decay, decoupled_weight_decay=config.decoupled_weight_decay,
+        amsgrad=config.amsgrad, maximize=config.maximize,
+    )  # fmt: skip
+
+
+def test_large_initial_params_travel_as_bytes_and_arrive_exactly(client: adamhub.Client) -> None:
+    start = np.random.default_rng(2).normal(size=200_000)
+    with client:
+        session = client.create_session(start, dtype="float64")
+        assert session.size == 200_000 and session.t == 0
+        assert np.array_equal(session.params(), start)
+
+
+def test_float16_gradients_halve_the_upload(service_url: str) -> None:
+    with adamhub.Client(service_url, gradient_dtype="float16") as client:
+        session = client.create_session(size=8, optimizer={"lr": 0.1})
+        gradient = np.linspace(-1, 1, 8)
+        params = session.step(gradient)
+    config = ServiceAdamConfig(lr=0.1)
+    expected = adam_step(
+        init_state(np.zeros(8, np.float32), config),
+        gradient.astype(np.float16).astype(np.float32),
+        config,
+    )
+    assert np.array_equal(params, expected.params)
+
+
+def test_update_list_and_delete(client: adamhub.Client) -> None:
+    with client:
+        session = client.create_session(size=3)
+        session.update(lr=0.5, betas=(0.8, 0.99), name="renamed")
+        assert session.optimizer.lr == 0.5 and session.optimizer.betas == (0.8, 0.99)
+        assert session.name == "renamed"
+        again = client.session(session.id)
+        assert again.optimizer == session.optimizer
+        assert session.id in [s.id for s in client.list_sessions()]
+        session.set_params([1.0, 2.0, 3.0])
+        assert session.params().tolist() == [1.0, 2.0, 3.0]
+        session.delete()
+        with pytest.raises(adamhub.NotFoundError) as caught:
+            client.session(session.id)
+        assert caught.value.status_code == 404
+        assert caught.value.type == "https://adamhub.dev/errors/session-not-found"
+
+
+def test_errors_carry_the_problem(client: adamhub.Client) -> None:
+    with client:
+        session = client.create_session(size=3)
+        with pytest.raises(adamhub.UnprocessableEntityError) as caught:
+            session.step([1.0, float("nan"), 3.0])
+        assert caught.value.type == "https://adamhub.dev/errors/non-finite-value"
+        assert caught.value.problem["index"] == 1
+        with pytest.raises(ValueError, match="has 2 elements"):
+            session.step([1.0, 2.0])
+        with pytest.raises(adamhub.UnprocessableEntityError):
+            client.create_session(size=3, optimizer={"lr": -1})
+        session.step([1.0, 2.0, 3.0], idempotency_key="mine")
+        with pytest.raises(adamhub.UnprocessableEntityError) as reused:
+            session.step([3.0, 2.0, 1.0], idempotency_key="mine")
+        assert reused.value.type == "https://adamhub.dev/errors/idempotency-key-reused"
+        assert session.t == 1
+
+
+def test_unreachable_service_is_a_connection_error_after_retries() -> None:
+    with (
+        adamhub.Client("http://127.0.0.1:9", max_retries=1) as client,
+        pytest.raises(adamhub.APIConnectionError),
+    ):
+        client.session("s_" + "0" * 32)
+
+
+def test_async_client_has_the_same_face(service_url: str) -> None:
+    async def scenario() -> None:
+        async with adamhub.AsyncClient(service_url) as client:
+            session = await client.create_session(np.ones(4, np.float32), optimizer={"lr": 0.1})
+            results = await asyncio.gather(
+                *(session.step(np.full(4, float(i))) for i in range(1, 9))
+            )
+            assert all(r.shape == (4,) for r in results)
+            await session.refresh()
+            assert session.t == 8
+            final = await session.params()
+            # The answer of the step applied last is the current state; the others differ.
+            assert sum(np.array_equal(final, r) for r in results) == 1
+            await session.update(lr=0.2)
+            assert session.optimizer.lr == 0.2
+            assert session.id in [s.id for s in await client.list_sessions()]
+            await session.delete()
+            with pytest.raises(adamhub.NotFoundError):
+                await client.session(session.id)
+
+    asyncio.run(scenario())
+
+
+def test_retries_keep_one_idempotency_key_and_honour_retry_after() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) < 3:
+            return httpx.Response(
+                503, headers={"Retry-After": "0"}, json={"type": "x/store-unavailable"}
+            )
+        body = np.zeros(2, np.float32).tobytes()
+        return httpx.Response(
+            200, content=body, headers={"Adamhub-Step": "1", "Adamhub-Applied-Step": "1"}
+        )
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    client = adamhub.Client("http://adamhub.test", http_client=http, max_retries=2)
+    resource = {"id": "s_" + "0" * 32, "t": 0, "size": 2, "dtype": "float32", "optimizer": {}}
+    params = adamhub.Session(client, resource).step([1.0, 2.0])
+    assert params.tolist() == [0.0, 0.0]
+    assert len(seen) == 3
+    assert len({r.headers["idempotency-key"] for r in seen}) == 1
+
+
+def test_a_create_is_not_repeated_when_it_may_have_been_applied() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(502)
+
+    client = adamhub.Client(
+        "http://adamhub.test", http_client=httpx.Client(transport=httpx.MockTransport(answer))
+    )
+    with pytest.raises(adamhub.InternalServerError):
+        client.create_session(size=3)
+    assert len(seen) == 1
