@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -150,3 +153,92 @@ class ServiceProcess:
     def client(self, timeout: float = 30, **kwargs: Any) -> httpx.Client:
         """An httpx client for the service."""
         return httpx.Client(base_url=self.base_url, timeout=timeout, **kwargs)
+
+
+class DroppingProxy:
+    """A TCP proxy that loses a share of the service's answers.
+
+    Requests are forwarded whole; when bytes of an answer arrive from the service, the
+    proxy forwards them, or — with probability ``drop_ratio`` — closes the client's
+    connection instead: the service has done the work, the client never hears of it.
+    """
+
+    def __init__(self, target_port: int, *, drop_ratio: float, seed: int = 0) -> None:
+        self.target_port = target_port
+        self.drop_ratio = drop_ratio
+        self.port = free_port()
+        self.dropped = 0
+        self.forwarded = 0
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._closing = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        """The proxy's root URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        """Stop accepting connections."""
+        self._closing = True
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
+        except OSError:
+            client.close()  # the service is down: the client sees a refused connection
+            return
+        for sock in (client, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Set when the client sends a request; the next bytes from the service start
+        # its answer, and that is where the proxy decides, once per answer.
+        awaiting_answer = threading.Event()
+        threading.Thread(
+            target=self._pump_requests, args=(client, upstream, awaiting_answer), daemon=True
+        ).start()
+        try:
+            while data := upstream.recv(1 << 16):
+                if awaiting_answer.is_set():
+                    awaiting_answer.clear()
+                    with self._lock:
+                        drop = self._random.random() < self.drop_ratio
+                        self.dropped += drop
+                        self.forwarded += not drop
+                    if drop:
+                        break
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close_both(client, upstream)
+
+    @staticmethod
+    def _pump_requests(
+        client: socket.socket, upstream: socket.socket, awaiting_answer: threading.Event
+    ) -> None:
+        try:
+            while data := client.recv(1 << 16):
+                awaiting_answer.set()
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close_both(client, upstream)
+
+
+def _close_both(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()

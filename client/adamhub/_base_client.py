@@ -64,9 +64,13 @@ class BaseClient:
         api_key: str | None,
         timeout: float | httpx.Timeout,
         max_retries: int,
+        initial_retry_delay: float = INITIAL_RETRY_DELAY,
+        max_retry_delay: float = MAX_RETRY_DELAY,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        self.initial_retry_delay = initial_retry_delay
+        self.max_retry_delay = max_retry_delay
         self.base_url = (base_url or os.environ.get("ADAMHUB_BASE_URL") or DEFAULT_BASE_URL).rstrip(
             "/"
         )
@@ -112,7 +116,7 @@ class BaseClient:
             retry_after = _parse_retry_after(response.headers.get("retry-after"))
             if retry_after is not None:
                 return retry_after
-        ceiling = min(MAX_RETRY_DELAY, INITIAL_RETRY_DELAY * 2**attempt)
+        ceiling = min(self.max_retry_delay, self.initial_retry_delay * 2**attempt)
         return random.uniform(0, ceiling)
 
     def _outcome(

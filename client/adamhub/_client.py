@@ -12,7 +12,14 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from adamhub._base_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, BaseClient, RequestSpec
+from adamhub._base_client import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    INITIAL_RETRY_DELAY,
+    MAX_RETRY_DELAY,
+    BaseClient,
+    RequestSpec,
+)
 from adamhub._config import AdamConfig
 from adamhub._session import BINARY, AsyncSession, Session
 
@@ -69,7 +76,8 @@ class Client(BaseClient):
     ``base_url`` defaults to ``$ADAMHUB_BASE_URL`` or http://localhost:8000 and
     ``api_key`` to ``$ADAMHUB_API_KEY``. Failed calls are retried ``max_retries`` times
     (connection errors, timeouts, 408, 409 conflicts, 429, 502, 503, 504) with
-    exponential backoff and full jitter, honouring ``Retry-After``. ``gradient_dtype``
+    exponential backoff from ``initial_retry_delay`` up to ``max_retry_delay`` seconds
+    and full jitter, honouring ``Retry-After``. ``gradient_dtype``
     (e.g. ``"float16"``) sets how the sessions it returns send gradients.
     Use as a context manager, or call ``close()``.
     """
@@ -81,10 +89,19 @@ class Client(BaseClient):
         api_key: str | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        initial_retry_delay: float = INITIAL_RETRY_DELAY,
+        max_retry_delay: float = MAX_RETRY_DELAY,
         http_client: httpx.Client | None = None,
         gradient_dtype: str | None = None,
     ) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            initial_retry_delay=initial_retry_delay,
+            max_retry_delay=max_retry_delay,
+        )
         self._own_http = http_client is None
         self._http = http_client or httpx.Client(timeout=timeout)
         self.gradient_dtype = gradient_dtype
@@ -174,10 +191,19 @@ class AsyncClient(BaseClient):
         api_key: str | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        initial_retry_delay: float = INITIAL_RETRY_DELAY,
+        max_retry_delay: float = MAX_RETRY_DELAY,
         http_client: httpx.AsyncClient | None = None,
         gradient_dtype: str | None = None,
     ) -> None:
-        super().__init__(base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            initial_retry_delay=initial_retry_delay,
+            max_retry_delay=max_retry_delay,
+        )
         self._own_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=timeout)
         self.gradient_dtype = gradient_dtype

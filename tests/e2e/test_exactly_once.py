@@ -1,0 +1,103 @@
+"""Exactly once across faults: lost answers, and a service killed while workers step."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+import adamhub
+from adamhub_service.optim import AdamConfig, adam_step, init_state
+from support import DroppingProxy, ServiceProcess, free_port
+
+SIZE = 1000
+STEPS = 300
+
+
+def gradient(index: int) -> np.ndarray:
+    return np.random.default_rng(index).normal(size=SIZE).astype(np.float32)
+
+
+def train(base_url: str, session_id: str, *, max_retries: int) -> list[int]:
+    """STEPS steps through the SDK (with its retries); the ``applied_t`` of each."""
+    applied = []
+    with adamhub.Client(
+        base_url, timeout=30, max_retries=max_retries, initial_retry_delay=0.02, max_retry_delay=1.0
+    ) as client:
+        session = client.session(session_id)
+        for index in range(STEPS):
+            session.step(gradient(index))
+            assert session.last_applied_t is not None
+            applied.append(session.last_applied_t)
+    return applied
+
+
+def expected_params() -> np.ndarray:
+    config = AdamConfig(lr=0.01)
+    state = init_state(np.zeros(SIZE, np.float32), config)
+    for index in range(STEPS):
+        state = adam_step(state, gradient(index), config)
+    return state.params
+
+
+def check(base_url: str, session_id: str, applied: list[int]) -> None:
+    assert applied == list(range(1, STEPS + 1)), "a step was lost or applied twice"
+    with adamhub.Client(base_url) as client:
+        session = client.session(session_id)
+        assert session.t == STEPS
+        assert np.array_equal(session.params(), expected_params())
+
+
+def test_lost_answers_are_retried_and_applied_once(redis_url: str, tmp_path: Path) -> None:
+    service = ServiceProcess("--redis-url", redis_url, log_path=tmp_path / "service.log").start()
+    proxy = DroppingProxy(service.port, drop_ratio=0.2, seed=7)
+    try:
+        with adamhub.Client(service.base_url) as client:
+            session_id = client.create_session(size=SIZE, optimizer={"lr": 0.01}).id
+        applied = train(proxy.base_url, session_id, max_retries=10)
+        check(service.base_url, session_id, applied)
+        assert proxy.dropped >= 30, f"only {proxy.dropped} answers were dropped"
+        print(f"lost answers: {proxy.dropped} of {proxy.dropped + proxy.forwarded}")
+    finally:
+        proxy.close()
+        service.stop()
+
+
+def test_kill_9_and_restart_while_a_worker_steps(tmp_path: Path) -> None:
+    port = free_port()
+    data_dir = str(tmp_path / "data")
+
+    def start() -> ServiceProcess:
+        return ServiceProcess(
+            "--data-dir", data_dir, port=port, log_path=tmp_path / "service.log"
+        ).start()
+
+    holder = {"service": start()}
+    proxy = DroppingProxy(port, drop_ratio=0.2, seed=11)
+    with adamhub.Client(holder["service"].base_url) as client:
+        session_id = client.create_session(size=SIZE, optimizer={"lr": 0.01}).id
+    kills = 0
+    done = threading.Event()
+
+    def crash_repeatedly() -> None:
+        nonlocal kills
+        while not done.wait(0.7) and kills < 3:
+            holder["service"].kill()
+            kills += 1
+            holder["service"] = start()
+
+    killer = threading.Thread(target=crash_repeatedly)
+    killer.start()
+    try:
+        applied = train(proxy.base_url, session_id, max_retries=30)
+    finally:
+        done.set()
+        killer.join()
+    try:
+        assert kills >= 1
+        print(f"kills: {kills}; lost answers: {proxy.dropped} of {proxy.dropped + proxy.forwarded}")
+        check(holder["service"].base_url, session_id, applied)
+    finally:
+        proxy.close()
+        assert holder["service"].stop() == 0
