@@ -27,7 +27,7 @@ serve: $(VENV)/.installed
 test: $(VENV)/.torch
 	$(PY) -m pytest
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.torch
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -1,0 +1,110 @@
+"""RemoteAdam against torch.optim.Adam/AdamW, through a real service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import adamhub
+
+pytest.importorskip("torch", reason="RemoteAdam needs torch (adamhub[torch])")
+
+import torch
+
+from adamhub.torch import RemoteAdam
+
+
+def mlp(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(123)
+    x = torch.randn(256, 8, generator=generator)
+    y = torch.sin(x @ torch.linspace(-1, 1, 8)).unsqueeze(1)
+    return x, y
+
+
+def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> list[float]:
+    x, y = data()
+    losses = []
+    for step in range(steps):
+        batch = slice((step * 32) % 256, (step * 32) % 256 + 32)
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x[batch]), y[batch])
+        loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def relative_deviation(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    worst = 0.0
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        worst = max(worst, float(((p - q).abs() / q.abs().clamp(min=1.0)).max().detach()))
+    return worst
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"lr": 1e-2},
+        {"lr": 1e-2, "weight_decay": 0.01, "decoupled_weight_decay": True, "amsgrad": True},
+    ],
+)
+def test_remote_adam_trains_like_torch_adam(service_url: str, options: dict[str, Any]) -> None:
+    local, remote = mlp(0), mlp(0)
+    local_options = dict(options)
+    kind = (
+        torch.optim.AdamW
+        if local_options.pop("decoupled_weight_decay", False)
+        else torch.optim.Adam
+    )
+    local_losses = train(local, kind(local.parameters(), **local_options), 150)
+    with adamhub.Client(service_url) as client:
+        optimizer = RemoteAdam(remote.parameters(), client=client, **options)
+        remote_losses = train(remote, optimizer, 150)
+        assert optimizer.session.t == 150
+    deviation = relative_deviation(remote, local)
+    assert deviation <= 1e-4, f"worst relative deviation {deviation:.3g}"
+    assert remote_losses[-1] < remote_losses[0] / 2
+    assert abs(remote_losses[-1] - local_losses[-1]) <= 1e-4 * max(1.0, local_losses[-1])
+
+
+def test_scheduler_changes_reach_the_session_and_attaching_resumes(service_url: str) -> None:
+    local, remote = mlp(1), mlp(1)
+    local_opt = torch.optim.Adam(local.parameters(), lr=0.05)
+    local_sched = torch.optim.lr_scheduler.StepLR(local_opt, step_size=1, gamma=0.5)
+    with adamhub.Client(service_url) as client:
+        remote_opt = RemoteAdam(remote.parameters(), client=client, lr=0.05)
+        remote_sched = torch.optim.lr_scheduler.StepLR(remote_opt, step_size=1, gamma=0.5)
+        for _ in range(3):
+            train(local, local_opt, 10)
+            local_sched.step()
+            train(remote, remote_opt, 10)
+            remote_sched.step()
+        assert client.session(remote_opt.session.id).optimizer.lr == 0.05 * 0.5**2
+        assert relative_deviation(remote, local) <= 1e-4
+
+        # A new worker attaches to the same session: it gets the session's parameters.
+        fresh = mlp(99)
+        attached = RemoteAdam(fresh.parameters(), client=client, session=remote_opt.session.id)
+        assert relative_deviation(fresh, remote) == 0.0
+        assert attached.session.t == 30
+
+
+def test_missing_and_sparse_gradients_are_refused(service_url: str) -> None:
+    model = mlp(2)
+    with adamhub.Client(service_url) as client:
+        optimizer = RemoteAdam(model.parameters(), client=client)
+        with pytest.raises(RuntimeError, match="has no gradient"):
+            optimizer.step()
+        embedding = torch.nn.Embedding(10, 3, sparse=True)
+        sparse_opt = RemoteAdam(embedding.parameters(), client=client)
+        embedding(torch.tensor([1, 2])).sum().backward()
+        with pytest.raises(RuntimeError, match="sparse gradients"):
+            sparse_opt.step()
+        assert optimizer.session.t == 0
+        assert sparse_opt.session.t == 0
