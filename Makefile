@@ -6,7 +6,7 @@ PORT ?= 8000
 # torch is only for the live comparisons in the tests; `make test TORCH=` skips it.
 TORCH ?= torch==2.13.0
 
-.PHONY: serve test lint bench format clean
+.PHONY: serve test lint bench demo format clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,6 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/adamhub-service demo

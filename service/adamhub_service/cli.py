@@ -41,12 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--workers", type=int, help="worker processes (ADAMHUB_WORKERS, 1)")
     serve.add_argument("--log-level", help="debug, info, warning… (ADAMHUB_LOG_LEVEL, info)")
+    demo = commands.add_parser(
+        "demo",
+        help="train a small model with several workers through a temporary service",
+        description="Start the service with an embedded store in a temporary folder, train "
+        "a small network on synthetic data with several worker processes stepping one "
+        "session, print the loss falling and a summary, then stop everything.",
+    )
+    demo.add_argument("--workers", type=int, default=4, help="worker processes (4)")
+    demo.add_argument("--steps", type=int, default=150, help="steps per worker (150)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from adamhub_service.demo import run
+
+        return run(workers=args.workers, steps=args.steps)
     flags = {
         key: value for key, value in vars(args).items() if key != "command" and value is not None
     }
