@@ -1,0 +1,81 @@
+"""The examples and the demo, run as a user runs them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from support import SERVICE_COMMAND
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run(*command: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_numpy_worker_fits_its_regression(service_url: str) -> None:
+    out = run(
+        sys.executable,
+        str(EXAMPLES / "numpy_worker.py"),
+        "--base-url",
+        service_url,
+        "--steps",
+        "300",
+    )
+    final = re.search(r"final loss ([\d.]+); w ≈ \[(.*)\]", out)
+    assert final, out
+    assert float(final.group(1)) < 0.05
+    assert np.allclose([float(v) for v in final.group(2).split(",")], np.arange(1, 11), atol=0.1)
+
+
+def test_two_numpy_workers_share_one_session(service_url: str) -> None:
+    first = run(
+        sys.executable,
+        str(EXAMPLES / "numpy_worker.py"),
+        "--base-url",
+        service_url,
+        "--steps",
+        "50",
+    )
+    session_id = re.search(r"created session (\S+)", first)
+    assert session_id, first
+    run(sys.executable, str(EXAMPLES / "numpy_worker.py"), "--base-url", service_url,
+        "--session", session_id.group(1), "--steps", "50", "--seed", "1")  # fmt: skip
+    assert httpx.get(f"{service_url}/v1/sessions/{session_id.group(1)}").json()["t"] == 100
+
+
+def test_torch_worker_trains(service_url: str) -> None:
+    pytest.importorskip("torch", reason="the PyTorch example needs torch")
+    out = run(sys.executable, str(EXAMPLES / "torch_worker.py"), "--base-url", service_url)
+    first = float(re.findall(r"step 1: loss ([\d.]+)", out)[0])
+    final = float(re.findall(r"final loss ([\d.]+)", out)[0])
+    assert final < first / 5, out
+    assert "t=300" in out
+
+
+def test_curl_session_script(service_url: str) -> None:
+    out = run(
+        "bash",
+        str(EXAMPLES / "curl_session.sh"),
+        env={"ADAMHUB": service_url, "PATH": "/usr/bin:/bin"},
+    )
+    assert "binary answer: 16 bytes" in out
+    assert '"t":11' in out and out.strip().endswith("deleted")
+
+
+def test_demo_trains_and_exits_0() -> None:
+    out = run(*SERVICE_COMMAND, "demo", "--workers", "3", "--steps", "40")
+    assert "steps: 120 applied of 120 sent" in out
+    losses = re.search(r"([\d.]+) at the start → ([\d.]+) now", out)
+    assert losses, out
+    assert float(losses.group(2)) < float(losses.group(1)) / 2
+    assert out.strip().endswith("done")
