@@ -31,6 +31,7 @@ lint: $(VENV)/.torch
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .

@@ -45,6 +45,7 @@ class StoreServer:
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="adamhub-test-store-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.args = ["--save", "", "--appendonly", "no", *extra_args]
         self.process: subprocess.Popen[bytes] | None = None
 

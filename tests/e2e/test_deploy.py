@@ -1,0 +1,140 @@
+"""The Dockerfile and docker-compose.yml: checked as files, and their topology run natively.
+
+There is no Docker engine here, so the compose topology is reproduced with real
+processes: a redis-server with the compose file's arguments, and the service started
+with the image's command and the environment of the image and the compose file.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+import adamhub
+from support import ServiceProcess, StoreServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return document
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    lines = [
+        line
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    ]
+    joined = "\n".join(lines).replace("\\\n", " ")
+    return [
+        (parts[0].upper(), parts[1].strip() if len(parts) > 1 else "")
+        for line in joined.splitlines()
+        if line.strip()
+        for parts in [line.strip().split(None, 1)]
+    ]
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction, args in dockerfile_instructions():
+        if instruction == "ENV":
+            env.update(token.split("=", 1) for token in shlex.split(args))  # type: ignore[misc]
+    return env
+
+
+def exec_form(instruction: str) -> list[str]:
+    args = [a for i, a in dockerfile_instructions() if i == instruction][-1]
+    if instruction == "HEALTHCHECK":
+        args = args.split("CMD", 1)[1].strip()
+    parsed: list[str] = yaml.safe_load(args)  # a JSON array is YAML too
+    return parsed
+
+
+def test_compose_file_structure(compose: dict[str, Any]) -> None:
+    redis, service = compose["services"]["redis"], compose["services"]["adamhub"]
+    assert redis["image"].startswith("redis:7")
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+    assert redis["volumes"][0].split(":")[0] in compose["volumes"]
+    assert "redis-cli" in redis["healthcheck"]["test"]
+    assert service["build"] == "."
+    assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert service["environment"]["ADAMHUB_REDIS_URL"] == "redis://redis:6379/0"
+    assert "8000:8000" in service["ports"]
+
+
+def test_dockerfile_structure() -> None:
+    instructions = dockerfile_instructions()
+    names = [name for name, _ in instructions]
+    assert instructions[0][0] == "FROM" and instructions[0][1].endswith("-slim")
+    user = next(args for name, args in instructions if name == "USER")
+    assert user not in ("root", "0")
+    # Dependencies are installed before the sources are copied (a cached layer).
+    first_install = next(
+        i for i, (n, a) in enumerate(instructions) if n == "RUN" and "requirements" in a
+    )
+    first_source = next(
+        i for i, (n, a) in enumerate(instructions) if n == "COPY" and "service" in a
+    )
+    assert first_install < first_source
+    assert "healthz" in " ".join(exec_form("HEALTHCHECK"))
+    assert exec_form("CMD") == ["adamhub-service", "serve"]
+    assert "EXPOSE" in names and "VOLUME" in names
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(hadolint), str(ROOT / "Dockerfile")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_compose_topology_runs_natively(compose: dict[str, Any], tmp_path: Path) -> None:
+    redis_port = free_port()
+    redis_args = compose["services"]["redis"]["command"][1:]
+    store = StoreServer(*redis_args, port=redis_port, data_dir=tmp_path / "redis-data").start()
+    environment = {**dockerfile_env(), **compose["services"]["adamhub"]["environment"]}
+    service_port = free_port()
+    environment["ADAMHUB_REDIS_URL"] = environment["ADAMHUB_REDIS_URL"].replace(
+        "redis:6379", f"127.0.0.1:{redis_port}"
+    )
+    environment["ADAMHUB_PORT"] = str(service_port)
+    environment["ADAMHUB_DATA_DIR"] = str(tmp_path / "unused")
+    assert exec_form("CMD") == ["adamhub-service", "serve"]
+    service = ServiceProcess(port=service_port, env=environment, log_path=tmp_path / "service.log")
+    service.args = []  # the image's command takes everything from the environment
+    service.start()
+    try:
+        # The image's HEALTHCHECK command, pointed at this port.
+        check = [part.replace("8000", str(service_port)) for part in exec_form("HEALTHCHECK")]
+        check[0] = sys.executable
+        assert subprocess.run(check, timeout=30).returncode == 0
+        with adamhub.Client(service.base_url) as client:
+            session = client.create_session(size=100, optimizer={"lr": 0.1})
+            for _ in range(20):
+                params = session.step(np.ones(100))
+            assert session.t == 20
+        # Redis restarts (its AOF is on, as in the compose file): nothing is lost.
+        store.stop()
+        store.start()
+        with adamhub.Client(service.base_url, max_retries=5) as client:
+            again = client.session(session.id)
+            assert again.t == 20
+            assert np.array_equal(again.params(), params)
+    finally:
+        service.stop()
+        store.cleanup()
