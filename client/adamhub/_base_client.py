@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import httpx
 
@@ -54,29 +54,32 @@ class RequestSpec:
     retry: Retry = "always"
 
 
+class ClientOptions(TypedDict, total=False):
+    """The options both clients take, besides ``base_url`` and ``http_client``."""
+
+    api_key: str | None
+    timeout: float | httpx.Timeout
+    max_retries: int
+    initial_retry_delay: float
+    max_retry_delay: float
+    gradient_dtype: str | None
+
+
 class BaseClient:
     """Settings and retry policy of a client."""
 
-    def __init__(
-        self,
-        base_url: str | None,
-        *,
-        api_key: str | None,
-        timeout: float | httpx.Timeout,
-        max_retries: int,
-        initial_retry_delay: float = INITIAL_RETRY_DELAY,
-        max_retry_delay: float = MAX_RETRY_DELAY,
-    ) -> None:
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        self.initial_retry_delay = initial_retry_delay
-        self.max_retry_delay = max_retry_delay
-        self.base_url = (base_url or os.environ.get("ADAMHUB_BASE_URL") or DEFAULT_BASE_URL).rstrip(
-            "/"
-        )
+    def __init__(self, base_url: str | None, **options: Unpack[ClientOptions]) -> None:
+        url = base_url or os.environ.get("ADAMHUB_BASE_URL") or DEFAULT_BASE_URL
+        self.base_url = url.rstrip("/")
+        api_key = options.get("api_key")
         self.api_key = api_key if api_key is not None else os.environ.get("ADAMHUB_API_KEY")
-        self.timeout = timeout
-        self.max_retries = max_retries
+        self.timeout = options.get("timeout", DEFAULT_TIMEOUT)
+        self.max_retries = options.get("max_retries", DEFAULT_MAX_RETRIES)
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.initial_retry_delay = options.get("initial_retry_delay", INITIAL_RETRY_DELAY)
+        self.max_retry_delay = options.get("max_retry_delay", MAX_RETRY_DELAY)
+        self.gradient_dtype = options.get("gradient_dtype")
 
     def _default_headers(self) -> dict[str, str]:
         headers = {"User-Agent": f"adamhub-python/{__version__}"}

@@ -6,20 +6,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 
-from adamhub._base_client import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_TIMEOUT,
-    INITIAL_RETRY_DELAY,
-    MAX_RETRY_DELAY,
-    BaseClient,
-    RequestSpec,
-)
+from adamhub._base_client import BaseClient, ClientOptions, RequestSpec
 from adamhub._config import AdamConfig
 from adamhub._session import BINARY, AsyncSession, Session
 
@@ -73,38 +66,26 @@ def _put_raw(session_id: str, raw: bytes) -> RequestSpec:
 class Client(BaseClient):
     """A synchronous client of an adamhub service.
 
-    ``base_url`` defaults to ``$ADAMHUB_BASE_URL`` or http://localhost:8000 and
-    ``api_key`` to ``$ADAMHUB_API_KEY``. Failed calls are retried ``max_retries`` times
-    (connection errors, timeouts, 408, 409 conflicts, 429, 502, 503, 504) with
-    exponential backoff from ``initial_retry_delay`` up to ``max_retry_delay`` seconds
-    and full jitter, honouring ``Retry-After``. ``gradient_dtype``
-    (e.g. ``"float16"``) sets how the sessions it returns send gradients.
-    Use as a context manager, or call ``close()``.
+    ``base_url`` defaults to ``$ADAMHUB_BASE_URL`` or http://localhost:8000, ``api_key``
+    to ``$ADAMHUB_API_KEY``, ``timeout`` to 60 s (5 s to connect). Failed calls are
+    retried ``max_retries`` times (default 3: connection errors, timeouts, 408, 409
+    conflicts, 429, 502, 503, 504) with exponential backoff from
+    ``initial_retry_delay`` (0.5 s) up to ``max_retry_delay`` (8 s) and full jitter,
+    honouring ``Retry-After``. ``gradient_dtype`` (e.g. ``"float16"``) sets how the
+    sessions it returns send gradients. ``http_client`` injects a configured
+    ``httpx.Client``. Use as a context manager, or call ``close()``.
     """
 
     def __init__(
         self,
         base_url: str | None = None,
         *,
-        api_key: str | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        initial_retry_delay: float = INITIAL_RETRY_DELAY,
-        max_retry_delay: float = MAX_RETRY_DELAY,
         http_client: httpx.Client | None = None,
-        gradient_dtype: str | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            initial_retry_delay=initial_retry_delay,
-            max_retry_delay=max_retry_delay,
-        )
+        super().__init__(base_url, **options)
         self._own_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=timeout)
-        self.gradient_dtype = gradient_dtype
+        self._http = http_client or httpx.Client(timeout=self.timeout)
 
     def _request(self, spec: RequestSpec) -> httpx.Response:
         attempt = 0
@@ -188,25 +169,12 @@ class AsyncClient(BaseClient):
         self,
         base_url: str | None = None,
         *,
-        api_key: str | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        initial_retry_delay: float = INITIAL_RETRY_DELAY,
-        max_retry_delay: float = MAX_RETRY_DELAY,
         http_client: httpx.AsyncClient | None = None,
-        gradient_dtype: str | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            initial_retry_delay=initial_retry_delay,
-            max_retry_delay=max_retry_delay,
-        )
+        super().__init__(base_url, **options)
         self._own_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=timeout)
-        self.gradient_dtype = gradient_dtype
+        self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
 
     async def _request(self, spec: RequestSpec) -> httpx.Response:
         attempt = 0
