@@ -127,7 +127,7 @@ class BaseClient:
         spec: RequestSpec,
         attempt: int,
         request: httpx.Request,
-        result: httpx.Response | Exception,
+        result: httpx.Response | httpx.TransportError,
     ) -> httpx.Response | float:
         """The response to return, or the delay before the next attempt; raises otherwise."""
         can_retry = attempt < self.max_retries
@@ -141,8 +141,6 @@ class BaseClient:
             raise APIConnectionError(
                 f"could not reach the adamhub service: {result}", request=request
             ) from result
-        if isinstance(result, Exception):
-            raise result
         if result.is_success or result.status_code == 304:
             return result
         if can_retry and self._retry_after_response(spec, result):

@@ -91,7 +91,7 @@ class Client(BaseClient):
         attempt = 0
         while True:
             request = self._build_request(self._http, spec)
-            result: httpx.Response | Exception
+            result: httpx.Response | httpx.TransportError
             try:
                 result = self._http.send(request)
             except httpx.TransportError as exc:
@@ -180,7 +180,7 @@ class AsyncClient(BaseClient):
         attempt = 0
         while True:
             request = self._build_request(self._http, spec)
-            result: httpx.Response | Exception
+            result: httpx.Response | httpx.TransportError
             try:
                 result = await self._http.send(request)
             except httpx.TransportError as exc:

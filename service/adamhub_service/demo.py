@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -131,8 +132,6 @@ class Progress:
 
 def start_service(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     """The service with its embedded store, on a free port; returns it and its URL."""
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -146,11 +146,12 @@ async def _vector_body(
     return codec.conform(raw, size=record.size, dtype=record.dtype, field=field)
 
 
-def _matches(if_none_match: str | None, etag: str) -> bool:
+def _if_none_match_heads(if_none_match: str | None) -> frozenset[str]:
+    """The versions named by an If-None-Match header (ETags are quoted heads)."""
     if if_none_match is None:
-        return False
-    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
-    return "*" in tags or etag in tags
+        return frozenset()
+    tags = (tag.strip().removeprefix("W/").strip('"') for tag in if_none_match.split(","))
+    return frozenset(tag for tag in tags if tag)
 
 
 def _etag(record: SessionRecord) -> str:
@@ -279,13 +280,10 @@ async def get_params(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The current parameters, as JSON or raw bytes (`Accept: application/octet-stream`)."""
-    unless = None
-    if if_none_match is not None:
-        tags = [tag.strip().removeprefix("W/").strip('"') for tag in if_none_match.split(",")]
-        unless = tags[0] if len(tags) == 1 else None
-    record, params = await services.sessions.params(session_id, unless_head=unless)
+    unless = _if_none_match_heads(if_none_match)
+    record, params = await services.sessions.params(session_id, unless_heads=unless)
     headers = {STEP_HEADER: str(record.t), "ETag": _etag(record)}
-    if params is None or _matches(if_none_match, _etag(record)):
+    if params is None:
         return Response(status_code=304, headers=headers)
     if codec.wants_binary(accept):
         return Response(codec.vector_bytes(params), media_type=BINARY, headers=headers)

@@ -153,15 +153,16 @@ class SessionService:
         raise AssertionError("unreachable: attempts() raises when exhausted")
 
     async def params(
-        self, session_id: str, *, unless_head: str | None = None
+        self, session_id: str, *, unless_heads: frozenset[str] = frozenset()
     ) -> tuple[SessionRecord, FloatArray | None]:
         """The current record and parameters, verified against the store.
 
-        The parameters are None, and not read, when the head is ``unless_head``.
+        The parameters are None, and not read, when the head is one of ``unless_heads``
+        (``"*"`` matches any).
         """
         async for _ in attempts(self.settings.commit_attempts):
             record = await self.record(session_id)
-            if record.head == unless_head:
+            if record.head in unless_heads or "*" in unless_heads:
                 return record, None
             entry = self.cache.get(session_id)
             if entry is not None and entry.record.rev == record.rev:
