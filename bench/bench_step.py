@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,10 +25,8 @@ import httpx
 import numpy as np
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
 from adamhub_service.optim import AdamConfig, adam_step, init_state
-from support import ServiceProcess, StoreServer
+from adamhub_service.testing import ServiceProcess, StoreServer
 
 BINARY = "application/octet-stream"
 SIZES = (1_000, 100_000, 1_000_000)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from support import ServiceProcess, StoreServer
+from adamhub_service.testing import ServiceProcess, StoreServer
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,8 @@ def test_the_wheel_holds_both_packages_and_their_files(tmp_path: Path) -> None:
         "adamhub/py.typed",
         "adamhub/torch.py",
         "adamhub_service/__init__.py",
-        "adamhub_service/lua/commit.lua",
-        "adamhub_service/lua/delete.lua",
+        "adamhub_service/storage/lua/commit.lua",
+        "adamhub_service/storage/lua/delete.lua",
     ]:
         assert expected in names, f"{expected} is missing from {wheel.name}"
     assert not any(name.startswith(("client/", "service/", "tests/")) for name in names)

@@ -9,17 +9,12 @@ case's inputs and stores the state after each checkpoint step in one ``.npz`` fi
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-TESTS = Path(__file__).resolve().parent.parent / "tests" / "service"
-sys.path.insert(0, str(TESTS))
-
-from golden_cases import CASES, CHECKPOINT_STEPS, GOLDEN_FILE, STEPS, case_inputs  # noqa: E402
+from golden_cases import CASES, CHECKPOINT_STEPS, GOLDEN_FILE, STEPS, case_inputs
 
 
 def torch_optimizer(param: torch.Tensor, options: dict[str, Any]) -> torch.optim.Optimizer:
@@ -58,7 +53,7 @@ def main() -> None:
         results.update(run_case(case))
     about = {"torch": torch.__version__, "steps": STEPS, "cases": sorted(CASES)}
     results["about"] = np.frombuffer(json.dumps(about).encode(), dtype=np.uint8)
-    path = TESTS / GOLDEN_FILE
+    path = GOLDEN_FILE
     np.savez_compressed(path, **results)  # type: ignore[arg-type]
     print(f"wrote {len(CASES)} cases, {len(results) - 1} arrays to {path}")
 

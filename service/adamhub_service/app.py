@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST
+from fastapi import FastAPI
 
 from adamhub_service import __version__
-from adamhub_service.cache import StateCache
-from adamhub_service.codec import JSON, dump_json
-from adamhub_service.metrics import Metrics, MetricsMiddleware
-from adamhub_service.problems import install_problem_handlers
-from adamhub_service.routes import Services, router
-from adamhub_service.sessions import SessionService
-from adamhub_service.settings import Settings
-from adamhub_service.steps import StepService
-from adamhub_service.store import RedisStore
+from adamhub_service.api import operations, params, sessions, steps
+from adamhub_service.api.deps import Services
+from adamhub_service.api.openapi import openapi_document
+from adamhub_service.api.problems import install_problem_handlers
+from adamhub_service.config import Settings
+from adamhub_service.observability.metrics import Metrics, MetricsMiddleware
+from adamhub_service.sessions.service import SessionService
+from adamhub_service.steps.service import StepService
+from adamhub_service.storage.cache import StateCache
+from adamhub_service.storage.store import RedisStore
+from adamhub_service.storage.versions import SessionStore
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -26,49 +27,54 @@ def create_app(settings: Settings) -> FastAPI:
     if not settings.redis_url:
         raise ValueError("create_app needs settings.redis_url; `adamhub-service serve` sets it")
     redis_url = settings.redis_url
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = RedisStore.from_url(
+        redis_store = RedisStore.from_url(
             redis_url,
             timeout_seconds=settings.redis_timeout_seconds,
             max_connections=settings.redis_max_connections,
             pending_write_ttl_ms=int(settings.pending_write_ttl_seconds * 1000),
         )
-        cache = StateCache(settings.cache_bytes)
-        sessions = SessionService(store, cache, settings)
-        metrics.cache_bytes.set_function(lambda: cache.nbytes)
-        app.state.services = Services(settings, sessions, StepService(sessions, metrics))
+        store = SessionStore(
+            redis_store, StateCache(settings.cache_bytes), commit_attempts=settings.commit_attempts
+        )
+        metrics.cache_bytes.set_function(lambda: store.cached_bytes)
+        app.state.services = Services(
+            settings=settings,
+            store=store,
+            sessions=SessionService(
+                store, chunk_elements=settings.chunk_elements, max_size=settings.max_size
+            ),
+            steps=StepService(
+                store, metrics, idempotency_ttl_seconds=settings.idempotency_ttl_seconds
+            ),
+            metrics=metrics,
+        )
         try:
             yield
         finally:
-            await store.close()
+            await redis_store.close()
 
     app = FastAPI(
         title="adamhub",
         version=__version__,
         summary="Adam as a service: optimiser state in Redis, steps over HTTP.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
-    metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_problem_handlers(app)
-    app.include_router(router)
+    for router in (sessions.router, params.router, steps.router, operations.router):
+        app.include_router(router)
+    operations.install_docs(app)
 
-    @app.get("/healthz", tags=["operations"], summary="The process is up")
-    async def healthz() -> Response:
-        return Response(dump_json({"status": "ok"}), media_type=JSON)
+    def openapi() -> dict[str, Any]:
+        return openapi_document(app, max_size=settings.max_size)
 
-    @app.get("/readyz", tags=["operations"], summary="The store answers")
-    async def readyz(request: Request) -> Response:
-        services: Services = request.app.state.services
-        await services.sessions.store.ping()
-        return Response(dump_json({"status": "ready"}), media_type=JSON)
-
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
-    async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -1,7 +1,8 @@
-"""The service's domain errors: one base class, rendered as problem+json in one place.
+"""The service's domain errors: one base class, no HTTP in it.
 
-Every kind of error has a stable ``type`` URI, ``ERROR_TYPE_BASE + slug``; clients
-branch on it, never on ``detail``.
+Every kind of error has a stable ``slug``; the API renders it as a problem document
+whose ``type`` is ``ERROR_TYPE_BASE + slug`` (clients branch on it, never on
+``detail``) and maps each kind to its HTTP status in one table (``api/problems.py``).
 """
 
 from __future__ import annotations
@@ -14,43 +15,29 @@ ERROR_TYPE_BASE = "https://adamhub.dev/errors/"
 class AdamhubError(Exception):
     """Base of every error the service reports to a client.
 
-    Subclasses fix ``status``, ``slug`` and ``title``; an instance carries the
-    human ``detail`` and any extra problem members (``index``, ``expected_size``, …).
+    Subclasses fix ``slug`` and ``title``; an instance carries the human ``detail``,
+    any extra problem members (``index``, ``expected_size``, …) and, when a retry
+    may succeed, ``retry_after`` in seconds.
     """
 
-    status: ClassVar[int] = 500
     slug: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal error"
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(self, detail: str, *, retry_after: int | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
-        self.headers = headers or {}
+        self.retry_after = retry_after
 
     @property
     def type_uri(self) -> str:
         """The stable URI naming this kind of error."""
         return ERROR_TYPE_BASE + self.slug
 
-    def problem(self, instance: str | None = None) -> dict[str, Any]:
-        """The RFC 9457 problem document for this error."""
-        body: dict[str, Any] = {
-            "type": self.type_uri,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-        }
-        if instance is not None:
-            body["instance"] = instance
-        body.update(self.extra)
-        return body
-
 
 class BadRequest(AdamhubError):
     """A request the service cannot read at all."""
 
-    status = 400
     slug = "bad-request"
     title = "Bad request"
 
@@ -58,7 +45,6 @@ class BadRequest(AdamhubError):
 class NotFound(AdamhubError):
     """No such resource (or not the caller's)."""
 
-    status = 404
     slug = "not-found"
     title = "Not found"
 
@@ -76,15 +62,13 @@ class SessionNotFound(NotFound):
 class MethodNotAllowed(AdamhubError):
     """The resource exists but does not take this method."""
 
-    status = 405
     slug = "method-not-allowed"
     title = "Method not allowed"
 
 
 class StepConflict(AdamhubError):
-    """Concurrent writers kept winning the compare-and-set; the step was not applied."""
+    """Concurrent writers kept winning the compare-and-set; the change was not applied."""
 
-    status = 409
     slug = "step-conflict"
     title = "Too many concurrent updates"
 
@@ -92,7 +76,6 @@ class StepConflict(AdamhubError):
 class PayloadTooLarge(AdamhubError):
     """The body is over the configured limit."""
 
-    status = 413
     slug = "payload-too-large"
     title = "Payload too large"
 
@@ -100,7 +83,6 @@ class PayloadTooLarge(AdamhubError):
 class UnsupportedMediaType(AdamhubError):
     """A Content-Type or Adamhub-Dtype the service does not take."""
 
-    status = 415
     slug = "unsupported-media-type"
     title = "Unsupported media type"
 
@@ -108,7 +90,6 @@ class UnsupportedMediaType(AdamhubError):
 class Unprocessable(AdamhubError):
     """Well-formed but invalid content."""
 
-    status = 422
     slug = "invalid-request"
     title = "Invalid request"
 
@@ -142,14 +123,23 @@ class NonFiniteValue(Unprocessable):
 
 
 class NonFiniteUpdate(Unprocessable):
-    """The update would make the parameters or moments non-finite."""
+    """The update would make a parameter or a moment non-finite; nothing was applied."""
 
     slug = "non-finite-update"
     title = "Update would be non-finite"
 
+    def __init__(self, vector: str, index: int) -> None:
+        super().__init__(
+            f"this gradient would make element {index} of {vector} non-finite; nothing was applied",
+            vector=vector,
+            index=index,
+        )
+        self.vector = vector
+        self.index = index
 
-class InvalidHyperparameters(Unprocessable):
-    """Optimizer settings out of range, or a request body that fails validation."""
+
+class ValidationFailed(Unprocessable):
+    """A request body or parameter that fails validation (every problem listed)."""
 
     slug = "validation-error"
     title = "Validation error"
@@ -162,19 +152,18 @@ class IdempotencyKeyReused(Unprocessable):
     title = "Idempotency key reused"
 
 
-class StoreUnavailable(AdamhubError):
-    """The store did not answer in time; nothing was changed."""
-
-    status = 503
-    slug = "store-unavailable"
-    title = "Store unavailable"
-
-    def __init__(self, detail: str, *, retry_after: int = 1) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after)})
-
-
 class InvalidHeader(Unprocessable):
     """A request header with a value the service cannot use."""
 
     slug = "invalid-header"
     title = "Invalid header"
+
+
+class StoreUnavailable(AdamhubError):
+    """The store did not answer in time; nothing was changed."""
+
+    slug = "store-unavailable"
+    title = "Store unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 1) -> None:
+        super().__init__(detail, retry_after=retry_after)

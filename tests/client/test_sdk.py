@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import httpx
 import numpy as np
@@ -41,11 +42,7 @@ def test_a_session_steps_exactly_like_the_optimiser(client: adamhub.Client) -> N
 
 
 def reference_config(config: adamhub.AdamConfig) -> ServiceAdamConfig:
-    return ServiceAdamConfig(
-        lr=config.lr, beta1=config.betas[0], beta2=config.betas[1], eps=config.eps,
-        weight_decay=config.weight_decay, decoupled_weight_decay=config.decoupled_weight_decay,
-        amsgrad=config.amsgrad, maximize=config.maximize,
-    )  # fmt: skip
+    return ServiceAdamConfig(**dataclasses.asdict(config))
 
 
 def test_large_initial_params_travel_as_bytes_and_arrive_exactly(client: adamhub.Client) -> None:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 import adamhub
-from support import ServiceProcess, StoreServer, free_port
+from adamhub_service.testing import ServiceProcess, StoreServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import numpy as np
 
 import adamhub
 from adamhub_service.optim import AdamConfig, adam_step, init_state
-from support import DroppingProxy, ServiceProcess, free_port
+from adamhub_service.testing import DroppingProxy, ServiceProcess, free_port
 
 SIZE = 1000
 STEPS = 300

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from support import SERVICE_COMMAND
+from adamhub_service.testing import SERVICE_COMMAND
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from support import ServiceProcess
+from adamhub_service.testing import ServiceProcess
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

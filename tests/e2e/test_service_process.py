@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from adamhub_service.optim import AdamConfig, adam_step, init_state
-from support import ServiceProcess, StoreServer, free_port
+from adamhub_service.testing import ServiceProcess, StoreServer, free_port
 
 BINARY = "application/octet-stream"
 SIZE = 1000

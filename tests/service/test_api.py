@@ -11,8 +11,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from adamhub_service.app import create_app
+from adamhub_service.config import Settings
 from adamhub_service.optim import AdamConfig, adam_step, init_state
-from adamhub_service.settings import Settings
 
 BINARY = "application/octet-stream"
 ERRORS = "https://adamhub.dev/errors/"

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from adamhub_service import codec, errors
+from adamhub_service import errors
+from adamhub_service.api import negotiation as codec
 
 finite64 = st.floats(allow_nan=False, allow_infinity=False)
 vectors64 = hnp.arrays(np.float64, st.integers(1, 64), elements=finite64)

@@ -6,10 +6,10 @@ import asyncio
 
 import numpy as np
 
-from adamhub_service.cache import CachedSession, StateCache
-from adamhub_service.locks import KeyedLocks
 from adamhub_service.optim import AdamConfig, init_state
-from adamhub_service.records import SessionRecord, new_session_id
+from adamhub_service.sessions.records import SessionRecord, new_session_id
+from adamhub_service.steps.locks import KeyedLocks
+from adamhub_service.storage.cache import CachedSession, StateCache
 
 
 def test_keyed_locks_serialise_one_key_in_arrival_order_and_free_themselves() -> None:

@@ -11,15 +11,19 @@ import redis
 from fastapi.testclient import TestClient
 
 from adamhub_service import errors
+from adamhub_service.api.problems import status_of
 from adamhub_service.app import create_app
-from adamhub_service.cache import StateCache
+from adamhub_service.config import Settings
+from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig
-from adamhub_service.records import new_write_id
-from adamhub_service.sessions import NewSession, SessionService
-from adamhub_service.settings import Settings
-from adamhub_service.steps import StepService
-from adamhub_service.store import RedisStore, chunk_keys
-from support import free_port
+from adamhub_service.sessions.records import new_write_id
+from adamhub_service.sessions.service import NewSession, SessionService
+from adamhub_service.steps.service import StepService
+from adamhub_service.storage.cache import StateCache
+from adamhub_service.storage.outcomes import WriteStatus
+from adamhub_service.storage.store import RedisStore, version_keys
+from adamhub_service.storage.versions import SessionStore
+from adamhub_service.testing import free_port
 
 BINARY = "application/octet-stream"
 
@@ -69,77 +73,76 @@ def test_redis_holds_one_version_after_many_steps(
     assert grown < 2_000_000, f"memory grew by {grown} bytes over 200 steps"
 
 
+def open_sessions(
+    redis_url: str, *, cache_bytes: int = 0, commit_attempts: int = 32
+) -> tuple[RedisStore, SessionStore, SessionService, StepService]:
+    """A process's view of the sessions in the test Redis: store, sessions, steps."""
+    redis_store = open_store(redis_url)
+    store = SessionStore(redis_store, StateCache(cache_bytes), commit_attempts=commit_attempts)
+    sessions = SessionService(store, chunk_elements=3, max_size=1000)
+    steps = StepService(store, Metrics(), idempotency_ttl_seconds=60)
+    return redis_store, store, sessions, steps
+
+
+def new_session(params: np.ndarray) -> NewSession:
+    return NewSession(dtype=str(params.dtype), optimizer=AdamConfig(), params=params)
+
+
 def test_store_commit_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) -> None:
     async def scenario() -> None:
-        store = open_store(redis_url)
-        settings = Settings(redis_url=redis_url, chunk_elements=3)
-        sessions = SessionService(store, StateCache(0), settings)
-        record = await sessions.create(NewSession(np.ones(7, np.float32), AdamConfig(), None, {}))
+        redis_store, store, sessions, _ = open_sessions(redis_url)
+        record = await sessions.create(new_session(np.ones(7, np.float32)))
         client = redis.Redis.from_url(redis_url)
         keys_before = sorted(client.keys("*"))
 
         # A writer that read rev 1 but lost the race to another writer.
-        loaded = await sessions.load(record.id)
-        other = StepService(SessionService(store, StateCache(0), settings))
-        await other.step(record.id, np.ones(7, np.float32))
+        loaded = await store.load(record.id)
+        *_, other_steps = open_sessions(redis_url)
+        await other_steps.step(record.id, np.ones(7, np.float32))
         stale = loaded.record.evolve(t=1, head=new_write_id())
-        outcome = await sessions.commit_version(loaded.record, stale, loaded.state)
-        assert outcome.conflict
+        outcome = await store.commit_state(loaded.record, stale, loaded.state)
+        assert outcome.status is WriteStatus.CONFLICT
+        assert outcome.rev is None and outcome.replay is None
         assert client.keys(f"*:c:{stale.head}:*") == []  # the loser deleted its chunks
         assert len(client.keys("*")) == len(keys_before)
         assert int(client.hget(f"adamhub:{{{record.id}}}:meta", "t") or 0) == 1
-
-        # A writer that died after writing: its chunks expire on their own.
-        orphan = await store.read_record(record.id)
-        assert orphan is not None
-        written = await store.write_vectors(orphan, new_write_id(), {"p": np.zeros(7, np.float32)})
-        assert all(0 < client.pttl(key) <= 60_000 for key in written)
         client.close()
-        await store.close()
+        await redis_store.close()
 
     asyncio.run(scenario())
 
 
-def test_commit_refuses_chunks_that_expired(redis_url: str) -> None:
+def test_commit_on_a_deleted_session_is_gone_and_leaves_nothing(redis_url: str) -> None:
     async def scenario() -> None:
-        settings = Settings(redis_url=redis_url, chunk_elements=3)
-        store = open_store(redis_url)
-        sessions = SessionService(store, StateCache(0), settings)
-        record = await sessions.create(NewSession(np.ones(7, np.float32), AdamConfig(), None, {}))
-        slow = open_store(redis_url, pending_ttl_ms=5)
-        new = record.evolve(t=1, head=new_write_id())
-        keys = await slow.write_vectors(new, new.head, {"p": np.zeros(7, np.float32)})
-        await asyncio.sleep(0.05)  # a writer slower than the pending TTL
-        outcome = await slow.commit(record.id, expected_rev=record.rev, new_keys=keys)
-        assert outcome.expired
-        current = await store.read_record(record.id)
-        assert current is not None
-        assert current.rev == record.rev
-        assert current.head == record.head
-        await slow.close()
-        await store.close()
+        redis_store, store, sessions, _ = open_sessions(redis_url)
+        record = await sessions.create(new_session(np.ones(7, np.float32)))
+        loaded = await store.load(record.id)
+        await sessions.delete(record.id)
+        new = loaded.record.evolve(t=1, head=new_write_id())
+        outcome = await store.commit_state(loaded.record, new, loaded.state)
+        assert outcome.status is WriteStatus.GONE
+        client = redis.Redis.from_url(redis_url)
+        assert client.keys("*") == []
+        client.close()
+        await redis_store.close()
 
     asyncio.run(scenario())
 
 
 def test_reader_retries_when_a_commit_removes_the_version_it_read(redis_url: str) -> None:
     async def scenario() -> None:
-        store = open_store(redis_url)
-        settings = Settings(redis_url=redis_url, chunk_elements=3)
-        sessions = SessionService(store, StateCache(0), settings)
-        record = await sessions.create(
-            NewSession(np.arange(7, dtype=np.float32), AdamConfig(), None, {})
-        )
-        old = await store.read_record(record.id)
+        redis_store, _, sessions, steps = open_sessions(redis_url)
+        record = await sessions.create(new_session(np.arange(7, dtype=np.float32)))
+        old = await redis_store.read_record(record.id)
         assert old is not None
-        await StepService(sessions).step(record.id, np.ones(7, np.float32))
-        assert await store.read_vectors(old, ("p", "m", "v")) is None  # that version is gone
+        await steps.step(record.id, np.ones(7, np.float32))
+        assert await redis_store.read_vectors(old, ("p", "m", "v")) is None  # that version is gone
         current, params = await sessions.params(record.id)
         assert current.t == 1
         assert params is not None
         assert params.shape == (7,)
-        assert len(chunk_keys(current, current.head, current.fields)) == 9
-        await store.close()
+        assert len(version_keys(current)) == 9
+        await redis_store.close()
 
     asyncio.run(scenario())
 
@@ -165,26 +168,26 @@ def test_store_down_is_503_with_retry_after() -> None:
 
 def test_losing_every_compare_and_set_is_409_with_retry_after(redis_url: str) -> None:
     async def scenario() -> None:
-        store = open_store(redis_url)
-        settings = Settings(redis_url=redis_url, chunk_elements=3, commit_attempts=1)
-        mine = SessionService(store, StateCache(1 << 20), settings)
-        record = await mine.create(NewSession(np.ones(7, np.float32), AdamConfig(), None, {}))
+        redis_store, _, mine, my_steps = open_sessions(
+            redis_url, cache_bytes=1 << 20, commit_attempts=1
+        )
+        record = await mine.create(new_session(np.ones(7, np.float32)))
         # Another process steps the session; this one still caches the old version.
-        other = StepService(SessionService(store, StateCache(0), settings))
-        await other.step(record.id, np.ones(7, np.float32))
+        *_, other_steps = open_sessions(redis_url)
+        await other_steps.step(record.id, np.ones(7, np.float32))
         with pytest.raises(errors.StepConflict) as caught:
-            await StepService(mine).step(record.id, np.full(7, 2.0, np.float32))
-        assert caught.value.status == 409
-        assert caught.value.headers == {"Retry-After": "1"}
-        current = await store.read_record(record.id)
+            await my_steps.step(record.id, np.full(7, 2.0, np.float32))
+        assert status_of(caught.value) == 409
+        assert caught.value.retry_after == 1
+        current = await redis_store.read_record(record.id)
         assert current is not None
         assert current.t == 1  # the refused step changed nothing
         client = redis.Redis.from_url(redis_url)
         assert len(client.keys("*:c:*")) == 9  # and left no chunks behind
         client.close()
         # With the cache refreshed by the failure, the next attempt succeeds.
-        result = await StepService(mine).step(record.id, np.full(7, 2.0, np.float32))
+        result = await my_steps.step(record.id, np.full(7, 2.0, np.float32))
         assert result.applied_t == 2
-        await store.close()
+        await redis_store.close()
 
     asyncio.run(scenario())

@@ -2,7 +2,7 @@
 --
 -- KEYS[1]            the session's meta hash
 -- KEYS[2]            the idempotency record to check and write (KEYS[1] again when none)
--- KEYS[3 .. 2+n]     the new version's chunks, written beforehand with a TTL
+-- KEYS[3 .. 2+n]     the new version's chunks, written just before with a TTL
 -- KEYS[3+n .. #KEYS] the old version's chunks, to unlink
 -- ARGV[1]  expected rev ("" = the session must not exist yet)
 -- ARGV[2]  n, the number of new chunks
@@ -10,31 +10,35 @@
 -- ARGV[4]  the idempotency record's TTL in milliseconds
 -- ARGV[5 ..] field, value pairs to set on the meta hash
 --
--- Returns {1, new rev} on commit; {2, record} when the idempotency key is already
--- recorded; {0, current rev or false} when the rev is not the expected one;
--- {-1} when a new session's id is taken; {-2} when a new chunk has expired.
+-- Replies {status, value}, status as in outcomes.WriteStatus:
+-- {1, new rev} committed; {2, record} the idempotency key is recorded already;
+-- {3} the rev is not the expected one; {4} no such session; {5} a new session's id
+-- is taken; {6} a new chunk has expired.
+local COMMITTED, REPLAYED, CONFLICT, GONE, ID_TAKEN, EXPIRED = 1, 2, 3, 4, 5, 6
 local meta = KEYS[1]
 local n_new = tonumber(ARGV[2])
 
 if ARGV[3] ~= '' then
   local record = redis.call('GET', KEYS[2])
   if record then
-    return {2, record}
+    return {REPLAYED, record}
   end
 end
 
 local rev = redis.call('HGET', meta, 'rev')
 if ARGV[1] == '' then
   if rev then
-    return {-1}
+    return {ID_TAKEN}
   end
+elseif not rev then
+  return {GONE}
 elseif rev ~= ARGV[1] then
-  return {0, rev}
+  return {CONFLICT}
 end
 
 for i = 3, 2 + n_new do
   if redis.call('EXISTS', KEYS[i]) == 0 then
-    return {-2}
+    return {EXPIRED}
   end
 end
 for i = 3, 2 + n_new do
@@ -51,4 +55,4 @@ local new_rev = redis.call('HINCRBY', meta, 'rev', 1)
 if ARGV[3] ~= '' then
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 end
-return {1, new_rev}
+return {COMMITTED, new_rev}

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from adamhub_service.optim import AdamState
-from adamhub_service.records import SessionRecord
+from adamhub_service.sessions.records import SessionRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Request bodies to validated arrays, and arrays to response bodies.
+"""Content negotiation: request bodies to validated arrays, arrays to response bodies.
 
 Binary vectors are raw little-endian bytes read with ``np.frombuffer`` (no copy); JSON
 is parsed with orjson, which refuses ``NaN``/``Infinity`` literals and numbers that
@@ -184,3 +184,21 @@ def _first_non_number(values: list[Any]) -> int:
 def _json_type(value: Any) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
     return "null" if value is None else names.get(type(value), "a number")
+
+
+STEP_HEADER = "Adamhub-Step"
+APPLIED_STEP_HEADER = "Adamhub-Applied-Step"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def etag(head: str) -> str:
+    """The ETag of a stored version (its write id, quoted)."""
+    return f'"{head}"'
+
+
+def if_none_match_heads(if_none_match: str | None) -> frozenset[str]:
+    """The versions named by an If-None-Match header (``*`` included)."""
+    if if_none_match is None:
+        return frozenset()
+    tags = (tag.strip().removeprefix("W/").strip('"') for tag in if_none_match.split(","))
+    return frozenset(tag for tag in tags if tag)

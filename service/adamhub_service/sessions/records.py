@@ -13,9 +13,6 @@ from adamhub_service.optim import AdamConfig
 
 SESSION_ID_PATTERN = re.compile(r"^s_[0-9a-f]{32}$")
 
-# The vectors of a session's state, by their short stored names.
-PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "p", "m", "v", "x"
-
 
 def new_session_id() -> str:
     """A fresh id whose lexical order is its creation order (ms clock, then random)."""
@@ -38,20 +35,14 @@ def utc_now() -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
-def state_fields(config: AdamConfig) -> tuple[str, ...]:
-    """The vectors a session with this config stores."""
-    if config.amsgrad:
-        return (PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ)
-    return (PARAMS, EXP_AVG, EXP_AVG_SQ)
-
-
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
     """A session's description and version, without its vectors.
 
     ``rev`` counts every change of the session (steps, parameter writes, settings
     changes) and is the fencing token of every write; ``head`` names the stored
-    version of the vectors; ``t`` is Adam's step counter.
+    version of the vectors; ``t`` is Adam's step counter; ``chunk_elements`` is how
+    the vectors are split in the store.
     """
 
     id: str
@@ -66,16 +57,6 @@ class SessionRecord:
     updated_at: str
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        """The vectors this session stores."""
-        return state_fields(self.optimizer)
-
-    @property
-    def chunk_count(self) -> int:
-        """How many chunks each vector is stored in."""
-        return -(-self.size // self.chunk_elements)
 
     def evolve(self, **changes: Any) -> SessionRecord:
         """A copy with some fields changed."""

@@ -6,6 +6,7 @@ results; ``tools/make_golden.py`` writes it and the tests read it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,10 @@ import numpy.typing as npt
 
 STEPS = 1000
 SIZE = 64
-GOLDEN_FILE = "golden/adam_torch.npz"
+# The golden file, next to the optimiser tests that read it.
+GOLDEN_FILE = (
+    Path(__file__).resolve().parent.parent / "tests" / "service" / "golden" / "adam_torch.npz"
+)
 CHECKPOINT_STEPS = (1, 10, 100, STEPS)
 
 OPTIONS: dict[str, dict[str, Any]] = {

@@ -1,4 +1,4 @@
-"""``adamhub-service``: the command line of the service."""
+"""The sub-commands of ``adamhub-service``: serve and demo."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from types import FrameType
 import uvicorn
 
 from adamhub_service import __version__
-from adamhub_service.embedded import EmbeddedStoreError, EmbeddedValkey
-from adamhub_service.settings import Settings
+from adamhub_service.cli.embedded import EmbeddedStoreError, EmbeddedValkey
+from adamhub_service.config import ServerOptions, Settings
 
 logger = logging.getLogger("adamhub_service")
 
@@ -53,46 +53,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the sub-command."""
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from adamhub_service.demo import run
+        from adamhub_service.cli.demo import run as run_demo
 
-        return run(workers=args.workers, steps=args.steps)
+        return run_demo(workers=args.workers, steps=args.steps)
     flags = {
         key: value for key, value in vars(args).items() if key != "command" and value is not None
     }
-    settings = Settings(**flags)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(message)s")
+    server_fields = set(ServerOptions.model_fields)
+    options = ServerOptions(**{k: v for k, v in flags.items() if k in server_fields})
+    settings = Settings(**{k: v for k, v in flags.items() if k not in server_fields})
+    logging.basicConfig(level=options.log_level.upper(), format="%(levelname)s: %(message)s")
     try:
-        return serve(settings)
+        return serve(options, settings)
     except EmbeddedStoreError as exc:
         logger.error("%s", exc)
         return 1
 
 
-def serve(settings: Settings) -> int:
+def serve(options: ServerOptions, settings: Settings) -> int:
     """Serve until interrupted, with the embedded store when no Redis URL is set."""
     # uvicorn shuts down gracefully on SIGTERM, then raises it again: make that an
     # exception, so the embedded store below is stopped on the way out.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with contextlib.ExitStack() as stack:
         if not settings.redis_url:
-            embedded = stack.enter_context(EmbeddedValkey(settings.data_dir))
+            embedded = stack.enter_context(EmbeddedValkey(options.data_dir))
             settings = settings.model_copy(update={"redis_url": embedded.url})
             logger.info(
                 "embedded Valkey (pid %s) keeps its data in %s", embedded.pid, embedded.data_dir
             )
         _export(settings)  # worker processes build their settings from the environment
+        log_level = options.log_level.lower()
         uvicorn.run(
             "adamhub_service.app:create_app_from_env",
             factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=settings.log_level.lower(),
-            access_log=settings.log_level.lower() == "debug",
+            host=options.host,
+            port=options.port,
+            workers=options.workers,
+            log_level=log_level,
+            access_log=log_level == "debug",
         )
     return 0
 

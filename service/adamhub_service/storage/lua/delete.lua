@@ -4,15 +4,17 @@
 -- KEYS[2 ..]   the chunks of its current version
 -- ARGV[1]      expected rev
 --
--- Returns 1 when deleted, 0 when the rev moved on, -1 when there is no session.
+-- Replies {status} as in outcomes.WriteStatus: {1} deleted, {3} the rev moved on,
+-- {4} no such session.
+local COMMITTED, CONFLICT, GONE = 1, 3, 4
 local rev = redis.call('HGET', KEYS[1], 'rev')
 if not rev then
-  return -1
+  return {GONE}
 end
 if rev ~= ARGV[1] then
-  return 0
+  return {CONFLICT}
 end
 for i = 1, #KEYS do
   redis.call('UNLINK', KEYS[i])
 end
-return 1
+return {COMMITTED}

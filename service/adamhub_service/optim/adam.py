@@ -12,30 +12,56 @@ agree with torch to float rounding. This module does no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from adamhub_service.errors import NonFiniteUpdate
+
 FloatArray = npt.NDArray[np.floating]
 
 
-class NonFiniteUpdate(ArithmeticError):
-    """The update would make a parameter or a moment non-finite."""
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """The allowed range of one hyperparameter (the bounds that are given apply)."""
 
-    def __init__(self, vector: str, index: int) -> None:
-        super().__init__(f"the update makes element {index} of {vector} non-finite")
-        self.vector = vector
-        self.index = index
+    ge: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+
+    def problem(self, name: str, value: float) -> str | None:
+        """Why ``value`` is out of range, or None when it is in range."""
+        if not math.isfinite(value):
+            return f"{name} must be a finite number, got {value}"
+        if self.ge is not None and not value >= self.ge:
+            return f"{name} must be >= {self.ge}, got {value}"
+        if self.gt is not None and not value > self.gt:
+            return f"{name} must be > {self.gt}, got {value}"
+        if self.lt is not None and not value < self.lt:
+            return f"{name} must be < {self.lt}, got {value}"
+        return None
+
+    def as_field(self) -> dict[str, float]:
+        """The bounds as keyword arguments of ``pydantic.Field`` (for JSON Schema too)."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+# The one rule set for hyperparameters: the API's models and ``AdamConfig`` both use it.
+LR = Bound(ge=0.0)
+BETA = Bound(ge=0.0, lt=1.0)
+EPS = Bound(gt=0.0)
+WEIGHT_DECAY = Bound(ge=0.0)
 
 
 @dataclass(frozen=True, slots=True)
 class AdamConfig:
-    """Hyperparameters of Adam, with the defaults of the paper and of torch."""
+    """Hyperparameters of Adam, named as in torch, with the paper's and torch's defaults."""
 
     lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
+    betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
     decoupled_weight_decay: bool = False
@@ -49,20 +75,18 @@ class AdamConfig:
 
     def problems(self) -> list[str]:
         """Every way in which these values are out of range (empty when valid)."""
-        found = []
-        finite = all(np.isfinite([self.lr, self.beta1, self.beta2, self.eps, self.weight_decay]))
-        if not finite:
-            found.append("hyperparameters must be finite numbers")
-        if not self.lr >= 0:
-            found.append(f"lr must be >= 0, got {self.lr}")
-        for name, beta in (("betas[0]", self.beta1), ("betas[1]", self.beta2)):
-            if not 0.0 <= beta < 1.0:
-                found.append(f"{name} must be in [0, 1), got {beta}")
-        if not self.eps > 0:
-            found.append(f"eps must be > 0, got {self.eps}")
-        if not self.weight_decay >= 0:
-            found.append(f"weight_decay must be >= 0, got {self.weight_decay}")
-        return found
+        checks = [
+            LR.problem("lr", self.lr),
+            BETA.problem("betas[0]", self.betas[0]),
+            BETA.problem("betas[1]", self.betas[1]),
+            EPS.problem("eps", self.eps),
+            WEIGHT_DECAY.problem("weight_decay", self.weight_decay),
+        ]
+        return [problem for problem in checks if problem is not None]
+
+    def evolve(self, **changes: Any) -> AdamConfig:
+        """A copy with some fields changed (checked like a new one)."""
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +142,7 @@ def _step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamState:
     dtype = state.dtype
     scalar = dtype.type
     step = state.step + 1
+    beta1, beta2 = config.betas
 
     if config.maximize:
         grad = -grad
@@ -130,14 +155,14 @@ def _step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamState:
 
     # torch: exp_avg.lerp_(grad, 1 - beta1), i.e. m + w * (g - m)
     exp_avg = grad - state.exp_avg
-    exp_avg *= scalar(1 - config.beta1)
+    exp_avg *= scalar(1 - beta1)
     exp_avg += state.exp_avg
     # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    exp_avg_sq = state.exp_avg_sq * scalar(config.beta2)
-    exp_avg_sq += scalar(1 - config.beta2) * grad * grad
+    exp_avg_sq = state.exp_avg_sq * scalar(beta2)
+    exp_avg_sq += scalar(1 - beta2) * grad * grad
 
-    bias_correction1 = 1 - config.beta1**step
-    bias_correction2 = 1 - config.beta2**step
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
     step_size = config.lr / bias_correction1
     bias_correction2_sqrt = bias_correction2**0.5
 

@@ -1,4 +1,8 @@
-"""The service's settings, read from ``ADAMHUB_*`` environment variables."""
+"""Configuration from ``ADAMHUB_*`` environment variables.
+
+``Settings`` configure the app (every replica of a deployment shares them);
+``ServerOptions`` configure the process that serves it (``adamhub-service serve``).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,18 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+_ENV = SettingsConfigDict(env_prefix="ADAMHUB_", extra="ignore")
+
 
 class Settings(BaseSettings):
-    """Every knob of the service. Each field is also the variable ``ADAMHUB_<NAME>``."""
+    """Every knob of the app. Each field is also the variable ``ADAMHUB_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="ADAMHUB_", extra="ignore")
+    model_config = _ENV
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1)
     redis_url: str | None = Field(
         default=None,
         description="Redis to keep state in; without it `serve` starts an embedded Valkey.",
     )
-    data_dir: Path = Field(
-        default=Path("adamhub-data"), description="The embedded Valkey's data folder."
-    )
-    log_level: str = "info"
-
     chunk_elements: int = Field(
         default=262_144, ge=1, description="Elements per stored chunk of a vector."
     )
@@ -46,3 +44,17 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="Socket timeout of every store command."
     )
     redis_max_connections: int = Field(default=64, ge=1)
+
+
+class ServerOptions(BaseSettings):
+    """How ``adamhub-service serve`` runs the app: address, processes, embedded store, logs."""
+
+    model_config = _ENV
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    data_dir: Path = Field(
+        default=Path("adamhub-data"), description="The embedded Valkey's data folder."
+    )
+    log_level: str = "info"

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: private store servers and real service processes."""
+"""Starting a store and the service as real processes, for the tests, the benchmark and
+the demo; and a lossy TCP proxy for fault tests."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def store_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    from adamhub_service.embedded import valkey_binary
+    from adamhub_service.cli.embedded import valkey_binary
 
     return valkey_binary()
 

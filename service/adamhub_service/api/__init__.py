@@ -1,0 +1,1 @@
+"""HTTP only: routers, schemas, problem documents, content negotiation, OpenAPI."""

@@ -1,0 +1,118 @@
+"""The parts of the OpenAPI document that FastAPI cannot infer.
+
+Bodies are read by the routes themselves (binary or JSON, streamed, with problems that
+name the bad element), so their schemas, the error responses and the response headers
+are declared here and their models added to the components in ``openapi_document``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from adamhub_service.api.negotiation import BINARY, JSON, PROBLEM_JSON
+from adamhub_service.api.schemas import ParamsIn, Problem, SessionCreate, SessionPatch, StepIn
+
+REF = "#/components/schemas/{model}"
+# Documented request bodies, registered as components by ``openapi_document``.
+BODY_MODELS: tuple[type[BaseModel], ...] = (SessionCreate, SessionPatch, ParamsIn, StepIn, Problem)
+
+_DESCRIPTIONS = {
+    400: "The request cannot be read.",
+    404: "No such session (or not yours).",
+    405: "The resource does not take this method.",
+    409: "Concurrent updates kept winning; nothing was changed. Retry after `Retry-After`.",
+    413: "The body is over the service's limit.",
+    415: "A `Content-Type` or `Adamhub-Dtype` the service does not take.",
+    422: "Invalid content: every problem is described; nothing was changed.",
+    500: "The service failed unexpectedly; nothing was changed.",
+    503: "The store is unavailable; nothing was changed. Retry after `Retry-After`.",
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+STEP_HEADERS = {
+    "Adamhub-Step": {
+        "description": "`t` of the parameters returned (the newest).",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "ETag": {"description": "The version of the parameters.", "schema": {"type": "string"}},
+}
+APPLIED_HEADERS = {
+    "Adamhub-Applied-Step": {
+        "description": "The step this gradient produced.",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    "Idempotent-Replayed": {
+        "description": "`true` when the answer replays an earlier request with this key.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+LOCATION_HEADER = {
+    "Location": {"description": "The new session's URL.", "schema": {"type": "string"}}
+}
+BINARY_VECTOR = {
+    "schema": {
+        "type": "string",
+        "format": "binary",
+        "description": "Raw little-endian vector; element type from `Adamhub-Dtype` "
+        "(default the session's dtype).",
+    }
+}
+
+
+def ref(model: type[BaseModel]) -> dict[str, str]:
+    """A JSON Schema reference to a component."""
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Problem responses for ``statuses`` (400, 415, 500 and 503 are always possible)."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({*statuses, 400, 500, 503}):
+        response: dict[str, Any] = {
+            "description": _DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": ref(Problem)}},
+        }
+        if status in (409, 503):
+            response["headers"] = _RETRY_AFTER
+        documented[status] = response
+    return documented
+
+
+def json_body(model: type[BaseModel], *, binary: bool = False) -> dict[str, Any]:
+    """``openapi_extra`` for a required body of ``model`` (or a binary vector)."""
+    content: dict[str, Any] = {JSON: {"schema": ref(model)}}
+    if binary:
+        content[BINARY] = BINARY_VECTOR
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def openapi_document(app: FastAPI, *, max_size: int) -> dict[str, Any]:
+    """The app's OpenAPI document, with the body models and this service's size limit."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    document = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
+    )
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in BODY_MODELS], ref_template=REF
+    )
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in definitions.get("$defs", {}).items():
+        schemas.setdefault(name, schema)
+    schemas["SessionCreate"]["properties"]["size"]["anyOf"][0]["maximum"] = max_size
+    app.openapi_schema = document
+    return document

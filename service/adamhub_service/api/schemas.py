@@ -1,0 +1,306 @@
+"""The documents of the HTTP API: validated on the way in, serialised on the way out.
+
+These models are the one source of truth of the bodies: the routes validate requests
+with them, build responses from them, and the OpenAPI document is generated from them.
+Hyperparameter bounds come from ``optim`` (one rule set for create and PATCH).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    Strict,
+    WithJsonSchema,
+    model_validator,
+)
+
+from adamhub_service.api import negotiation
+from adamhub_service.optim import BETA, EPS, LR, WEIGHT_DECAY, AdamConfig, FloatArray
+from adamhub_service.sessions.records import SessionRecord
+from adamhub_service.sessions.service import NewSession, NormalInitSpec
+
+MAX_METADATA_BYTES = 64 * 1024
+MAX_METADATA_DEPTH = 32
+DTYPES = ("float32", "float64")
+WIRE_DTYPES = ("float16", "float32", "float64")
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+_VECTOR_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "number"}, "minItems": 1}
+
+Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Lr = Annotated[Finite, Field(**LR.as_field(), description="Learning rate α.")]
+Beta = Annotated[Finite, Field(**BETA.as_field())]
+# A JSON array is a tuple here; the elements stay strict numbers.
+Betas = Annotated[
+    tuple[Beta, Beta],
+    Strict(False),
+    Field(description="β1, β2: decay rates of the moments, each in [0, 1)."),
+]
+Eps = Annotated[Finite, Field(**EPS.as_field(), description="ε added to √v̂.")]
+WeightDecay = Annotated[Finite, Field(**WEIGHT_DECAY.as_field())]
+Dtype = Literal["float32", "float64"]
+
+
+def _as_vector(value: Any) -> FloatArray:
+    return negotiation.vector_from_json(value, "params")
+
+
+# A JSON array of numbers, parsed into a float64 numpy array by the codec (fast, and
+# with problems that name the first bad element).
+JsonVector = Annotated[FloatArray, PlainValidator(_as_vector), WithJsonSchema(_VECTOR_SCHEMA)]
+# A numpy array serialised as a JSON array of numbers (by orjson, see ``render``).
+VectorOut = Annotated[
+    FloatArray,
+    PlainValidator(lambda value: value),
+    WithJsonSchema({"type": "array", "items": {"type": "number"}}),
+]
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _small_and_shallow(metadata: dict[str, Any]) -> dict[str, Any]:
+    if _depth(metadata) > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata is nested over {MAX_METADATA_DEPTH} levels deep")
+    if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is over {MAX_METADATA_BYTES} bytes as JSON; keep it small")
+    return metadata
+
+
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(_small_and_shallow),
+    Field(description="A free JSON object, kept as given (at most 64 KiB as JSON)."),
+]
+Name = Annotated[str, Field(max_length=256, description="Free text, to find the session by.")]
+
+
+class OptimizerSettings(BaseModel):
+    """Adam's hyperparameters; every field optional, with torch's defaults."""
+
+    model_config = _STRICT
+
+    lr: Lr = 1e-3
+    betas: Betas = (0.9, 0.999)
+    eps: Eps = 1e-8
+    weight_decay: WeightDecay = 0.0
+    decoupled_weight_decay: bool = Field(
+        default=False, description="true: AdamW (Loshchilov & Hutter); false: L2 in the gradient."
+    )
+    amsgrad: bool = Field(default=False, description="Fixed when the session is created.")
+    maximize: bool = False
+
+    def config(self) -> AdamConfig:
+        """As the optimiser's config."""
+        return AdamConfig(**self.model_dump())
+
+    @classmethod
+    def of(cls, config: AdamConfig) -> OptimizerSettings:
+        """The settings of a config, as the API shows them."""
+        return cls.model_construct(
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            decoupled_weight_decay=config.decoupled_weight_decay,
+            amsgrad=config.amsgrad,
+            maximize=config.maximize,
+        )
+
+
+class OptimizerPatch(BaseModel):
+    """Any subset of the optimizer settings except ``amsgrad``; null leaves a field as it is."""
+
+    model_config = _STRICT
+
+    lr: Lr | None = None
+    betas: Betas | None = None
+    eps: Eps | None = None
+    weight_decay: WeightDecay | None = None
+    decoupled_weight_decay: bool | None = None
+    maximize: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields given, as ``AdamConfig`` fields."""
+        return self.model_dump(exclude_none=True)
+
+
+class ZerosInit(BaseModel):
+    """All parameters zero."""
+
+    model_config = _STRICT
+    kind: Literal["zeros"]
+
+
+class NormalInit(BaseModel):
+    """Parameters drawn from N(mean, std²) with numpy's PCG64 generator."""
+
+    model_config = _STRICT
+    kind: Literal["normal"]
+    mean: Finite = 0.0
+    std: Annotated[Finite, Field(ge=0)] = 1.0
+    seed: Annotated[int, Field(ge=0, description="Random when omitted.")] | None = None
+
+
+class SessionCreate(BaseModel):
+    """Body of ``POST /v1/sessions``: exactly one of ``params`` and ``size``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["params"], "not": {"required": ["size"]}},
+                {"required": ["size"], "not": {"required": ["params"]}},
+            ]
+        },
+    )
+
+    params: JsonVector | None = Field(default=None, description="Initial parameters.")
+    size: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Number of parameters, initialised by `init`."
+    )
+    init: Annotated[ZerosInit | NormalInit, Field(discriminator="kind")] | None = Field(
+        default=None, description="How to initialise `size` parameters (default zeros)."
+    )
+    dtype: Dtype = "float32"
+    optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    name: Name | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _params_or_size(self) -> SessionCreate:
+        if (self.params is None) == (self.size is None):
+            raise ValueError("give exactly one of 'params' and 'size'")
+        if self.params is not None and self.init is not None:
+            raise ValueError("'init' goes with 'size', not with 'params'")
+        return self
+
+    def new_session(self) -> NewSession:
+        """The request as the session domain takes it."""
+        params = None
+        if self.params is not None:
+            params = negotiation.conform(self.params, size=None, dtype=self.dtype, field="params")
+        init = self.init
+        return NewSession(
+            dtype=self.dtype,
+            optimizer=self.optimizer.config(),
+            params=params,
+            size=self.size,
+            init=NormalInitSpec(init.mean, init.std, init.seed)
+            if isinstance(init, NormalInit)
+            else None,
+            name=self.name,
+            metadata=self.metadata,
+        )
+
+
+class SessionPatch(BaseModel):
+    """Body of ``PATCH /v1/sessions/{id}``: the fields to change."""
+
+    model_config = _STRICT
+
+    optimizer: OptimizerPatch | None = None
+    name: Name | None = None
+    metadata: Metadata | None = None
+
+
+class SessionOut(BaseModel):
+    """A session resource."""
+
+    id: str = Field(description="`s_` and 32 hex digits.")
+    name: str | None
+    size: int
+    dtype: Dtype
+    t: int = Field(description="Adam's step counter: 0 after creation, +1 per gradient.")
+    optimizer: OptimizerSettings
+    metadata: dict[str, Any]
+    created_at: str = Field(description="RFC 3339, UTC.")
+    updated_at: str = Field(description="RFC 3339, UTC.")
+
+    @classmethod
+    def of(cls, record: SessionRecord) -> SessionOut:
+        """The resource of a session record."""
+        return cls.model_construct(
+            id=record.id,
+            name=record.name,
+            size=record.size,
+            dtype=record.dtype,
+            t=record.t,
+            optimizer=OptimizerSettings.of(record.optimizer),
+            metadata=record.metadata,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+
+class SessionList(BaseModel):
+    """A page of sessions, oldest first."""
+
+    sessions: list[SessionOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class ParamsOut(BaseModel):
+    """Parameters at step ``t``."""
+
+    t: int
+    params: VectorOut
+
+
+class ParamsIn(BaseModel):
+    """Body of ``PUT /v1/sessions/{id}/params`` as JSON."""
+
+    model_config = _STRICT
+    params: JsonVector
+
+
+class StepIn(BaseModel):
+    """Body of ``POST /v1/sessions/{id}/step`` as JSON."""
+
+    model_config = _STRICT
+    gradient: JsonVector
+
+
+class StepOut(BaseModel):
+    """Result of a step: ``params`` is left out with ``?return=none``."""
+
+    t: int = Field(description="The step of the parameters returned (the newest).")
+    applied_t: int = Field(description="The step this gradient produced.")
+    params: VectorOut | None = None
+
+
+class Health(BaseModel):
+    """The answer of the health and readiness probes."""
+
+    status: Literal["ok", "ready"]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document; extra members vary by ``type``."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="A stable URI per kind of error.")
+    title: str
+    status: int
+    detail: str = Field(description="A sentence for people.")
+    instance: str | None = Field(default=None, description="The request path.")
+
+
+def render(model: BaseModel, *, exclude_none: bool = False) -> bytes:
+    """A response model as JSON bytes (numpy vectors written by orjson, without copies)."""
+    return orjson.dumps(
+        model.model_dump(exclude_none=exclude_none), option=orjson.OPT_SERIALIZE_NUMPY
+    )

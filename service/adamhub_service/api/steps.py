@@ -1,0 +1,85 @@
+"""``/v1/sessions/{id}/step``: apply a gradient."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response
+
+from adamhub_service import errors
+from adamhub_service.api import negotiation, openapi
+from adamhub_service.api.bodies import vector_body
+from adamhub_service.api.deps import ServicesDep, SessionId
+from adamhub_service.api.negotiation import (
+    APPLIED_STEP_HEADER,
+    BINARY,
+    JSON,
+    REPLAYED_HEADER,
+    STEP_HEADER,
+    etag,
+)
+from adamhub_service.api.params import DtypeHeader
+from adamhub_service.api.schemas import StepIn, StepOut, render
+from adamhub_service.steps.idempotency import is_valid_key
+
+router = APIRouter(prefix="/v1", tags=["steps"])
+
+
+@router.post(
+    "/sessions/{session_id}/step",
+    response_model=StepOut,
+    response_model_exclude_none=True,
+    responses={
+        200: {
+            "description": "The new parameters (JSON, or raw bytes with "
+            "`Accept: application/octet-stream`); only `t` and `applied_t` with "
+            "`?return=none`.",
+            "headers": {**openapi.STEP_HEADERS, **openapi.APPLIED_HEADERS},
+            "content": {BINARY: openapi.BINARY_VECTOR},
+        },
+        **openapi.problems(404, 409, 413, 415, 422),
+    },
+    openapi_extra=openapi.json_body(StepIn, binary=True),
+    summary="Apply a gradient",
+)
+async def step(
+    session_id: SessionId,
+    request: Request,
+    services: ServicesDep,
+    return_: Annotated[Literal["params", "none"], Query(alias="return")] = "params",
+    accept: Annotated[str | None, Header()] = None,
+    adamhub_dtype: DtypeHeader = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="1 to 255 visible ASCII characters: a retry with the same key and "
+            "gradient is applied once.",
+            json_schema_extra={"pattern": "^[!-~]{1,255}$"},
+        ),
+    ] = None,
+) -> Response:
+    """Apply one gradient; answer with the new parameters (or only `t`)."""
+    if idempotency_key is not None and not is_valid_key(idempotency_key):
+        raise errors.InvalidHeader(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters", header="Idempotency-Key"
+        )
+    record = await services.sessions.get(session_id, fresh=False)
+    limit = services.settings.max_body_bytes
+    gradient = await vector_body(request, record, "gradient", adamhub_dtype, limit)
+    result = await services.steps.step(session_id, gradient, idempotency_key=idempotency_key)
+    headers = {
+        STEP_HEADER: str(result.record.t),
+        APPLIED_STEP_HEADER: str(result.applied_t),
+        "ETag": etag(result.record.head),
+    }
+    if result.replayed:
+        headers[REPLAYED_HEADER] = "true"
+    if return_ == "params" and negotiation.wants_binary(accept):
+        return Response(negotiation.vector_bytes(result.params), media_type=BINARY, headers=headers)
+    body = StepOut.model_construct(
+        t=result.record.t,
+        applied_t=result.applied_t,
+        params=result.params if return_ == "params" else None,
+    )
+    return Response(render(body, exclude_none=True), media_type=JSON, headers=headers)

@@ -1,0 +1,1 @@
+"""The session domain: records, and creating, reading, changing and deleting sessions."""

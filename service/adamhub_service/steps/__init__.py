@@ -1,0 +1,1 @@
+"""Applying gradients to sessions: exactly once, atomically, in order."""

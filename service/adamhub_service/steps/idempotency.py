@@ -1,0 +1,20 @@
+"""Idempotency-Keys: what makes a retried step the same step."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from adamhub_service.optim import FloatArray
+
+
+def is_valid_key(key: str) -> bool:
+    """Whether ``key`` is 1 to 255 visible ASCII characters."""
+    return 1 <= len(key) <= 255 and all("!" <= char <= "~" for char in key)
+
+
+def gradient_digest(gradient: FloatArray) -> str:
+    """A fingerprint of a gradient's values in the session dtype."""
+    data = np.ascontiguousarray(gradient).data.cast("B")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()

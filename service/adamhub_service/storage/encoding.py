@@ -1,0 +1,98 @@
+"""Records and states as Redis stores them: meta hash fields and named vectors."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from adamhub_service.optim import AdamConfig, AdamState, FloatArray
+from adamhub_service.sessions.records import SessionRecord
+
+# The vectors of a session's state, by their short stored names.
+PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "p", "m", "v", "x"
+
+_INT_FIELDS = ("size", "chunk_elements", "t", "rev")
+_JSON_FIELDS = ("optimizer", "metadata", "name")
+_TEXT_FIELDS = ("id", "dtype", "head", "created_at", "updated_at")
+
+MetaFields = dict[str, bytes | str | int]
+
+
+def stored_fields(record: SessionRecord) -> tuple[str, ...]:
+    """The vectors a session stores (max v only with AMSGrad)."""
+    if record.optimizer.amsgrad:
+        return (PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ)
+    return (PARAMS, EXP_AVG, EXP_AVG_SQ)
+
+
+def chunk_count(record: SessionRecord) -> int:
+    """How many chunks each vector of the session is stored in."""
+    return -(-record.size // record.chunk_elements)
+
+
+def vectors_of(state: AdamState) -> dict[str, FloatArray]:
+    """The stored vectors of a state, by stored name."""
+    vectors = {PARAMS: state.params, EXP_AVG: state.exp_avg, EXP_AVG_SQ: state.exp_avg_sq}
+    if state.max_exp_avg_sq is not None:
+        vectors[MAX_EXP_AVG_SQ] = state.max_exp_avg_sq
+    return vectors
+
+
+def state_of(vectors: Mapping[str, FloatArray], step: int) -> AdamState:
+    """The state made of stored vectors."""
+    return AdamState(
+        params=vectors[PARAMS],
+        exp_avg=vectors[EXP_AVG],
+        exp_avg_sq=vectors[EXP_AVG_SQ],
+        max_exp_avg_sq=vectors.get(MAX_EXP_AVG_SQ),
+        step=step,
+    )
+
+
+def record_to_hash(record: SessionRecord) -> MetaFields:
+    """Every field of a new record except ``rev``, which the commit script owns."""
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    fields.pop("rev")
+    return record_changes(**fields)
+
+
+def record_changes(**fields: Any) -> MetaFields:
+    """Meta hash fields for a partial update of a record."""
+    encoded: MetaFields = {}
+    for key, value in fields.items():
+        if key == "optimizer":
+            encoded[key] = orjson.dumps(dataclasses.asdict(value))
+        elif key in _JSON_FIELDS:
+            encoded[key] = orjson.dumps(value)
+        else:
+            encoded[key] = value
+    return encoded
+
+
+def record_from_hash(raw: Mapping[Any, Any]) -> SessionRecord:
+    """The record stored in a meta hash."""
+    doc: dict[str, Any] = {text(key): value for key, value in raw.items()}
+    for name in _INT_FIELDS:
+        doc[name] = int(doc[name])
+    for name in _JSON_FIELDS:
+        doc[name] = orjson.loads(doc[name])
+    for name in _TEXT_FIELDS:
+        doc[name] = text(doc[name])
+    doc["optimizer"] = optimizer_from_json(doc["optimizer"])
+    return SessionRecord(**doc)
+
+
+def optimizer_from_json(values: dict[str, Any]) -> AdamConfig:
+    """A stored optimizer config (records of 0.1.0 kept ``beta1`` and ``beta2``)."""
+    if "beta1" in values:
+        values["betas"] = (values.pop("beta1"), values.pop("beta2"))
+    values["betas"] = tuple(values["betas"])
+    return AdamConfig(**values)
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text."""
+    return value.decode() if isinstance(value, bytes) else value

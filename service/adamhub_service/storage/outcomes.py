@@ -1,0 +1,53 @@
+"""What a write script found, as types: one status per outcome, mirroring the Lua codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class WriteStatus(IntEnum):
+    """The first element of every reply of ``commit.lua`` and ``delete.lua``."""
+
+    COMMITTED = 1  # the write is done
+    REPLAYED = 2  # the idempotency key is already recorded: nothing was written
+    CONFLICT = 3  # the rev moved on: re-read and try again
+    GONE = 4  # there is no such session
+    ID_TAKEN = 5  # a new session's id exists already
+    EXPIRED = 6  # a chunk written for the commit expired before it
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """What an Idempotency-Key produced: the gradient's digest and the step it made."""
+
+    digest: str
+    applied_t: int
+
+    def encode(self) -> str:
+        """As stored: ``<digest>:<applied t>``."""
+        return f"{self.digest}:{self.applied_t}"
+
+    @classmethod
+    def decode(cls, text: str) -> IdempotencyRecord:
+        """From its stored form."""
+        digest, applied_t = text.rsplit(":", 1)
+        return cls(digest, int(applied_t))
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """An idempotency record to write with a commit, unless its key is recorded already."""
+
+    key: str
+    record: IdempotencyRecord
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """The outcome of a write: ``rev`` when committed, ``replay`` when replayed."""
+
+    status: WriteStatus
+    rev: int | None = None
+    replay: IdempotencyRecord | None = None
