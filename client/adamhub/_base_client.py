@@ -7,10 +7,11 @@ how they send it and how they sleep between attempts.
 from __future__ import annotations
 
 import email.utils
+import math
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, Unpack
 
@@ -29,9 +30,14 @@ MAX_RETRY_AFTER = 60.0
 # Statuses after which the same request may be sent again. A 409 is retried only when
 # the service says a concurrent update won (the request changed nothing).
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
-RETRY_PROBLEM_TYPES = frozenset({"step-conflict", "in-progress"})
+RETRY_PROBLEM_TYPES = frozenset({"step-conflict"})
 # Statuses that guarantee that nothing was changed: safe to retry any request.
 NOTHING_CHANGED_STATUSES = frozenset({429, 503})
+
+# Bodies larger than this go out in pieces of this size: httpx sends one large bytes
+# object several times slower than the same bytes as an iterator of slices
+# (encode/httpx#3660, encode/httpcore#1029).
+BODY_PIECE_BYTES = 1 << 20
 
 Retry = Literal["always", "unsent"]
 
@@ -90,12 +96,24 @@ class BaseClient:
     def _build_request(
         self, http: httpx.Client | httpx.AsyncClient, spec: RequestSpec
     ) -> httpx.Request:
+        """The request of one attempt (a large body is streamed anew for every attempt)."""
+        headers = {**self._default_headers(), **spec.headers}
+        content: bytes | Iterator[bytes] | AsyncIterator[bytes] | None = spec.content
+        if spec.content is not None and len(spec.content) > BODY_PIECE_BYTES:
+            # With Content-Length given, httpx sends the pieces as one plain body.
+            headers["Content-Length"] = str(len(spec.content))
+            pieces = (
+                _async_pieces(spec.content)
+                if isinstance(http, httpx.AsyncClient)
+                else _pieces(spec.content)
+            )
+            content = pieces
         return http.build_request(
             spec.method,
             f"{self.base_url}{spec.path}",
             json=spec.json,
-            content=spec.content,
-            headers={**self._default_headers(), **spec.headers},
+            content=content,
+            headers=headers,
             params=dict(spec.params),
             timeout=self.timeout,
         )
@@ -116,7 +134,7 @@ class BaseClient:
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float:
         """Retry-After when the service sent it, else exponential backoff, full jitter."""
         if response is not None:
-            retry_after = _parse_retry_after(response.headers.get("retry-after"))
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
             if retry_after is not None:
                 return retry_after
         ceiling = min(self.max_retry_delay, self.initial_retry_delay * 2**attempt)
@@ -143,6 +161,8 @@ class BaseClient:
             ) from result
         if result.is_success or result.status_code == 304:
             return result
+        if attempt and spec.method == "DELETE" and result.status_code == 404:
+            return result  # an earlier attempt deleted it, and its answer was lost
         if can_retry and self._retry_after_response(spec, result):
             return self._retry_delay(attempt, result)
         raise status_error(result)
@@ -156,16 +176,32 @@ def _problem_slug(response: httpx.Response) -> str:
     return str(problem_type).rsplit("/", 1)[-1]
 
 
-def _parse_retry_after(value: str | None) -> float | None:
+def _pieces(data: bytes) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(view), BODY_PIECE_BYTES):
+        yield view[start : start + BODY_PIECE_BYTES]  # type: ignore[misc]
+
+
+async def _async_pieces(data: bytes) -> AsyncIterator[bytes]:
+    for piece in _pieces(data):
+        yield piece
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), clamped to
+    [0, 60]; None when it is missing or not a sane value."""
     if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        if parsed is None:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         seconds = parsed.timestamp() - time.time()
+    if not math.isfinite(seconds):
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 

@@ -87,7 +87,11 @@ class Client(BaseClient):
         self._own_http = http_client is None
         self._http = http_client or httpx.Client(timeout=self.timeout)
 
-    def _request(self, spec: RequestSpec) -> httpx.Response:
+    def request(self, spec: RequestSpec) -> httpx.Response:
+        """Send one API call with this client's retries; raise on an error answer.
+
+        The low-level interface that sessions and the methods here are built on.
+        """
         attempt = 0
         while True:
             request = self._build_request(self._http, spec)
@@ -115,18 +119,18 @@ class Client(BaseClient):
     ) -> Session:
         """Create a session from initial ``params``, or of ``size`` (zeros, or ``init``)."""
         spec, raw = _create_specs(params, size, init, dtype, optimizer, name, metadata)
-        resource = self._request(spec).json()
+        resource = self.request(spec).json()
         if raw is not None:
             try:
-                resource = self._request(_put_raw(resource["id"], raw)).json()
+                resource = self.request(_put_raw(resource["id"], raw)).json()
             except BaseException:
-                self._request(RequestSpec("DELETE", f"/v1/sessions/{resource['id']}"))
+                self.request(RequestSpec("DELETE", f"/v1/sessions/{resource['id']}"))
                 raise
         return Session(self, resource, gradient_dtype=self.gradient_dtype)
 
     def session(self, session_id: str) -> Session:
         """An existing session, read fresh from the service."""
-        resource = self._request(RequestSpec("GET", f"/v1/sessions/{session_id}")).json()
+        resource = self.request(RequestSpec("GET", f"/v1/sessions/{session_id}")).json()
         return Session(self, resource, gradient_dtype=self.gradient_dtype)
 
     def iter_sessions(self) -> Iterator[Session]:
@@ -134,7 +138,7 @@ class Client(BaseClient):
         cursor: str | None = None
         while True:
             params = {"limit": str(PAGE_SIZE)} | ({"cursor": cursor} if cursor else {})
-            page = self._request(RequestSpec("GET", "/v1/sessions", params=params)).json()
+            page = self.request(RequestSpec("GET", "/v1/sessions", params=params)).json()
             for resource in page["sessions"]:
                 yield Session(self, resource, gradient_dtype=self.gradient_dtype)
             cursor = page["next_cursor"]
@@ -176,7 +180,8 @@ class AsyncClient(BaseClient):
         self._own_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
 
-    async def _request(self, spec: RequestSpec) -> httpx.Response:
+    async def request(self, spec: RequestSpec) -> httpx.Response:
+        """Send one API call with this client's retries (see ``Client.request``)."""
         attempt = 0
         while True:
             request = self._build_request(self._http, spec)
@@ -204,18 +209,18 @@ class AsyncClient(BaseClient):
     ) -> AsyncSession:
         """Create a session (see ``Client.create_session``)."""
         spec, raw = _create_specs(params, size, init, dtype, optimizer, name, metadata)
-        resource = (await self._request(spec)).json()
+        resource = (await self.request(spec)).json()
         if raw is not None:
             try:
-                resource = (await self._request(_put_raw(resource["id"], raw))).json()
+                resource = (await self.request(_put_raw(resource["id"], raw))).json()
             except BaseException:
-                await self._request(RequestSpec("DELETE", f"/v1/sessions/{resource['id']}"))
+                await self.request(RequestSpec("DELETE", f"/v1/sessions/{resource['id']}"))
                 raise
         return AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
 
     async def session(self, session_id: str) -> AsyncSession:
         """An existing session, read fresh from the service."""
-        resource = (await self._request(RequestSpec("GET", f"/v1/sessions/{session_id}"))).json()
+        resource = (await self.request(RequestSpec("GET", f"/v1/sessions/{session_id}"))).json()
         return AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
 
     async def iter_sessions(self) -> AsyncIterator[AsyncSession]:
@@ -223,7 +228,7 @@ class AsyncClient(BaseClient):
         cursor: str | None = None
         while True:
             params = {"limit": str(PAGE_SIZE)} | ({"cursor": cursor} if cursor else {})
-            page = (await self._request(RequestSpec("GET", "/v1/sessions", params=params))).json()
+            page = (await self.request(RequestSpec("GET", "/v1/sessions", params=params))).json()
             for resource in page["sessions"]:
                 yield AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
             cursor = page["next_cursor"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
@@ -12,8 +12,22 @@ import numpy.typing as npt
 from adamhub._base_client import RequestSpec
 from adamhub._config import AdamConfig
 
-if TYPE_CHECKING:
-    from adamhub._client import AsyncClient, Client
+
+class Requester(Protocol):
+    """What a ``Session`` sends its calls through (a ``Client``)."""
+
+    def request(self, spec: RequestSpec) -> httpx.Response:
+        """Send one API call with retries."""
+        ...
+
+
+class AsyncRequester(Protocol):
+    """What an ``AsyncSession`` sends its calls through (an ``AsyncClient``)."""
+
+    async def request(self, spec: RequestSpec) -> httpx.Response:
+        """Send one API call with retries."""
+        ...
+
 
 BINARY = "application/octet-stream"
 WIRE_DTYPES = ("float16", "float32", "float64")
@@ -104,7 +118,7 @@ class Session(SessionBase):
     """A session of a ``Client``: its fields are as of the last call that returned them."""
 
     def __init__(
-        self, client: Client, resource: dict[str, Any], *, gradient_dtype: str | None = None
+        self, client: Requester, resource: dict[str, Any], *, gradient_dtype: str | None = None
     ) -> None:
         super().__init__(resource, gradient_dtype=gradient_dtype)
         self._client = client
@@ -117,38 +131,38 @@ class Session(SessionBase):
         Sent as raw bytes in the session dtype (or ``gradient_dtype``), with an
         Idempotency-Key, so that retries after lost answers apply it exactly once.
         """
-        response = self._client._request(self._step_spec(gradient, idempotency_key))
+        response = self._client.request(self._step_spec(gradient, idempotency_key))
         return self._step_result(response)
 
     def params(self) -> npt.NDArray[np.floating]:
         """The current parameters (``t`` is updated too)."""
-        return self._params_result(self._client._request(self._params_spec()))
+        return self._params_result(self._client.request(self._params_spec()))
 
     def set_params(self, params: npt.ArrayLike) -> None:
         """Start over from ``params``: the moments and ``t`` go back to zero."""
-        self._apply(self._client._request(self._put_params_spec(params)).json())
+        self._apply(self._client.request(self._put_params_spec(params)).json())
 
     def update(
         self, *, name: str | None = None, metadata: dict[str, Any] | None = None, **optimizer: Any
     ) -> None:
         """Change optimizer settings (``lr=…``, ``betas=…``, …), ``name`` or ``metadata``."""
         extra = {k: v for k, v in {"name": name, "metadata": metadata}.items() if v is not None}
-        self._apply(self._client._request(self._update_spec(optimizer, extra)).json())
+        self._apply(self._client.request(self._update_spec(optimizer, extra)).json())
 
     def refresh(self) -> None:
         """Read the session's fields again."""
-        self._apply(self._client._request(RequestSpec("GET", self._path)).json())
+        self._apply(self._client.request(RequestSpec("GET", self._path)).json())
 
     def delete(self) -> None:
         """Delete the session and all its state."""
-        self._client._request(RequestSpec("DELETE", self._path))
+        self._client.request(RequestSpec("DELETE", self._path))
 
 
 class AsyncSession(SessionBase):
     """A session of an ``AsyncClient``: the methods of ``Session``, as coroutines."""
 
     def __init__(
-        self, client: AsyncClient, resource: dict[str, Any], *, gradient_dtype: str | None = None
+        self, client: AsyncRequester, resource: dict[str, Any], *, gradient_dtype: str | None = None
     ) -> None:
         super().__init__(resource, gradient_dtype=gradient_dtype)
         self._client = client
@@ -157,31 +171,31 @@ class AsyncSession(SessionBase):
         self, gradient: npt.ArrayLike, *, idempotency_key: str | None = None
     ) -> npt.NDArray[np.floating]:
         """Apply one gradient; return the new parameters (see ``Session.step``)."""
-        response = await self._client._request(self._step_spec(gradient, idempotency_key))
+        response = await self._client.request(self._step_spec(gradient, idempotency_key))
         return self._step_result(response)
 
     async def params(self) -> npt.NDArray[np.floating]:
         """The current parameters (``t`` is updated too)."""
-        return self._params_result(await self._client._request(self._params_spec()))
+        return self._params_result(await self._client.request(self._params_spec()))
 
     async def set_params(self, params: npt.ArrayLike) -> None:
         """Start over from ``params``: the moments and ``t`` go back to zero."""
-        self._apply((await self._client._request(self._put_params_spec(params))).json())
+        self._apply((await self._client.request(self._put_params_spec(params))).json())
 
     async def update(
         self, *, name: str | None = None, metadata: dict[str, Any] | None = None, **optimizer: Any
     ) -> None:
         """Change optimizer settings, ``name`` or ``metadata``."""
         extra = {k: v for k, v in {"name": name, "metadata": metadata}.items() if v is not None}
-        self._apply((await self._client._request(self._update_spec(optimizer, extra))).json())
+        self._apply((await self._client.request(self._update_spec(optimizer, extra))).json())
 
     async def refresh(self) -> None:
         """Read the session's fields again."""
-        self._apply((await self._client._request(RequestSpec("GET", self._path))).json())
+        self._apply((await self._client.request(RequestSpec("GET", self._path))).json())
 
     async def delete(self) -> None:
         """Delete the session and all its state."""
-        await self._client._request(RequestSpec("DELETE", self._path))
+        await self._client.request(RequestSpec("DELETE", self._path))
 
 
 def flat_vector(values: npt.ArrayLike, size: int, what: str) -> npt.NDArray[Any]:

@@ -63,6 +63,8 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Adam as a service: optimiser state in Redis, steps over HTTP.",
         lifespan=lifespan,
         docs_url=None,
+        # Operation ids are the handlers' names: generated clients get create_session().
+        generate_unique_id_function=lambda route: route.name,
         redoc_url=None,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -110,9 +110,25 @@ def openapi_document(app: FastAPI, *, max_size: int) -> dict[str, Any]:
     _, definitions = models_json_schema(
         [(model, "validation") for model in BODY_MODELS], ref_template=REF
     )
+    _drop_framework_validation_errors(document)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in definitions.get("$defs", {}).items():
         schemas.setdefault(name, schema)
     schemas["SessionCreate"]["properties"]["size"]["anyOf"][0]["maximum"] = max_size
     app.openapi_schema = document
     return document
+
+
+def _drop_framework_validation_errors(document: dict[str, Any]) -> None:
+    """Remove the 422 FastAPI documents on its own: its body is not what the service sends
+    (every error is a problem document), and the routes that can answer 422 say so."""
+    framework_ref = "#/components/schemas/HTTPValidationError"
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            content = responses.get("422", {}).get("content", {})
+            if content.get(JSON, {}).get("schema", {}).get("$ref") == framework_ref:
+                del responses["422"]
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
