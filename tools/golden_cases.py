@@ -15,9 +15,7 @@ import numpy.typing as npt
 STEPS = 1000
 SIZE = 64
 # The golden file, next to the optimiser tests that read it.
-GOLDEN_FILE = (
-    Path(__file__).resolve().parent.parent / "tests" / "service" / "golden" / "adam_torch.npz"
-)
+GOLDEN_FILE = Path(__file__).resolve().parents[1] / "tests/service/optim/golden/adam_torch.npz"
 CHECKPOINT_STEPS = (1, 10, 100, STEPS)
 
 OPTIONS: dict[str, dict[str, Any]] = {

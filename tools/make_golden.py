@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/make_golden.py        (needs torch: pip install torch)
 
-For every case of ``tests/service/golden_cases.py`` it runs torch's own optimiser on the
+For every case of ``tools/golden_cases.py`` it runs torch's own optimiser on the
 case's inputs and stores the state after each checkpoint step in one ``.npz`` file.
 """
 

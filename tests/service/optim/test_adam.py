@@ -39,7 +39,7 @@ def run_ours(case: str) -> dict[int, AdamState]:
 
 
 def worst_relative_deviation(ours: np.ndarray, reference: np.ndarray) -> float:
-    """max |a - b| / max(1, |b|): the bar of DESIGN.md is 1e-5."""
+    """max |a - b| / max(1, |b|): the bar of docs/architecture.md is 1e-5."""
     assert ours.dtype == reference.dtype
     return float(np.max(np.abs(ours - reference) / np.maximum(1.0, np.abs(reference))))
 
@@ -93,7 +93,7 @@ def test_float32_and_float64_keep_their_dtype() -> None:
 
 
 def paper_step(state: AdamState, g: np.ndarray, c: AdamConfig) -> AdamState:
-    """DESIGN.md's formulas written plainly, in float64."""
+    """The paper's formulas (docs/architecture.md) written plainly, in float64."""
     t = state.step + 1
     beta1, beta2 = c.betas
     theta = state.params.astype(np.float64)

@@ -1,4 +1,4 @@
-"""The HTTP API of API.md, in process, against a real Redis."""
+"""The HTTP API of docs/api.md, in process, against a real Redis."""
 
 from __future__ import annotations
 
