@@ -63,16 +63,21 @@ VectorOut = Annotated[
 ]
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max(map(_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(_depth, value), default=0)
-    return 0
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels deep (iterative: no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _small_and_shallow(metadata: dict[str, Any]) -> dict[str, Any]:
-    if _depth(metadata) > MAX_METADATA_DEPTH:
+    if _deeper_than(metadata, MAX_METADATA_DEPTH):
         raise ValueError(f"metadata is nested over {MAX_METADATA_DEPTH} levels deep")
     if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata is over {MAX_METADATA_BYTES} bytes as JSON; keep it small")

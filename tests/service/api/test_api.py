@@ -563,3 +563,40 @@ def test_metrics_count_requests_steps_and_replays(client: TestClient) -> None:
     assert 'adamhub_steps_total{outcome="applied"} 1.0' in text
     assert 'adamhub_steps_total{outcome="replayed"} 1.0' in text
     assert "adamhub_cache_bytes 36.0" in text  # θ, m, v of 3 float32
+
+
+@pytest.mark.parametrize("depth", [33, 254, 1000, 5000])
+def test_deeply_nested_json_is_422_everywhere(
+    client: TestClient, redis_client: redis.Redis, depth: int
+) -> None:
+    nested = b"[" * depth + b"]" * depth
+    bodies = {
+        "/v1/sessions": b'{"size": 1, "metadata": {"a": ' + nested + b"}}",
+        "/v1/sessions?x": b'{"size": 1, "optimizer": ' + nested + b"}",
+    }
+    for path, body in bodies.items():
+        response = client.post(
+            path.split("?")[0], content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    assert redis_client.dbsize() == 0
+    sid = create(client, size=1)["id"]
+    for path in (f"/v1/sessions/{sid}", f"/v1/sessions/{sid}/step"):
+        method = "PATCH" if path.endswith(sid) else "POST"
+        body = b'{"metadata": {"a": ' + nested + b"}}" if method == "PATCH" else nested
+        response = client.request(
+            method, path, content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 422, response.text
+
+
+def test_normal_init_that_is_not_finite_in_the_dtype_is_refused(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    response = client.post(
+        "/v1/sessions", json={"size": 4, "init": {"kind": "normal", "mean": 1e39, "std": 1.0}}
+    )
+    assert response.status_code == 422
+    assert response.json()["type"] == ERRORS + "validation-error"
+    assert redis_client.dbsize() == 0
