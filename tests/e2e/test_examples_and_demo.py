@@ -79,3 +79,8 @@ def test_demo_trains_and_exits_0() -> None:
     assert losses, out
     assert float(losses.group(2)) < float(losses.group(1)) / 2
     assert out.strip().endswith("done")
+    # Progress: the whole-data loss at the start and at every tenth, never a nan.
+    assert "nan" not in out.lower()
+    progress = re.findall(r"^\s+(\d+)%\s+steps\s+(\d+)\s+loss ([\d.]+)$", out, re.MULTILINE)
+    assert [int(percent) for percent, _, _ in progress] == list(range(0, 101, 10)), out
+    assert float(progress[-1][2]) < float(progress[0][2]) / 2

@@ -155,7 +155,7 @@ def run(workers: int = 4, steps: int = 150) -> int:
         start = np.random.default_rng(0).normal(0.0, 0.3, SIZE).astype(np.float32)
         start_loss, _ = loss_and_gradient(start, x, y)
         with adamhub.Client(base_url) as client:
-            session = client.create_session(start, optimizer={"lr": 0.01}, name="demo")
+            session = client.create_session(start, optimizer={"lr": 0.003}, name="demo")
             context = multiprocessing.get_context("spawn")
             updates: multiprocessing.Queue[tuple[int, int]] = context.Queue()
             processes = [
