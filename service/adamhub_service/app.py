@@ -9,17 +9,22 @@ from typing import Any
 from fastapi import FastAPI
 
 from adamhub_service import __version__
-from adamhub_service.api import operations, params, sessions, steps
+from adamhub_service.api import keys, operations, params, sessions, steps
+from adamhub_service.api.budget import InflightBudget
 from adamhub_service.api.deps import Services
+from adamhub_service.api.middleware import FrontDoor
 from adamhub_service.api.openapi import openapi_document
 from adamhub_service.api.problems import install_problem_handlers
 from adamhub_service.config import Settings
 from adamhub_service.observability.metrics import Metrics, MetricsMiddleware
-from adamhub_service.sessions.service import SessionService
+from adamhub_service.sessions.service import SessionLimits, SessionService
 from adamhub_service.steps.service import StepService
+from adamhub_service.storage.api_keys import KeyStore
 from adamhub_service.storage.cache import StateCache
 from adamhub_service.storage.store import RedisStore
 from adamhub_service.storage.versions import SessionStore
+from adamhub_service.tenancy.keys import KeyService
+from adamhub_service.tenancy.limits import RateLimiter
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -36,6 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
             timeout_seconds=settings.redis_timeout_seconds,
             max_connections=settings.redis_max_connections,
             pending_write_ttl_ms=int(settings.pending_write_ttl_seconds * 1000),
+            round_trip_bytes=settings.round_trip_bytes,
         )
         store = SessionStore(
             redis_store, StateCache(settings.cache_bytes), commit_attempts=settings.commit_attempts
@@ -45,12 +51,29 @@ def create_app(settings: Settings) -> FastAPI:
             settings=settings,
             store=store,
             sessions=SessionService(
-                store, chunk_elements=settings.chunk_elements, max_size=settings.max_size
+                store,
+                chunk_elements=settings.chunk_elements,
+                limits=SessionLimits(
+                    max_size=settings.max_size,
+                    tenant_max_sessions=settings.tenant_max_sessions,
+                    tenant_max_parameters=settings.tenant_max_parameters,
+                ),
+                idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             ),
             steps=StepService(
-                store, metrics, idempotency_ttl_seconds=settings.idempotency_ttl_seconds
+                store,
+                metrics,
+                idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+                # A step queued behind one that waits on a stalled store gives up when
+                # that one would have: a store timeout after it arrived, and a second.
+                queue_timeout_seconds=settings.redis_timeout_seconds + 1,
             ),
             metrics=metrics,
+            keys=KeyService(KeyStore(redis_store.client), master_key=settings.master_key),
+            limiter=RateLimiter(store, rate=settings.rate_limit, burst=settings.rate_limit_burst),
+            budget=InflightBudget(
+                settings.max_inflight_bytes, wait_seconds=settings.overload_wait_seconds
+            ),
         )
         try:
             yield
@@ -67,9 +90,10 @@ def create_app(settings: Settings) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
         redoc_url=None,
     )
+    app.add_middleware(FrontDoor, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_problem_handlers(app)
-    for router in (sessions.router, params.router, steps.router, operations.router):
+    for router in (sessions.router, params.router, steps.router, keys.router, operations.router):
         app.include_router(router)
     operations.install_docs(app)
 

@@ -27,7 +27,6 @@ class Settings(BaseSettings):
         default=262_144, ge=1, description="Elements per stored chunk of a vector."
     )
     max_size: int = Field(default=1 << 27, ge=1, description="Largest session size allowed.")
-    max_body_bytes: int = Field(default=1 << 30, ge=1, description="Largest request body.")
     idempotency_ttl_seconds: float = Field(
         default=900.0, gt=0, description="How long an Idempotency-Key is remembered."
     )
@@ -45,6 +44,45 @@ class Settings(BaseSettings):
     )
     redis_max_connections: int = Field(default=64, ge=1)
 
+    master_key: str | None = Field(
+        default=None,
+        min_length=16,
+        description="When set, every /v1 request needs a key; when not, only loopback "
+        "clients are served (protected mode).",
+    )
+    allowed_hosts: list[str] | None = Field(
+        default=None,
+        description="Host header values served (a port is ignored); None serves any. "
+        "`serve` sets the loopback names when it binds to loopback.",
+    )
+    tenant_max_sessions: int = Field(default=1000, ge=0, description="Sessions per tenant.")
+    tenant_max_parameters: int = Field(
+        default=1 << 31, ge=0, description="Sum of the sizes of a tenant's sessions."
+    )
+    rate_limit: float = Field(
+        default=0.0, ge=0, description="Requests per second per key (0: off)."
+    )
+    rate_limit_burst: int = Field(
+        default=0, ge=0, description="Requests a key may send at once (0: one second's worth)."
+    )
+    max_json_bytes: int = Field(
+        default=64 << 20, ge=1, description="Largest JSON body (vectors: use binary)."
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A body that stalls this long is answered 408."
+    )
+    max_inflight_bytes: int = Field(
+        default=8 << 30,
+        ge=1,
+        description="Request and working memory a process takes on at once; 503 beyond.",
+    )
+    overload_wait_seconds: float = Field(
+        default=30.0, ge=0, description="How long a request waits for memory before 503."
+    )
+    round_trip_bytes: int = Field(
+        default=64 << 20, ge=1, description="Bytes of chunks written per store round trip."
+    )
+
 
 class ServerOptions(BaseSettings):
     """How ``adamhub-service serve`` runs the app: address, processes, embedded store, logs."""
@@ -58,3 +96,6 @@ class ServerOptions(BaseSettings):
         default=Path("adamhub-data"), description="The embedded Valkey's data folder."
     )
     log_level: str = "info"
+    limit_concurrency: int = Field(
+        default=4096, ge=1, description="Connections and tasks per process before 503."
+    )

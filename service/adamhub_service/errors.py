@@ -167,3 +167,86 @@ class StoreUnavailable(AdamhubError):
 
     def __init__(self, detail: str, *, retry_after: int = 1) -> None:
         super().__init__(detail, retry_after=retry_after)
+
+
+class OutcomeUnknown(AdamhubError):
+    """The store stopped answering after a write was sent: it may have been applied."""
+
+    slug = "outcome-unknown"
+    title = "Outcome unknown"
+
+    def __init__(self, detail: str, *, retry_after: int = 1) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+class Overloaded(AdamhubError):
+    """This process holds as much request memory as it may; nothing was done."""
+
+    slug = "overloaded"
+    title = "Overloaded"
+
+
+class Unauthorized(AdamhubError):
+    """No key, or a key the service does not know (unknown, expired or revoked)."""
+
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+
+class Forbidden(AdamhubError):
+    """The key may see the resource but not do this to it."""
+
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class ProtectedMode(Forbidden):
+    """Without a master key only loopback clients are served."""
+
+    slug = "protected-mode"
+    title = "Protected mode"
+
+
+class QuotaExceeded(Forbidden):
+    """The tenant is at one of its limits; nothing was created."""
+
+    slug = "quota-exceeded"
+    title = "Quota exceeded"
+
+
+class RateLimited(AdamhubError):
+    """The key sent more requests than its rate allows; nothing was done."""
+
+    slug = "rate-limited"
+    title = "Rate limited"
+
+
+class KeyNotFound(NotFound):
+    """No such API key (or not the caller's tenant's)."""
+
+    slug = "key-not-found"
+    title = "Key not found"
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"there is no key {key_id!r}", key_id=key_id)
+
+
+class RequestTimeout(AdamhubError):
+    """The body stalled; the connection is closed."""
+
+    slug = "request-timeout"
+    title = "Request timeout"
+
+
+class HeadersTooLarge(AdamhubError):
+    """The request's headers are over the limit."""
+
+    slug = "headers-too-large"
+    title = "Request header fields too large"
+
+
+class HostNotAllowed(BadRequest):
+    """A Host header this service does not answer to (DNS rebinding protection)."""
+
+    slug = "host-not-allowed"
+    title = "Host not allowed"

@@ -1,9 +1,13 @@
-"""Reading request bodies: bounded in size, into validated models and vectors."""
+"""Reading request bodies: sized before they are read, bounded while they are read,
+never waited on for long, into validated models and vectors."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
+import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
@@ -17,44 +21,126 @@ from adamhub_service.sessions.records import SessionRecord
 Model = TypeVar("Model", bound=BaseModel)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 as soon as it passes ``limit`` bytes."""
+def declared_length(request: Request) -> int | None:
+    """The Content-Length of a request, when it has a valid one."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise errors.PayloadTooLarge(
-            f"the body has {declared} bytes; the limit is {limit}", limit=limit
-        )
+    return int(declared) if declared is not None and declared.isdigit() else None
+
+
+async def _pieces(request: Request, stall_seconds: float) -> AsyncIterator[bytes]:
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            piece = await asyncio.wait_for(anext(stream), stall_seconds)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise errors.RequestTimeout(
+                f"the body stalled for over {stall_seconds:g} s; the connection is closed"
+            ) from exc
+        yield piece
+
+
+async def read_body(
+    request: Request, *, limit: int, stall_seconds: float, what: str = "JSON body"
+) -> bytes:
+    """The request body, or 413 as soon as it passes ``limit`` bytes."""
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise _too_large(what, limit)
     parts: list[bytes] = []
     received = 0
-    async for part in request.stream():
+    async for part in _pieces(request, stall_seconds):
         received += len(part)
         if received > limit:
-            raise errors.PayloadTooLarge(f"the body is over the {limit}-byte limit", limit=limit)
+            raise _too_large(what, limit)
         parts.append(part)
     return b"".join(parts)
 
 
-async def json_model(request: Request, model: type[Model], limit: int) -> Model:
-    """A JSON body validated as ``model``, or 415/422 saying what is wrong."""
+def _too_large(what: str, limit: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(
+        f"the {what} is over the {limit}-byte limit; send large vectors as raw bytes "
+        "(Content-Type: application/octet-stream), which have no such limit",
+        limit=limit,
+    )
+
+
+async def json_model(
+    request: Request, model: type[Model], *, limit: int, stall_seconds: float
+) -> Model:
+    """A JSON body validated as ``model``, or 413/415/422 saying what is wrong."""
     negotiation.body_kind(request.headers.get("content-type"))
-    document = negotiation.json_object(await read_body(request, limit))
+    return validate(model, await read_body(request, limit=limit, stall_seconds=stall_seconds))
+
+
+def validate(model: type[Model], body: bytes) -> Model:
+    """A JSON object body as ``model``, or 422 listing every problem."""
+    document = negotiation.json_object(body)
     try:
         return model.model_validate(document)
     except ValidationError as exc:
         raise validation_problem(exc.errors()) from exc
 
 
+def _check_length(nbytes: int, itemsize: int, size: int, field: str) -> None:
+    if nbytes == 0:
+        raise errors.InvalidVector("the request body is empty; a binary vector was expected")
+    if nbytes % itemsize:
+        raise errors.InvalidVector(
+            f"the body has {nbytes} bytes, not a multiple of the {itemsize}-byte element",
+            itemsize=itemsize,
+        )
+    if nbytes != size * itemsize:
+        raise errors.WrongSize(
+            f"{field!r} has {nbytes // itemsize} elements; the session has {size}",
+            field=field,
+            expected_size=size,
+            actual_size=nbytes // itemsize,
+        )
+
+
+async def _binary_vector(
+    request: Request, dtype: np.dtype[np.floating], size: int, field: str, stall_seconds: float
+) -> FloatArray:
+    """Raw bytes straight into an array of the expected size: a body of another length
+    is refused before it is read (Content-Length) or as soon as it passes the size."""
+    expected = size * dtype.itemsize
+    declared = declared_length(request)
+    if declared is not None:
+        _check_length(declared, dtype.itemsize, size, field)
+    buffer = bytearray(expected)
+    view = memoryview(buffer)
+    received = 0
+    async for part in _pieces(request, stall_seconds):
+        if received + len(part) > expected:
+            raise errors.WrongSize(
+                f"{field!r} is longer than the session's {size} elements",
+                field=field,
+                expected_size=size,
+            )
+        view[received : received + len(part)] = part
+        received += len(part)
+    _check_length(received, dtype.itemsize, size, field)
+    return np.frombuffer(buffer, dtype=dtype)
+
+
 async def vector_body(
-    request: Request, record: SessionRecord, field: str, dtype_header: str | None, limit: int
+    request: Request,
+    record: SessionRecord,
+    field: str,
+    dtype_header: str | None,
+    *,
+    json_limit: int,
+    stall_seconds: float,
 ) -> FloatArray:
     """A vector of the session's size and dtype: raw bytes, or JSON ``{field: [...]}``."""
     kind = negotiation.body_kind(request.headers.get("content-type"))
-    body = await read_body(request, limit)
     if kind == BINARY:
-        raw = negotiation.vector_from_bytes(
-            body, negotiation.wire_dtype(dtype_header, record.dtype)
-        )
+        dtype = negotiation.wire_dtype(dtype_header, record.dtype)
+        raw = await _binary_vector(request, dtype, record.size, field, stall_seconds)
     else:
+        body = await read_body(request, limit=json_limit, stall_seconds=stall_seconds)
         document = negotiation.json_object(body)
         if field not in document:
             raise errors.InvalidVector(f"the body has no {field!r} member", field=field)

@@ -7,11 +7,14 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from adamhub_service.api.budget import InflightBudget
 from adamhub_service.config import Settings
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.sessions.service import SessionService
 from adamhub_service.steps.service import StepService
 from adamhub_service.storage.versions import SessionStore
+from adamhub_service.tenancy.keys import KeyService
+from adamhub_service.tenancy.limits import RateLimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,9 @@ class Services:
     sessions: SessionService
     steps: StepService
     metrics: Metrics
+    keys: KeyService
+    limiter: RateLimiter
+    budget: InflightBudget
 
 
 def services(request: Request) -> Services:

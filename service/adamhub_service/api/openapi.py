@@ -15,14 +15,33 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from adamhub_service.api.negotiation import BINARY, JSON, PROBLEM_JSON
-from adamhub_service.api.schemas import ParamsIn, Problem, SessionCreate, SessionPatch, StepIn
+from adamhub_service.api.schemas import (
+    KeyCreate,
+    ParamsIn,
+    Problem,
+    SessionCreate,
+    SessionPatch,
+    StepIn,
+)
 
 REF = "#/components/schemas/{model}"
 # Documented request bodies, registered as components by ``openapi_document``.
-BODY_MODELS: tuple[type[BaseModel], ...] = (SessionCreate, SessionPatch, ParamsIn, StepIn, Problem)
+BODY_MODELS: tuple[type[BaseModel], ...] = (
+    SessionCreate,
+    SessionPatch,
+    ParamsIn,
+    StepIn,
+    KeyCreate,
+    Problem,
+)
 
 _DESCRIPTIONS = {
-    400: "The request cannot be read.",
+    400: "The request cannot be read, or its Host is not one this service answers to.",
+    401: "No API key, or one that is unknown, expired or revoked (`WWW-Authenticate`).",
+    403: "The key does not grant this action; the tenant is at a quota; or, without a "
+    "master key, the client is not on this machine (protected mode).",
+    408: "The body stalled; the connection is closed.",
+    429: "The key is over its rate limit; nothing was done. Retry after `Retry-After`.",
     404: "No such session (or not yours).",
     405: "The resource does not take this method.",
     409: "Concurrent updates kept winning; nothing was changed. Retry after `Retry-After`.",
@@ -30,12 +49,28 @@ _DESCRIPTIONS = {
     415: "A `Content-Type` or `Adamhub-Dtype` the service does not take.",
     422: "Invalid content: every problem is described; nothing was changed.",
     500: "The service failed unexpectedly; nothing was changed.",
-    503: "The store is unavailable; nothing was changed. Retry after `Retry-After`.",
+    503: "`store-unavailable`: nothing was changed; `outcome-unknown`: a write may have "
+    "been applied (retry with the same Idempotency-Key, or read the session); "
+    "`overloaded`: too much in flight. Retry after `Retry-After`.",
 }
 _RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before retrying.",
         "schema": {"type": "integer", "minimum": 0},
+    }
+}
+_WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}}}
+_RATE_LIMIT = {
+    "RateLimit-Policy": {
+        "description": "The key's limit (draft-ietf-httpapi-ratelimit-headers).",
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {"description": "Where the key stands.", "schema": {"type": "string"}},
+}
+REPLAYED_HEADERS = {
+    "Idempotent-Replayed": {
+        "description": "`true` when the answer replays an earlier request with this key.",
+        "schema": {"type": "string", "enum": ["true"]},
     }
 }
 STEP_HEADERS = {
@@ -50,13 +85,10 @@ APPLIED_HEADERS = {
         "description": "The step this gradient produced.",
         "schema": {"type": "integer", "minimum": 1},
     },
-    "Idempotent-Replayed": {
-        "description": "`true` when the answer replays an earlier request with this key.",
-        "schema": {"type": "string", "enum": ["true"]},
-    },
+    **REPLAYED_HEADERS,
 }
 LOCATION_HEADER = {
-    "Location": {"description": "The new session's URL.", "schema": {"type": "string"}}
+    "Location": {"description": "The new resource's URL.", "schema": {"type": "string"}}
 }
 BINARY_VECTOR = {
     "schema": {
@@ -73,16 +105,22 @@ def ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
-def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """Problem responses for ``statuses`` (400, 415, 500 and 503 are always possible)."""
+def problems(*statuses: int, caller: bool = True) -> dict[int | str, dict[str, Any]]:
+    """Problem responses for ``statuses``; 400, 500 and 503 are always possible, and 401,
+    403 and 429 for a route with a ``caller``."""
+    always = {400, 500, 503} | ({401, 403, 429} if caller else set())
     documented: dict[int | str, dict[str, Any]] = {}
-    for status in sorted({*statuses, 400, 500, 503}):
+    for status in sorted({*statuses, *always}):
         response: dict[str, Any] = {
             "description": _DESCRIPTIONS[status],
             "content": {PROBLEM_JSON: {"schema": ref(Problem)}},
         }
-        if status in (409, 503):
-            response["headers"] = _RETRY_AFTER
+        if status in (409, 429, 503):
+            response["headers"] = dict(_RETRY_AFTER)
+        if status == 401:
+            response["headers"] = _WWW_AUTHENTICATE
+        if status == 429:
+            response["headers"].update(_RATE_LIMIT)
         documented[status] = response
     return documented
 

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from adamhub_service.api import openapi
+from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.deps import ServicesDep
 from adamhub_service.api.negotiation import JSON
 from adamhub_service.api.schemas import Health, render
@@ -29,7 +30,7 @@ async def healthz() -> Response:
 @router.get(
     "/readyz",
     response_model=Health,
-    responses=openapi.problems(),
+    responses=openapi.problems(caller=False),
     summary="The store answers",
 )
 async def readyz(services: ServicesDep) -> Response:
@@ -41,11 +42,15 @@ async def readyz(services: ServicesDep) -> Response:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **openapi.problems(),
+    },
     summary="Prometheus metrics",
 )
-async def prometheus_metrics(services: ServicesDep) -> Response:
-    """The Prometheus text exposition of this process's metrics."""
+async def prometheus_metrics(services: ServicesDep, caller: PrincipalDep) -> Response:
+    """The Prometheus text exposition of this process's metrics (`metrics.read`)."""
+    caller.require("metrics.read")
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

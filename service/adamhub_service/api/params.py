@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from adamhub_service.api import negotiation, openapi
+from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.bodies import vector_body
-from adamhub_service.api.deps import ServicesDep, SessionId
+from adamhub_service.api.budget import vector_request_bytes
+from adamhub_service.api.deps import Services, ServicesDep, SessionId
 from adamhub_service.api.negotiation import BINARY, JSON, STEP_HEADER, etag
 from adamhub_service.api.schemas import WIRE_DTYPES, ParamsIn, ParamsOut, SessionOut, render
+from adamhub_service.sessions.records import SessionRecord
 
 router = APIRouter(prefix="/v1", tags=["parameters"])
 
@@ -22,6 +26,23 @@ DtypeHeader = Annotated[
         json_schema_extra={"enum": list(WIRE_DTYPES)},
     ),
 ]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        description="1 to 255 visible ASCII characters: a retry with the same key and the "
+        "same body is applied once.",
+        json_schema_extra={"pattern": "^[!-~]{1,255}$"},
+    ),
+]
+
+
+def vector_request_budget(
+    services: Services, record: SessionRecord, dtype_header: str | None
+) -> int:
+    """The bytes a request carrying a vector of this session holds while it runs."""
+    wire = negotiation.wire_dtype(dtype_header, record.dtype).itemsize
+    vectors = 4 if record.optimizer.amsgrad else 3
+    return vector_request_bytes(record.size, wire, np.dtype(record.dtype).itemsize, vectors)
 
 
 @router.get(
@@ -41,12 +62,13 @@ DtypeHeader = Annotated[
 async def get_params(
     session_id: SessionId,
     services: ServicesDep,
+    caller: PrincipalDep,
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The current parameters, as JSON or raw bytes (`Accept: application/octet-stream`)."""
     unless = negotiation.if_none_match_heads(if_none_match)
-    record, params = await services.sessions.params(session_id, unless_heads=unless)
+    record, params = await services.sessions.params(session_id, caller, unless_heads=unless)
     headers = {STEP_HEADER: str(record.t), "ETag": etag(record.head)}
     if params is None:
         return Response(status_code=304, headers=headers)
@@ -64,7 +86,7 @@ async def get_params(
     response_model=SessionOut,
     responses={
         200: {"description": "The session, at t = 0.", "headers": openapi.STEP_HEADERS},
-        **openapi.problems(404, 409, 413, 415, 422),
+        **openapi.problems(404, 408, 409, 413, 415, 422),
     },
     openapi_extra=openapi.json_body(ParamsIn, binary=True),
     summary="Replace the parameters",
@@ -73,12 +95,21 @@ async def put_params(
     session_id: SessionId,
     request: Request,
     services: ServicesDep,
+    caller: PrincipalDep,
     adamhub_dtype: DtypeHeader = None,
 ) -> Response:
     """Start over from these parameters: `m`, `v` and `t` go back to zero."""
-    record = await services.sessions.get(session_id, fresh=False)
-    limit = services.settings.max_body_bytes
-    params = await vector_body(request, record, "params", adamhub_dtype, limit)
-    updated = await services.sessions.replace_params(session_id, params)
+    settings = services.settings
+    record = await services.sessions.get(session_id, caller, "sessions.update", fresh=False)
+    async with services.budget.hold(vector_request_budget(services, record, adamhub_dtype)):
+        params = await vector_body(
+            request,
+            record,
+            "params",
+            adamhub_dtype,
+            json_limit=settings.max_json_bytes,
+            stall_seconds=settings.body_timeout_seconds,
+        )
+        updated = await services.sessions.replace_params(session_id, params, caller)
     headers = {STEP_HEADER: str(updated.t), "ETag": etag(updated.head)}
     return Response(render(SessionOut.of(updated)), media_type=JSON, headers=headers)

@@ -27,6 +27,13 @@ STATUS: dict[type[errors.AdamhubError], int] = {
     errors.UnsupportedMediaType: 415,
     errors.Unprocessable: 422,
     errors.StoreUnavailable: 503,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.RequestTimeout: 408,
+    errors.RateLimited: 429,
+    errors.HeadersTooLarge: 431,
+    errors.OutcomeUnknown: 503,
+    errors.Overloaded: 503,
 }
 
 _BY_STATUS: dict[int, type[errors.AdamhubError]] = {
@@ -68,6 +75,17 @@ def problem_response(
     all_headers = dict(headers or {})
     if error.retry_after is not None:
         all_headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, errors.Unauthorized):
+        all_headers["WWW-Authenticate"] = 'Bearer realm="adamhub"'
+    if isinstance(error, errors.RateLimited):
+        # draft-ietf-httpapi-ratelimit-headers: the policy, and where the caller stands.
+        limit, window = error.extra["limit"], error.extra["window_seconds"]
+        all_headers["RateLimit-Policy"] = f'"per-key";q={limit};w={window}'
+        all_headers["RateLimit"] = (
+            f'"per-key";r={error.extra["remaining"]};t={error.retry_after or 1}'
+        )
+    if isinstance(error, errors.RequestTimeout | errors.HeadersTooLarge):
+        all_headers["Connection"] = "close"
     return Response(
         dump_json(problem_document(error, instance=request.url.path)),
         status_code=status_of(error),

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,6 +26,7 @@ from adamhub_service.api import negotiation
 from adamhub_service.optim import BETA, EPS, LR, WEIGHT_DECAY, AdamConfig, FloatArray
 from adamhub_service.sessions.records import SessionRecord
 from adamhub_service.sessions.service import NewSession, NormalInitSpec
+from adamhub_service.tenancy.records import ApiKey
 
 MAX_METADATA_BYTES = 64 * 1024
 MAX_METADATA_DEPTH = 32
@@ -285,6 +287,84 @@ class StepOut(BaseModel):
     t: int = Field(description="The step of the parameters returned (the newest).")
     applied_t: int = Field(description="The step this gradient produced.")
     params: VectorOut | None = None
+
+
+Action = Literal[
+    "*",
+    "sessions.create",
+    "sessions.read",
+    "sessions.update",
+    "sessions.delete",
+    "steps.create",
+    "params.read",
+    "keys.manage",
+    "metrics.read",
+]
+EVERY_ACTION: tuple[Action] = ("*",)
+Tenant = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="A tenant's name.")
+]
+SessionScope = Annotated[str, Field(pattern=r"^(\*|s_[0-9a-f]{32})$")]
+
+
+class KeyCreate(BaseModel):
+    """Body of ``POST /v1/keys``."""
+
+    model_config = _STRICT
+
+    tenant: Tenant | None = Field(default=None, description="Default: the caller's tenant.")
+    actions: list[Action] = Field(default_factory=lambda: list(EVERY_ACTION), min_length=1)
+    sessions: list[SessionScope] = Field(
+        default_factory=lambda: ["*"],
+        min_length=1,
+        description='`["*"]`: every session of the tenant; or a list of session ids.',
+    )
+    expires_at: Annotated[AwareDatetime, Strict(False)] | None = Field(
+        default=None, description="RFC 3339 with a time zone; null: never."
+    )
+    description: Annotated[str, Field(max_length=1024)] | None = None
+
+
+class KeyOut(BaseModel):
+    """An API key (never its secret)."""
+
+    id: str = Field(description="`k_` and 24 hex digits.")
+    tenant: str
+    actions: list[str]
+    sessions: list[str]
+    expires_at: str | None
+    description: str | None
+    created_at: str
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyOut:
+        """The resource of a key."""
+        return cls.model_construct(
+            id=key.id,
+            tenant=key.tenant,
+            actions=list(key.actions),
+            sessions=list(key.sessions),
+            expires_at=key.expires_at,
+            description=key.description,
+            created_at=key.created_at,
+        )
+
+
+class KeyCreated(KeyOut):
+    """A new API key, with its secret: shown only in this answer."""
+
+    key: str = Field(description="The secret to send as `Authorization: Bearer <key>`.")
+
+    @classmethod
+    def with_secret(cls, key: ApiKey, secret: str) -> KeyCreated:
+        """The resource of a new key and its secret."""
+        return cls.model_construct(**KeyOut.of(key).model_dump(), key=secret)
+
+
+class KeyList(BaseModel):
+    """The keys the caller manages, oldest first."""
+
+    keys: list[KeyOut]
 
 
 class Health(BaseModel):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from adamhub_service import errors
 from adamhub_service.api import openapi
-from adamhub_service.api.bodies import json_model
+from adamhub_service.api.auth import PrincipalDep
+from adamhub_service.api.bodies import declared_length, json_model, read_body, validate
 from adamhub_service.api.deps import ServicesDep, SessionId
-from adamhub_service.api.negotiation import JSON
+from adamhub_service.api.negotiation import JSON, REPLAYED_HEADER, body_kind
+from adamhub_service.api.params import IdempotencyKeyHeader
 from adamhub_service.api.schemas import (
     SessionCreate,
     SessionList,
@@ -19,27 +23,60 @@ from adamhub_service.api.schemas import (
     render,
 )
 from adamhub_service.sessions.service import SessionChanges
+from adamhub_service.steps.idempotency import is_valid_key
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
+
+# Parsing JSON takes several times the body's bytes of memory while it lasts.
+JSON_EXPANSION = 8
 
 
 @router.post(
     "/sessions",
     status_code=201,
     response_model=SessionOut,
-    responses={201: {"headers": openapi.LOCATION_HEADER}, **openapi.problems(413, 415, 422)},
+    responses={
+        201: {"headers": {**openapi.LOCATION_HEADER, **openapi.REPLAYED_HEADERS}},
+        **openapi.problems(408, 413, 415, 422),
+    },
     openapi_extra=openapi.json_body(SessionCreate),
     summary="Create a session",
 )
-async def create_session(request: Request, services: ServicesDep) -> Response:
-    """Create a session from `params`, or from `size` with an optional `init`."""
-    spec = await json_model(request, SessionCreate, services.settings.max_body_bytes)
-    record = await services.sessions.create(spec.new_session())
+async def create_session(
+    request: Request,
+    services: ServicesDep,
+    caller: PrincipalDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Create a session from `params`, or from `size` with an optional `init`.
+
+    With an `Idempotency-Key`, a retry of the same request answers the session the
+    first one created (`Idempotent-Replayed: true`).
+    """
+    caller.require("sessions.create")
+    if idempotency_key is not None and not is_valid_key(idempotency_key):
+        raise errors.InvalidHeader(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters", header="Idempotency-Key"
+        )
+    settings = services.settings
+    body_kind(request.headers.get("content-type"))
+    reserve = (declared_length(request) or settings.max_json_bytes) * JSON_EXPANSION
+    async with services.budget.hold(min(reserve, settings.max_json_bytes * JSON_EXPANSION)):
+        body = await read_body(
+            request, limit=settings.max_json_bytes, stall_seconds=settings.body_timeout_seconds
+        )
+        spec = validate(SessionCreate, body)
+        created = await services.sessions.create(
+            spec.new_session(),
+            caller,
+            idempotency_key=idempotency_key,
+            request_digest=hashlib.blake2b(body, digest_size=16).hexdigest(),
+        )
+    headers = {"Location": f"/v1/sessions/{created.record.id}"}
+    if created.replayed:
+        headers[REPLAYED_HEADER] = "true"
     return Response(
-        render(SessionOut.of(record)),
-        status_code=201,
-        media_type=JSON,
-        headers={"Location": f"/v1/sessions/{record.id}"},
+        render(SessionOut.of(created.record)), status_code=201, media_type=JSON, headers=headers
     )
 
 
@@ -51,11 +88,12 @@ async def create_session(request: Request, services: ServicesDep) -> Response:
 )
 async def list_sessions(
     services: ServicesDep,
+    caller: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> Response:
-    """The sessions, oldest first, a page at a time."""
-    records, next_cursor = await services.sessions.list(after=cursor, limit=limit)
+    """The caller's sessions, oldest first, a page at a time."""
+    records, next_cursor = await services.sessions.list(caller, after=cursor, limit=limit)
     page = SessionList.model_construct(
         sessions=[SessionOut.of(record) for record in records], next_cursor=next_cursor
     )
@@ -68,21 +106,33 @@ async def list_sessions(
     responses=openapi.problems(404),
     summary="Get a session",
 )
-async def get_session(session_id: SessionId, services: ServicesDep) -> Response:
+async def get_session(
+    session_id: SessionId, services: ServicesDep, caller: PrincipalDep
+) -> Response:
     """One session's settings and step counter."""
-    return Response(render(SessionOut.of(await services.sessions.get(session_id))), media_type=JSON)
+    record = await services.sessions.get(session_id, caller, "sessions.read")
+    return Response(render(SessionOut.of(record)), media_type=JSON)
 
 
 @router.patch(
     "/sessions/{session_id}",
     response_model=SessionOut,
-    responses=openapi.problems(404, 409, 413, 415, 422),
+    responses=openapi.problems(404, 408, 409, 413, 415, 422),
     openapi_extra=openapi.json_body(SessionPatch),
     summary="Change a session's settings",
 )
-async def patch_session(session_id: SessionId, request: Request, services: ServicesDep) -> Response:
+async def patch_session(
+    session_id: SessionId, request: Request, services: ServicesDep, caller: PrincipalDep
+) -> Response:
     """Change optimizer settings for the steps that follow, the name, or the metadata."""
-    patch = await json_model(request, SessionPatch, services.settings.max_body_bytes)
+    settings = services.settings
+    await services.sessions.get(session_id, caller, "sessions.update", fresh=False)
+    patch = await json_model(
+        request,
+        SessionPatch,
+        limit=settings.max_json_bytes,
+        stall_seconds=settings.body_timeout_seconds,
+    )
     given = patch.model_fields_set
     changes = SessionChanges(
         optimizer=patch.optimizer.changes() if patch.optimizer else {},
@@ -90,7 +140,7 @@ async def patch_session(session_id: SessionId, request: Request, services: Servi
         rename="name" in given,
         metadata=(patch.metadata or {}) if "metadata" in given else None,
     )
-    record = await services.sessions.update(session_id, changes)
+    record = await services.sessions.update(session_id, changes, caller)
     return Response(render(SessionOut.of(record)), media_type=JSON)
 
 
@@ -100,7 +150,9 @@ async def patch_session(session_id: SessionId, request: Request, services: Servi
     responses={204: {"description": "Deleted."}, **openapi.problems(404, 409)},
     summary="Delete a session",
 )
-async def delete_session(session_id: SessionId, services: ServicesDep) -> Response:
-    """Delete the session and all its state."""
-    await services.sessions.delete(session_id)
+async def delete_session(
+    session_id: SessionId, services: ServicesDep, caller: PrincipalDep
+) -> Response:
+    """Delete the session and all its state, its idempotency records included."""
+    await services.sessions.delete(session_id, caller)
     return Response(status_code=204)

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from adamhub_service import errors
 from adamhub_service.api import negotiation, openapi
+from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.bodies import vector_body
 from adamhub_service.api.deps import ServicesDep, SessionId
 from adamhub_service.api.negotiation import (
@@ -19,7 +20,7 @@ from adamhub_service.api.negotiation import (
     STEP_HEADER,
     etag,
 )
-from adamhub_service.api.params import DtypeHeader
+from adamhub_service.api.params import DtypeHeader, IdempotencyKeyHeader, vector_request_budget
 from adamhub_service.api.schemas import StepIn, StepOut, render
 from adamhub_service.steps.idempotency import is_valid_key
 
@@ -38,7 +39,7 @@ router = APIRouter(prefix="/v1", tags=["steps"])
             "headers": {**openapi.STEP_HEADERS, **openapi.APPLIED_HEADERS},
             "content": {BINARY: openapi.BINARY_VECTOR},
         },
-        **openapi.problems(404, 409, 413, 415, 422),
+        **openapi.problems(404, 408, 409, 413, 415, 422),
     },
     openapi_extra=openapi.json_body(StepIn, binary=True),
     summary="Apply a gradient",
@@ -47,27 +48,29 @@ async def step(
     session_id: SessionId,
     request: Request,
     services: ServicesDep,
+    caller: PrincipalDep,
     return_: Annotated[Literal["params", "none"], Query(alias="return")] = "params",
     accept: Annotated[str | None, Header()] = None,
     adamhub_dtype: DtypeHeader = None,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            description="1 to 255 visible ASCII characters: a retry with the same key and "
-            "gradient is applied once.",
-            json_schema_extra={"pattern": "^[!-~]{1,255}$"},
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Apply one gradient; answer with the new parameters (or only `t`)."""
     if idempotency_key is not None and not is_valid_key(idempotency_key):
         raise errors.InvalidHeader(
             "Idempotency-Key must be 1 to 255 visible ASCII characters", header="Idempotency-Key"
         )
-    record = await services.sessions.get(session_id, fresh=False)
-    limit = services.settings.max_body_bytes
-    gradient = await vector_body(request, record, "gradient", adamhub_dtype, limit)
-    result = await services.steps.step(session_id, gradient, idempotency_key=idempotency_key)
+    settings = services.settings
+    record = await services.sessions.get(session_id, caller, "steps.create", fresh=False)
+    async with services.budget.hold(vector_request_budget(services, record, adamhub_dtype)):
+        gradient = await vector_body(
+            request,
+            record,
+            "gradient",
+            adamhub_dtype,
+            json_limit=settings.max_json_bytes,
+            stall_seconds=settings.body_timeout_seconds,
+        )
+        result = await services.steps.step(session_id, gradient, idempotency_key=idempotency_key)
     headers = {
         STEP_HEADER: str(result.record.t),
         APPLIED_STEP_HEADER: str(result.applied_t),

@@ -12,6 +12,8 @@ from typing import Any
 from adamhub_service.optim import AdamConfig
 
 SESSION_ID_PATTERN = re.compile(r"^s_[0-9a-f]{32}$")
+# The tenant of the master key, and of sessions stored before tenants existed.
+DEFAULT_TENANT = "default"
 
 
 def new_session_id() -> str:
@@ -31,8 +33,13 @@ def is_session_id(value: str) -> bool:
 
 def utc_now() -> str:
     """The current time as RFC 3339 UTC with a ``Z``, to the millisecond."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return rfc3339(datetime.now(UTC))
+
+
+def rfc3339(moment: datetime) -> str:
+    """A timezone-aware time as RFC 3339 UTC with a ``Z``, to the millisecond."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +49,7 @@ class SessionRecord:
     ``rev`` counts every change of the session (steps, parameter writes, settings
     changes) and is the fencing token of every write; ``head`` names the stored
     version of the vectors; ``t`` is Adam's step counter; ``chunk_elements`` is how
-    the vectors are split in the store.
+    the vectors are split in the store; ``tenant`` owns the session.
     """
 
     id: str
@@ -57,6 +64,7 @@ class SessionRecord:
     updated_at: str
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    tenant: str = DEFAULT_TENANT
 
     def evolve(self, **changes: Any) -> SessionRecord:
         """A copy with some fields changed."""

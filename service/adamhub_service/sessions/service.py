@@ -22,6 +22,7 @@ from adamhub_service.sessions.records import (
 )
 from adamhub_service.storage.outcomes import WriteStatus
 from adamhub_service.storage.versions import SessionStore
+from adamhub_service.tenancy.principal import Principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,23 @@ class NewSession:
     init: NormalInitSpec | None = None
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """The limits on sessions: their size, and each tenant's count and parameters."""
+
+    max_size: int
+    tenant_max_sessions: int
+    tenant_max_parameters: int
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A created session; ``replayed`` when an earlier request with the key created it."""
+
+    record: SessionRecord
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,29 +93,63 @@ def initial_params(size: int, dtype: str, init: NormalInitSpec | None) -> FloatA
 
 
 class SessionService:
-    """Sessions as the API sees them."""
+    """Sessions as the API sees them; every call on a session is checked against the
+    caller (``Principal.authorize``)."""
 
-    def __init__(self, store: SessionStore, *, chunk_elements: int, max_size: int) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        chunk_elements: int,
+        limits: SessionLimits,
+        idempotency_ttl_seconds: float,
+    ) -> None:
         self._store = store
         self._chunk_elements = chunk_elements
-        self._max_size = max_size
+        self._limits = limits
+        self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
 
-    async def create(self, spec: NewSession) -> SessionRecord:
-        """Store a new session at step 0 and return its record."""
+    async def create(
+        self,
+        spec: NewSession,
+        principal: Principal,
+        *,
+        idempotency_key: str | None = None,
+        request_digest: str = "",
+    ) -> Created:
+        """Store a new session of the caller's tenant at step 0.
+
+        With an ``idempotency_key``, a retry of the same request (same ``request_digest``)
+        answers the session the first one created, and a different request with the
+        key is refused.
+        """
+        principal.require("sessions.create")
         size = spec.size if spec.params is None else int(spec.params.size)
         assert size is not None, "a NewSession has params or a size"
-        if size > self._max_size:
+        max_size = self._limits.max_size
+        if size > max_size:
             raise errors.ValidationFailed(
-                f"{size} parameters are over this service's maximum of {self._max_size}",
-                max_size=self._max_size,
-                errors=[{"loc": ["size"], "msg": f"at most {self._max_size}"}],
+                f"{size} parameters are over this service's maximum of {max_size}",
+                max_size=max_size,
+                errors=[{"loc": ["size"], "msg": f"at most {max_size}"}],
             )
-        params = (
-            spec.params if spec.params is not None else initial_params(size, spec.dtype, spec.init)
-        )
+        session_id = new_session_id()
+        if idempotency_key is not None:
+            recorded = await self._store.claim_create(
+                principal.tenant,
+                idempotency_key,
+                f"{session_id}:{request_digest}",
+                self._idempotency_ttl_ms,
+            )
+            session_id, recorded_digest = recorded.split(":", 1)
+            if recorded_digest != request_digest:
+                raise errors.IdempotencyKeyReused(
+                    "this Idempotency-Key was already used with a different request",
+                    session_id=session_id,
+                )
         now = utc_now()
         record = SessionRecord(
-            id=new_session_id(),
+            id=session_id,
             size=size,
             dtype=spec.dtype,
             chunk_elements=self._chunk_elements,
@@ -109,34 +161,78 @@ class SessionService:
             updated_at=now,
             name=spec.name,
             metadata=spec.metadata,
+            tenant=principal.tenant,
         )
-        await self._store.create(record, init_state(params, spec.optimizer))
+        params = (
+            spec.params if spec.params is not None else initial_params(size, spec.dtype, spec.init)
+        )
+        refusal = await self._store.reserve(
+            record,
+            max_sessions=self._limits.tenant_max_sessions,
+            max_parameters=self._limits.tenant_max_parameters,
+        )
+        if refusal is not None:
+            limit = (
+                self._limits.tenant_max_sessions
+                if refusal.what == "sessions"
+                else self._limits.tenant_max_parameters
+            )
+            raise errors.QuotaExceeded(
+                f"tenant {principal.tenant!r} has {refusal.current} {refusal.what} of "
+                f"{limit}; this session would pass the limit",
+                quota=refusal.what,
+                limit=limit,
+                current=refusal.current,
+            )
+        try:
+            status = await self._store.create(record, init_state(params, spec.optimizer))
+        except errors.StoreUnavailable:
+            await self._store.release(record)  # surely not created
+            raise
+        if status is WriteStatus.COMMITTED:
+            return Created(record)
+        # Only a retried create can find its id taken: by the request that created it.
+        assert idempotency_key is not None, f"session id {session_id} was taken"
+        return Created(await self._store.record(session_id), replayed=True)
+
+    async def get(
+        self, session_id: str, principal: Principal, action: str, *, fresh: bool = True
+    ) -> SessionRecord:
+        """The session's record if the caller may ``action`` it (a cached record when not
+        ``fresh``; see ``SessionStore.record``)."""
+        record = await self._store.record(session_id, fresh=fresh)
+        principal.authorize(record, action)
         return record
 
-    async def get(self, session_id: str, *, fresh: bool = True) -> SessionRecord:
-        """The session's record (a cached one when not ``fresh``; see ``SessionStore``)."""
-        return await self._store.record(session_id, fresh=fresh)
-
     async def list(
-        self, *, after: str | None, limit: int
+        self, principal: Principal, *, after: str | None, limit: int
     ) -> tuple[list[SessionRecord], str | None]:
-        """A page of sessions in creation order and the cursor of the next page."""
+        """A page of the caller's sessions in creation order, and the next page's cursor."""
+        principal.require("sessions.read")
         if after is not None and not is_session_id(after):
             raise errors.ValidationFailed(
                 f"cursor {after!r} is not a session id",
                 errors=[{"loc": ["query", "cursor"], "msg": "not a session id"}],
             )
-        records, more = await self._store.records(after=after, limit=limit)
-        return records, (records[-1].id if more and records else None)
+        records, cursor = await self._store.records(principal.tenant, after=after, limit=limit)
+        return [record for record in records if principal.sees(record)], cursor
 
     async def params(
-        self, session_id: str, *, unless_heads: frozenset[str] = frozenset()
+        self,
+        session_id: str,
+        principal: Principal,
+        *,
+        unless_heads: frozenset[str] = frozenset(),
     ) -> tuple[SessionRecord, FloatArray | None]:
         """The current record and parameters (None when the head is in ``unless_heads``)."""
+        await self.get(session_id, principal, "params.read", fresh=False)
         return await self._store.params(session_id, unless_heads=unless_heads)
 
-    async def update(self, session_id: str, changes: SessionChanges) -> SessionRecord:
+    async def update(
+        self, session_id: str, changes: SessionChanges, principal: Principal
+    ) -> SessionRecord:
         """Change settings, name or metadata; the vectors and ``t`` stay."""
+        await self.get(session_id, principal, "sessions.update", fresh=False)
 
         async def attempt() -> SessionRecord | None:
             current = await self._store.record(session_id)
@@ -157,8 +253,11 @@ class SessionService:
 
         return await self._store.until_committed(attempt)
 
-    async def replace_params(self, session_id: str, params: FloatArray) -> SessionRecord:
+    async def replace_params(
+        self, session_id: str, params: FloatArray, principal: Principal
+    ) -> SessionRecord:
         """Start the optimisation over from ``params``: zero moments, ``t`` = 0."""
+        await self.get(session_id, principal, "sessions.update", fresh=False)
 
         async def attempt() -> SessionRecord | None:
             current = await self._store.record(session_id)
@@ -171,8 +270,9 @@ class SessionService:
 
         return await self._store.until_committed(attempt)
 
-    async def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str, principal: Principal) -> None:
         """Delete the session and all its state."""
+        await self.get(session_id, principal, "sessions.delete")
 
         async def attempt() -> bool | None:
             status = await self._store.delete(await self._store.record(session_id))

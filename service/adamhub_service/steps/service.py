@@ -39,11 +39,17 @@ class StepService:
     """Steps as the API sees them."""
 
     def __init__(
-        self, store: SessionStore, metrics: Metrics, *, idempotency_ttl_seconds: float
+        self,
+        store: SessionStore,
+        metrics: Metrics,
+        *,
+        idempotency_ttl_seconds: float,
+        queue_timeout_seconds: float | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
+        self._queue_timeout = queue_timeout_seconds
         self._locks = KeyedLocks()
 
     async def step(
@@ -82,8 +88,13 @@ class StepService:
             self._metrics.conflicts.inc()
             return None
 
-        async with self._locks.hold(session_id):
-            return await self._store.until_committed(attempt)
+        try:
+            async with self._locks.hold(session_id, self._queue_timeout):
+                return await self._store.until_committed(attempt)
+        except TimeoutError as exc:  # from the queue only: store timeouts are errors already
+            raise errors.StoreUnavailable(
+                "the steps queued before this one are waiting on the store; nothing was applied"
+            ) from exc
 
     async def _replay(
         self, session_id: str, recorded: IdempotencyRecord, digest: str

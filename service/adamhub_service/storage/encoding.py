@@ -16,7 +16,7 @@ PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "p", "m", "v", "x"
 
 _INT_FIELDS = ("size", "chunk_elements", "t", "rev")
 _JSON_FIELDS = ("optimizer", "metadata", "name")
-_TEXT_FIELDS = ("id", "dtype", "head", "created_at", "updated_at")
+_TEXT_FIELDS = ("id", "dtype", "head", "created_at", "updated_at", "tenant")
 
 MetaFields = dict[str, bytes | str | int]
 
@@ -80,7 +80,8 @@ def record_from_hash(raw: Mapping[Any, Any]) -> SessionRecord:
     for name in _JSON_FIELDS:
         doc[name] = orjson.loads(doc[name])
     for name in _TEXT_FIELDS:
-        doc[name] = text(doc[name])
+        if name in doc:  # records of 0.1.0 have no tenant: theirs is the default
+            doc[name] = text(doc[name])
     doc["optimizer"] = optimizer_from_json(doc["optimizer"])
     return SessionRecord(**doc)
 

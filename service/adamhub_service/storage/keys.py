@@ -37,3 +37,39 @@ def chunk_keys(
 def idempotency_key(session_id: str, key: str) -> str:
     """The key of an idempotency record."""
     return f"{session_prefix(session_id)}idem:{key}"
+
+
+# Tenants: an index of each tenant's sessions (the default tenant's is the index of
+# 0.1.0), the sizes of its sessions for the parameter quota, its create idempotency keys.
+def tenant_index_key(tenant: str) -> str:
+    """The sorted set of a tenant's session ids."""
+    return INDEX_KEY if tenant == "default" else f"adamhub:tenant:{tenant}:sessions"
+
+
+def tenant_sizes_key(tenant: str) -> str:
+    """The hash of a tenant's session sizes (session id → size)."""
+    return f"adamhub:tenant:{tenant}:sizes"
+
+
+def create_idempotency_key(tenant: str, key: str) -> str:
+    """The record of a create's Idempotency-Key: ``<session id>:<digest of the request>``."""
+    return f"adamhub:tenant:{tenant}:create:{key}"
+
+
+# API keys: only a hash of each secret is stored.
+API_KEYS_INDEX = "adamhub:keys"
+
+
+def api_key_key(secret_hash: str) -> str:
+    """The hash holding an API key's grant, by the SHA-256 of its secret."""
+    return f"adamhub:key:{secret_hash}"
+
+
+def api_key_id_key(key_id: str) -> str:
+    """The secret hash of an API key, by its id."""
+    return f"adamhub:key-id:{key_id}"
+
+
+def rate_key(key_id: str) -> str:
+    """The token bucket of an API key."""
+    return f"adamhub:rate:{key_id}"

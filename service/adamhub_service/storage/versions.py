@@ -30,7 +30,7 @@ from adamhub_service.storage.outcomes import (
     WriteOutcome,
     WriteStatus,
 )
-from adamhub_service.storage.store import RedisStore, version_keys
+from adamhub_service.storage.store import QuotaRefusal, RateDecision, RedisStore, version_keys
 
 _BACKOFF_BASE_SECONDS = 0.002
 _BACKOFF_CAP_SECONDS = 0.05
@@ -73,10 +73,12 @@ class SessionStore:
             retry_after=1,
         )
 
-    async def create(self, record: SessionRecord, state: AdamState) -> None:
-        """Store a new session and cache it."""
-        await self._store.create(record, vectors_of(state))
-        self._cache.put(CachedSession(record, state))
+    async def create(self, record: SessionRecord, state: AdamState) -> WriteStatus:
+        """Store a new session (COMMITTED, and cached) unless its id is taken (ID_TAKEN)."""
+        status = await self._store.create(record, vectors_of(state))
+        if status is WriteStatus.COMMITTED:
+            self._cache.put(CachedSession(record, state))
+        return status
 
     async def record(self, session_id: str, *, fresh: bool = True) -> SessionRecord:
         """The session's record: from the store, or from the cache when not ``fresh``.
@@ -94,11 +96,14 @@ class SessionStore:
             raise errors.SessionNotFound(session_id)
         return record
 
-    async def records(self, *, after: str | None, limit: int) -> tuple[list[SessionRecord], bool]:
-        """Up to ``limit`` records in creation order after ``after``, and if more may follow."""
-        ids = await self._store.list_ids(after=after, limit=limit)
+    async def records(
+        self, tenant: str, *, after: str | None, limit: int
+    ) -> tuple[list[SessionRecord], str | None]:
+        """Up to ``limit`` of the tenant's records in creation order after ``after``, and
+        the last id read when more may follow."""
+        ids = await self._store.list_ids(tenant, after=after, limit=limit)
         records = [r for r in await self._store.read_records(ids) if r is not None]
-        return records, len(ids) == limit
+        return records, (ids[-1] if ids and len(ids) == limit else None)
 
     async def load(self, session_id: str) -> CachedSession:
         """The session's state: the cached one (unverified), else the stored one."""
@@ -190,6 +195,26 @@ class SessionStore:
         else:
             self._cache.drop(current.id)
         return outcome
+
+    async def reserve(
+        self, record: SessionRecord, *, max_sessions: int, max_parameters: int
+    ) -> QuotaRefusal | None:
+        """Index a new session in its tenant's quota (see ``RedisStore.reserve``)."""
+        return await self._store.reserve(
+            record, max_sessions=max_sessions, max_parameters=max_parameters
+        )
+
+    async def release(self, record: SessionRecord) -> None:
+        """Undo ``reserve`` for a session that was not created."""
+        await self._store.release(record.tenant, record.id)
+
+    async def claim_create(self, tenant: str, key: str, value: str, ttl_ms: int) -> str:
+        """Record a create's Idempotency-Key unless recorded; return what is recorded."""
+        return await self._store.claim_create(tenant, key, value, ttl_ms)
+
+    async def take_token(self, key_id: str, *, rate: float, burst: int) -> RateDecision:
+        """Take a request token of ``key_id``'s rate limit."""
+        return await self._store.take_token(key_id, rate=rate, burst=burst)
 
     async def delete(self, current: SessionRecord) -> WriteStatus:
         """Delete the session if it is still at ``current.rev``."""

@@ -22,7 +22,7 @@ ERRORS = "https://adamhub.dev/errors/"
 def client(redis_url: str) -> Iterator[TestClient]:
     # Small chunks, so that every vector here spans several of them.
     settings = Settings(
-        redis_url=redis_url, chunk_elements=4, max_size=10_000, max_body_bytes=200_000
+        redis_url=redis_url, chunk_elements=4, max_size=10_000, max_json_bytes=200_000
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
@@ -404,7 +404,14 @@ BAD_STEPS: list[tuple[str, dict[str, str], bytes, int, str]] = [
         422,
         "invalid-header",
     ),
-    ("too large", {"Content-Type": BINARY}, b"\x00" * 200_004, 413, "payload-too-large"),
+    ("too long, refused unread", {"Content-Type": BINARY}, b"\x00" * 200_004, 422, "wrong-size"),
+    (
+        "JSON too large",
+        {"Content-Type": "application/json"},
+        b'{"gradient": [' + b"1.0, " * 50_000 + b"1.0]}",
+        413,
+        "payload-too-large",
+    ),
 ]
 
 

@@ -17,12 +17,13 @@ from adamhub_service.config import Settings
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig
 from adamhub_service.sessions.records import new_write_id
-from adamhub_service.sessions.service import NewSession, SessionService
+from adamhub_service.sessions.service import NewSession, SessionLimits, SessionService
 from adamhub_service.steps.service import StepService
 from adamhub_service.storage.cache import StateCache
 from adamhub_service.storage.outcomes import WriteStatus
 from adamhub_service.storage.store import RedisStore, version_keys
 from adamhub_service.storage.versions import SessionStore
+from adamhub_service.tenancy.principal import LOCAL
 from adamhub_service.testing import free_port
 
 BINARY = "application/octet-stream"
@@ -67,7 +68,8 @@ def test_redis_holds_one_version_after_many_steps(
     idem = [k for k in keys if b":idem:" in k]
     assert len(idem) == 5
     assert all(redis_client.ttl(k) > 0 for k in idem)
-    assert len(keys) == 1 + 40 + 5 + 1  # meta, chunks, idempotency records, the index
+    # meta, chunks, idempotency records, the tenant index and its sizes (for the quota)
+    assert len(keys) == 1 + 40 + 5 + 2
     # One version is 160 kB; 200 versions kept around would be 32 MB.
     grown = int(redis_client.info("memory")["used_memory"]) - baseline
     assert grown < 2_000_000, f"memory grew by {grown} bytes over 200 steps"
@@ -79,7 +81,12 @@ def open_sessions(
     """A process's view of the sessions in the test Redis: store, sessions, steps."""
     redis_store = open_store(redis_url)
     store = SessionStore(redis_store, StateCache(cache_bytes), commit_attempts=commit_attempts)
-    sessions = SessionService(store, chunk_elements=3, max_size=1000)
+    sessions = SessionService(
+        store,
+        chunk_elements=3,
+        limits=SessionLimits(max_size=1000, tenant_max_sessions=100, tenant_max_parameters=10**6),
+        idempotency_ttl_seconds=60,
+    )
     steps = StepService(store, Metrics(), idempotency_ttl_seconds=60)
     return redis_store, store, sessions, steps
 
@@ -91,7 +98,7 @@ def new_session(params: np.ndarray) -> NewSession:
 def test_store_commit_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) -> None:
     async def scenario() -> None:
         redis_store, store, sessions, _ = open_sessions(redis_url)
-        record = await sessions.create(new_session(np.ones(7, np.float32)))
+        record = (await sessions.create(new_session(np.ones(7, np.float32)), LOCAL)).record
         client = redis.Redis.from_url(redis_url)
         keys_before = sorted(client.keys("*"))
 
@@ -115,9 +122,9 @@ def test_store_commit_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) 
 def test_commit_on_a_deleted_session_is_gone_and_leaves_nothing(redis_url: str) -> None:
     async def scenario() -> None:
         redis_store, store, sessions, _ = open_sessions(redis_url)
-        record = await sessions.create(new_session(np.ones(7, np.float32)))
+        record = (await sessions.create(new_session(np.ones(7, np.float32)), LOCAL)).record
         loaded = await store.load(record.id)
-        await sessions.delete(record.id)
+        await sessions.delete(record.id, LOCAL)
         new = loaded.record.evolve(t=1, head=new_write_id())
         outcome = await store.commit_state(loaded.record, new, loaded.state)
         assert outcome.status is WriteStatus.GONE
@@ -132,12 +139,12 @@ def test_commit_on_a_deleted_session_is_gone_and_leaves_nothing(redis_url: str) 
 def test_reader_retries_when_a_commit_removes_the_version_it_read(redis_url: str) -> None:
     async def scenario() -> None:
         redis_store, _, sessions, steps = open_sessions(redis_url)
-        record = await sessions.create(new_session(np.arange(7, dtype=np.float32)))
+        record = (await sessions.create(new_session(np.arange(7, dtype=np.float32)), LOCAL)).record
         old = await redis_store.read_record(record.id)
         assert old is not None
         await steps.step(record.id, np.ones(7, np.float32))
         assert await redis_store.read_vectors(old, ("p", "m", "v")) is None  # that version is gone
-        current, params = await sessions.params(record.id)
+        current, params = await sessions.params(record.id, LOCAL)
         assert current.t == 1
         assert params is not None
         assert params.shape == (7,)
@@ -171,7 +178,7 @@ def test_losing_every_compare_and_set_is_409_with_retry_after(redis_url: str) ->
         redis_store, _, mine, my_steps = open_sessions(
             redis_url, cache_bytes=1 << 20, commit_attempts=1
         )
-        record = await mine.create(new_session(np.ones(7, np.float32)))
+        record = (await mine.create(new_session(np.ones(7, np.float32)), LOCAL)).record
         # Another process steps the session; this one still caches the old version.
         *_, other_steps = open_sessions(redis_url)
         await other_steps.step(record.id, np.ones(7, np.float32))

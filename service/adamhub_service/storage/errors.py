@@ -1,0 +1,56 @@
+"""Store failures as the domain's errors, saying whether a write may have happened."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from adamhub_service.errors import OutcomeUnknown, StoreUnavailable
+
+logger = logging.getLogger("adamhub_service.storage")
+
+# Replies with which Redis refuses a command without running it.
+_REFUSALS = (
+    "OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS",
+    "CLUSTERDOWN", "TRYAGAIN", "NOSCRIPT",
+)  # fmt: skip
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether the error happened while connecting, before any command was sent."""
+    return "connecting to" in str(exc).lower()
+
+
+@asynccontextmanager
+async def unavailable_on_error(*, write: bool = False) -> AsyncIterator[None]:
+    """Turn store failures into ``StoreUnavailable`` (nothing was changed) or, when a
+    ``write`` was sent and no answer came, ``OutcomeUnknown``.
+
+    The store's address and error text are logged, never sent to clients.
+    """
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        logger.warning("the store did not answer: %s", exc)
+        if write and not never_sent(exc):
+            raise OutcomeUnknown(
+                "the store stopped answering after the change was sent, so it may have "
+                "been applied: retry with the same Idempotency-Key, or read the session"
+            ) from exc
+        raise StoreUnavailable("the store did not answer; nothing was changed") from exc
+    except ResponseError as exc:
+        refusal = str(exc).split(" ", 1)[0]
+        if refusal in _REFUSALS:
+            logger.warning("the store refused a command: %s", exc)
+            raise StoreUnavailable(
+                f"the store refused the command ({refusal}); nothing was changed"
+            ) from exc
+        raise
+    except RedisError as exc:
+        logger.warning("the store failed: %s", exc)
+        raise StoreUnavailable("the store failed; nothing was changed") from exc
