@@ -28,6 +28,7 @@ from adamhub._errors import (
     UnprocessableEntityError,
     UnsupportedMediaTypeError,
 )
+from adamhub._keys import ApiKey
 from adamhub._session import AsyncSession, Session
 from adamhub._version import __version__
 
@@ -37,6 +38,7 @@ __all__ = [
     "APITimeoutError",
     "AdamConfig",
     "AdamhubError",
+    "ApiKey",
     "AsyncClient",
     "AsyncSession",
     "AuthenticationError",

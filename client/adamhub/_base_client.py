@@ -126,7 +126,9 @@ class BaseClient:
     def _retry_after_response(self, spec: RequestSpec, response: httpx.Response) -> bool:
         status = response.status_code
         if spec.retry == "unsent":
-            return status in NOTHING_CHANGED_STATUSES
+            return (
+                status in NOTHING_CHANGED_STATUSES and _problem_slug(response) != "outcome-unknown"
+            )
         if status in RETRY_STATUSES:
             return True
         return status == 409 and _problem_slug(response) in RETRY_PROBLEM_TYPES

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any, Self, Unpack
@@ -14,6 +15,7 @@ import numpy.typing as npt
 
 from adamhub._base_client import BaseClient, ClientOptions, RequestSpec
 from adamhub._config import AdamConfig
+from adamhub._keys import AsyncKeys, Keys
 from adamhub._session import BINARY, AsyncSession, Session
 
 # Larger initial parameters go as raw bytes after creation, not as JSON numbers.
@@ -54,7 +56,10 @@ def _create_specs(
         body["size"] = size
         if init is not None:
             body["init"] = init
-    return RequestSpec("POST", "/v1/sessions", json=body, retry="unsent"), raw
+    # One Idempotency-Key for every attempt: a create whose answer was lost is retried
+    # and answered with the session it made, never a second one.
+    headers = {"Idempotency-Key": f"sdk-{uuid.uuid4().hex}"}
+    return RequestSpec("POST", "/v1/sessions", json=body, headers=headers), raw
 
 
 def _put_raw(session_id: str, raw: bytes) -> RequestSpec:
@@ -86,6 +91,7 @@ class Client(BaseClient):
         super().__init__(base_url, **options)
         self._own_http = http_client is None
         self._http = http_client or httpx.Client(timeout=self.timeout)
+        self.keys = Keys(self)
 
     def request(self, spec: RequestSpec) -> httpx.Response:
         """Send one API call with this client's retries; raise on an error answer.
@@ -179,6 +185,7 @@ class AsyncClient(BaseClient):
         super().__init__(base_url, **options)
         self._own_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
+        self.keys = AsyncKeys(self)
 
     async def request(self, spec: RequestSpec) -> httpx.Response:
         """Send one API call with this client's retries (see ``Client.request``)."""

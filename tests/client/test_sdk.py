@@ -157,16 +157,36 @@ def test_retries_keep_one_idempotency_key_and_honour_retry_after() -> None:
     assert len({r.headers["idempotency-key"] for r in seen}) == 1
 
 
-def test_a_create_is_not_repeated_when_it_may_have_been_applied() -> None:
+def test_a_create_is_retried_with_one_idempotency_key() -> None:
+    seen: list[httpx.Request] = []
+    resource = {"id": "s_" + "0" * 32, "t": 0, "size": 3, "dtype": "float32", "optimizer": {}}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) < 3:
+            return httpx.Response(502)
+        return httpx.Response(201, json=resource)
+
+    client = adamhub.Client(
+        "http://adamhub.test",
+        http_client=httpx.Client(transport=httpx.MockTransport(answer)),
+        initial_retry_delay=0.01,
+    )
+    assert client.create_session(size=3).id == resource["id"]
+    assert len(seen) == 3
+    assert len({r.headers["idempotency-key"] for r in seen}) == 1
+
+
+def test_a_key_is_not_made_twice_when_the_outcome_is_unknown() -> None:
     seen: list[httpx.Request] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(502)
+        return httpx.Response(503, json={"type": "https://adamhub.dev/errors/outcome-unknown"})
 
     client = adamhub.Client(
         "http://adamhub.test", http_client=httpx.Client(transport=httpx.MockTransport(answer))
     )
-    with pytest.raises(adamhub.InternalServerError):
-        client.create_session(size=3)
+    with pytest.raises(adamhub.ServiceUnavailableError):
+        client.keys.create(tenant="acme")
     assert len(seen) == 1

@@ -7,6 +7,7 @@ with the image's command and the environment of the image and the compose file.
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -61,6 +62,21 @@ def exec_form(instruction: str) -> list[str]:
     return parsed
 
 
+SECRETS = {"ADAMHUB_MASTER_KEY": "m" * 32, "ADAMHUB_REDIS_PASSWORD": "redis-secret"}
+
+
+def interpolate(value: Any, variables: dict[str, str]) -> Any:
+    """Compose's ``${NAME}`` and ``${NAME:?message}``: a required variable that is
+    missing stops compose (here: KeyError)."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{(\w+)(?::\?[^}]*)?\}", lambda m: variables[m.group(1)], value)
+    if isinstance(value, list):
+        return [interpolate(item, variables) for item in value]
+    if isinstance(value, dict):
+        return {key: interpolate(item, variables) for key, item in value.items()}
+    return value
+
+
 def test_compose_file_structure(compose: dict[str, Any]) -> None:
     redis, service = compose["services"]["redis"], compose["services"]["adamhub"]
     assert redis["image"].startswith("redis:7")
@@ -72,8 +88,17 @@ def test_compose_file_structure(compose: dict[str, Any]) -> None:
     assert "redis-cli" in redis["healthcheck"]["test"]
     assert service["build"] == "."
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert service["environment"]["ADAMHUB_REDIS_URL"] == "redis://redis:6379/0"
-    assert "8000:8000" in service["ports"]
+    environment = service["environment"]
+    # Compose refuses to start without the secrets (`${NAME:?message}`).
+    assert command[command.index("--requirepass") + 1].startswith("${ADAMHUB_REDIS_PASSWORD:?")
+    assert environment["ADAMHUB_MASTER_KEY"].startswith("${ADAMHUB_MASTER_KEY:?")
+    assert "${ADAMHUB_REDIS_PASSWORD:?" in environment["ADAMHUB_REDIS_URL"]
+    with pytest.raises(KeyError):
+        interpolate(environment, {})
+    url = interpolate(environment, SECRETS)["ADAMHUB_REDIS_URL"]
+    assert url == "redis://:redis-secret@redis:6379/0"
+    # The port is published on this machine only.
+    assert service["ports"] == ["127.0.0.1:8000:8000"]
 
 
 def test_dockerfile_structure() -> None:
@@ -104,6 +129,7 @@ def test_dockerfile_passes_hadolint() -> None:
 
 
 def test_the_compose_topology_runs_natively(compose: dict[str, Any], tmp_path: Path) -> None:
+    compose = interpolate(compose, SECRETS)
     redis_port = free_port()
     redis_args = compose["services"]["redis"]["command"][1:]
     store = StoreServer(*redis_args, port=redis_port, data_dir=tmp_path / "redis-data").start()
@@ -123,7 +149,13 @@ def test_the_compose_topology_runs_natively(compose: dict[str, Any], tmp_path: P
         check = [part.replace("8000", str(service_port)) for part in exec_form("HEALTHCHECK")]
         check[0] = sys.executable
         assert subprocess.run(check, timeout=30).returncode == 0
-        with adamhub.Client(service.base_url) as client:
+        master_key = SECRETS["ADAMHUB_MASTER_KEY"]
+        with (
+            adamhub.Client(service.base_url) as anonymous,
+            pytest.raises(adamhub.AuthenticationError),
+        ):
+            anonymous.create_session(size=3)
+        with adamhub.Client(service.base_url, api_key=master_key) as client:
             session = client.create_session(size=100, optimizer={"lr": 0.1})
             for _ in range(20):
                 params = session.step(np.ones(100))
@@ -131,7 +163,7 @@ def test_the_compose_topology_runs_natively(compose: dict[str, Any], tmp_path: P
         # Redis restarts (its AOF is on, as in the compose file): nothing is lost.
         store.stop()
         store.start()
-        with adamhub.Client(service.base_url, max_retries=5) as client:
+        with adamhub.Client(service.base_url, api_key=master_key, max_retries=5) as client:
             again = client.session(session.id)
             assert again.t == 20
             assert np.array_equal(again.params(), params)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
+import json
 import logging
 import os
 import signal
@@ -14,7 +16,9 @@ from types import FrameType
 import uvicorn
 
 from adamhub_service import __version__
+from adamhub_service.cli import keys
 from adamhub_service.cli.embedded import EmbeddedStoreError, EmbeddedValkey
+from adamhub_service.cli.protocol import BoundedHeadProtocol
 from adamhub_service.config import ServerOptions, Settings
 
 logger = logging.getLogger("adamhub_service")
@@ -41,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--workers", type=int, help="worker processes (ADAMHUB_WORKERS, 1)")
     serve.add_argument("--log-level", help="debug, info, warning… (ADAMHUB_LOG_LEVEL, info)")
+    serve.add_argument(
+        "--master-key",
+        help="secret that makes API keys (ADAMHUB_MASTER_KEY); without it only clients on "
+        "this machine are served",
+    )
     demo = commands.add_parser(
         "demo",
         help="train a small model with several workers through a temporary service",
@@ -50,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--workers", type=int, default=4, help="worker processes (4)")
     demo.add_argument("--steps", type=int, default=150, help="steps per worker (150)")
+    keys.add_parser(commands)
     return parser
 
 
@@ -60,6 +70,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         from adamhub_service.cli.demo import run as run_demo
 
         return run_demo(workers=args.workers, steps=args.steps)
+    if args.command == "keys":
+        store = ServerOptions(**({"data_dir": args.data_dir} if args.data_dir else {}))
+        redis_url = args.redis_url or Settings().redis_url
+        return keys.run(args, redis_url, store.data_dir)
     flags = {
         key: value for key, value in vars(args).items() if key != "command" and value is not None
     }
@@ -79,6 +93,16 @@ def serve(options: ServerOptions, settings: Settings) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then raises it again: make that an
     # exception, so the embedded store below is stopped on the way out.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    loopback = is_loopback_host(options.host)
+    if settings.allowed_hosts is None and loopback:
+        # Against DNS rebinding: a page elsewhere must not reach a local service by name.
+        settings = settings.model_copy(update={"allowed_hosts": list(LOOPBACK_NAMES)})
+    if settings.master_key is None and not loopback:
+        logger.warning(
+            "listening on %s without a master key: protected mode serves clients on this "
+            "machine only; set ADAMHUB_MASTER_KEY to serve others",
+            options.host,
+        )
     with contextlib.ExitStack() as stack:
         if not settings.redis_url:
             embedded = stack.enter_context(EmbeddedValkey(options.data_dir))
@@ -96,6 +120,8 @@ def serve(options: ServerOptions, settings: Settings) -> int:
             workers=options.workers,
             log_level=log_level,
             access_log=log_level == "debug",
+            http=BoundedHeadProtocol,
+            limit_concurrency=options.limit_concurrency,
         )
     return 0
 
@@ -104,7 +130,21 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)  # a stop that was asked for and completed is a success
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listening address serves this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _export(settings: Settings) -> None:
-    for name, value in settings.model_dump().items():
+    for name, value in settings.model_dump(mode="json").items():
         if value is not None:
-            os.environ[f"ADAMHUB_{name.upper()}"] = str(value)
+            text = value if isinstance(value, str) else json.dumps(value)
+            os.environ[f"ADAMHUB_{name.upper()}"] = text

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -26,6 +27,7 @@ from typing import IO
 import redis
 
 START_TIMEOUT_SECONDS = 120.0
+URL_FILE = "valkey.url"
 STOP_TIMEOUT_SECONDS = 30.0
 _PR_SET_PDEATHSIG = 1
 
@@ -103,9 +105,13 @@ class EmbeddedValkey:
         )
         self.url = f"unix://{socket_path}"
         self._wait_until_ready(socket_path)
+        # Commands such as `adamhub-service keys` reach the running store through it.
+        (self.data_dir / URL_FILE).write_text(self.url)
 
     def stop(self) -> None:
         """Shut the server down (it writes its AOF) and release the folder."""
+        if self._lock is not None:
+            (self.data_dir / URL_FILE).unlink(missing_ok=True)
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -182,3 +188,23 @@ class EmbeddedValkey:
         finally:
             client.close()
         raise EmbeddedStoreError(f"valkey-server did not answer within {START_TIMEOUT_SECONDS}s")
+
+
+@contextlib.contextmanager
+def store_url(data_dir: Path) -> Iterator[str]:
+    """The URL of the embedded store of ``data_dir``: the running service's, or one
+    started for the body of the ``with`` when no service runs on the folder."""
+    embedded = EmbeddedValkey(data_dir)
+    try:
+        embedded.start()
+    except EmbeddedStoreError:
+        url_file = embedded.data_dir / URL_FILE
+        embedded.stop()
+        if not url_file.exists():
+            raise
+        yield url_file.read_text().strip()
+        return
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()
