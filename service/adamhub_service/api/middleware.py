@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adamhub_service import errors
 from adamhub_service.api.problems import problem_response
@@ -18,13 +20,27 @@ def host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
+def allow_table(document: dict[str, Any]) -> list[tuple[re.Pattern[str], str]]:
+    """Each documented path as a pattern, with every method it takes (the framework
+    would name only those of the first route that matches a path)."""
+    table = []
+    for template, item in document.get("paths", {}).items():
+        methods = {method.upper() for method in item if method != "parameters"}
+        if "GET" in methods:
+            methods.add("HEAD")
+        pattern = re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$")
+        table.append((pattern, ", ".join(sorted(methods | {"OPTIONS"}))))
+    return table
+
+
 class FrontDoor:
     """Refuses a Host not in ``allowed_hosts`` (against DNS rebinding of a local
-    service) and answers OPTIONS with the methods the path really takes."""
+    service); answers OPTIONS, and 405s, with every method the path takes."""
 
     def __init__(self, app: ASGIApp, *, allowed_hosts: list[str] | None) -> None:
         self.app = app
         self.allowed = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+        self._allow: list[tuple[re.Pattern[str], str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,18 +55,24 @@ class FrontDoor:
                 )
                 await problem_response(error, request)(scope, receive, send)
                 return
-        if scope["method"] == "OPTIONS":
-            await self._options(request)(scope, receive, send)
+        allow = self._allowed_methods(request)
+        if scope["method"] == "OPTIONS" and allow is not None:
+            await Response(status_code=204, headers={"Allow": allow})(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if allow is None:
+            await self.app(scope, receive, send)
+            return
 
-    def _options(self, request: Request) -> Response:
-        methods: set[str] = set()
-        for route in request.app.router.routes:
-            match, _ = route.matches({**request.scope, "method": "GET"})
-            if match is not Match.NONE:
-                methods |= getattr(route, "methods", None) or set()
-        if not methods:
-            return problem_response(errors.NotFound(f"there is no {request.url.path}"), request)
-        allow = ", ".join(sorted(methods | {"OPTIONS"}))
-        return Response(status_code=204, headers={"Allow": allow})
+        async def send_with_allow(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                headers = [(k, v) for k, v in message["headers"] if k.lower() != b"allow"]
+                message = {**message, "headers": [*headers, (b"allow", allow.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_allow)
+
+    def _allowed_methods(self, request: Request) -> str | None:
+        if self._allow is None:
+            self._allow = allow_table(request.app.openapi())
+        path = request.url.path
+        return next((allow for pattern, allow in self._allow if pattern.match(path)), None)

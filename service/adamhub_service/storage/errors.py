@@ -6,8 +6,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from redis.exceptions import (
+    BusyLoadingError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from adamhub_service.errors import OutcomeUnknown, StoreUnavailable
@@ -19,6 +25,19 @@ _REFUSALS = (
     "OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS",
     "CLUSTERDOWN", "TRYAGAIN", "NOSCRIPT",
 )  # fmt: skip
+
+
+def _refusal(exc: ResponseError) -> str | None:
+    """The kind of refusal of a command Redis did not run, or None for another error."""
+    for kind, name in (
+        (OutOfMemoryError, "OOM"),
+        (ReadOnlyError, "READONLY"),
+        (BusyLoadingError, "LOADING"),
+    ):
+        if isinstance(exc, kind):
+            return name
+    first = str(exc).split(" ", 1)[0]
+    return first if first in _REFUSALS else None
 
 
 def never_sent(exc: BaseException) -> bool:
@@ -44,8 +63,8 @@ async def unavailable_on_error(*, write: bool = False) -> AsyncIterator[None]:
             ) from exc
         raise StoreUnavailable("the store did not answer; nothing was changed") from exc
     except ResponseError as exc:
-        refusal = str(exc).split(" ", 1)[0]
-        if refusal in _REFUSALS:
+        refusal = _refusal(exc)
+        if refusal is not None:
             logger.warning("the store refused a command: %s", exc)
             raise StoreUnavailable(
                 f"the store refused the command ({refusal}); nothing was changed"
