@@ -64,9 +64,6 @@ def create_app(settings: Settings) -> FastAPI:
                 store,
                 metrics,
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
-                # A step queued behind one that waits on a stalled store gives up when
-                # that one would have: a store timeout after it arrived, and a second.
-                queue_timeout_seconds=settings.redis_timeout_seconds + 1,
             ),
             metrics=metrics,
             keys=KeyService(KeyStore(redis_store.client), master_key=settings.master_key),

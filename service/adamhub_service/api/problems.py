@@ -84,7 +84,11 @@ def problem_response(
         all_headers["RateLimit"] = (
             f'"per-key";r={error.extra["remaining"]};t={error.retry_after or 1}'
         )
-    if isinstance(error, errors.RequestTimeout | errors.HeadersTooLarge):
+    if isinstance(
+        error,
+        errors.RequestTimeout | errors.HeadersTooLarge | errors.PayloadTooLarge | errors.WrongSize,
+    ):
+        # The body may be unread: do not keep reading (or waiting for) the rest of it.
         all_headers["Connection"] = "close"
     return Response(
         dump_json(problem_document(error, instance=request.url.path)),

@@ -14,19 +14,15 @@ class KeyedLocks:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @asynccontextmanager
-    async def hold(self, key: str, wait_seconds: float | None = None) -> AsyncIterator[None]:
-        """Hold the lock of ``key`` for the body of the ``async with``; raise
-        ``TimeoutError`` when it is not free within ``wait_seconds``."""
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold the lock of ``key`` for the body of the ``async with``."""
         lock, users = self._locks.get(key, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
         self._locks[key] = (lock, users + 1)
         try:
-            await asyncio.wait_for(lock.acquire(), wait_seconds)
-            try:
+            async with lock:
                 yield
-            finally:
-                lock.release()
         finally:
             lock, users = self._locks[key]
             if users == 1:

@@ -9,6 +9,7 @@ that applies the step, so a retried request can never be applied twice.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 from adamhub_service import errors, optim
@@ -44,13 +45,14 @@ class StepService:
         metrics: Metrics,
         *,
         idempotency_ttl_seconds: float,
-        queue_timeout_seconds: float | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
-        self._queue_timeout = queue_timeout_seconds
         self._locks = KeyedLocks()
+        # When the store failed a step of a session: the steps queued behind it then
+        # fail at once instead of each waiting out its own store timeout.
+        self._store_failed_at: dict[str, float] = {}
 
     async def step(
         self, session_id: str, gradient: FloatArray, *, idempotency_key: str | None = None
@@ -88,13 +90,21 @@ class StepService:
             self._metrics.conflicts.inc()
             return None
 
-        try:
-            async with self._locks.hold(session_id, self._queue_timeout):
-                return await self._store.until_committed(attempt)
-        except TimeoutError as exc:  # from the queue only: store timeouts are errors already
-            raise errors.StoreUnavailable(
-                "the steps queued before this one are waiting on the store; nothing was applied"
-            ) from exc
+        arrived = time.monotonic()
+        async with self._locks.hold(session_id):
+            if self._store_failed_at.get(session_id, 0.0) > arrived:
+                raise errors.StoreUnavailable(
+                    "the store did not answer the step queued before this one; nothing was applied"
+                )
+            try:
+                result = await self._store.until_committed(attempt)
+            except (errors.StoreUnavailable, errors.OutcomeUnknown):
+                if len(self._store_failed_at) > 10_000:
+                    self._store_failed_at.clear()
+                self._store_failed_at[session_id] = time.monotonic()
+                raise
+            self._store_failed_at.pop(session_id, None)
+            return result
 
     async def _replay(
         self, session_id: str, recorded: IdempotencyRecord, digest: str

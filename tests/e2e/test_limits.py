@@ -1,0 +1,252 @@
+"""Limits and honest failures against the real service process and a real Redis."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from adamhub_service.testing import ServiceProcess, StoreServer
+
+BINARY = "application/octet-stream"
+ERRORS = "https://adamhub.dev/errors/"
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of a process (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def debug_store() -> Iterator[StoreServer]:
+    """A store of its own whose DEBUG SLEEP can stall it without stalling other tests."""
+    server = StoreServer("--enable-debug-command", "yes").start()
+    yield server
+    server.cleanup()
+
+
+def start(store_url: str, tmp_path: Path, **env: str) -> ServiceProcess:
+    variables = {f"ADAMHUB_{name.upper()}": value for name, value in env.items()}
+    return ServiceProcess(
+        "--redis-url", store_url, env=variables, log_path=tmp_path / "service.log"
+    ).start()
+
+
+def post_head(path: str, length: str) -> bytes:
+    """The head of a binary POST, with ``length`` (a Content-Length or Transfer-Encoding)."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {BINARY}\r\n{length}\r\n\r\n"
+    ).encode()
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"", *, timeout: float = 10) -> bytes:
+    """Send bytes on a fresh connection and read the whole answer until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def send_until_answered(sock: socket.socket, piece: bytes, *, limit: int) -> tuple[bytes, int]:
+    """Send ``piece`` again and again until the peer answers or hangs up (or ``limit``);
+    return the start of the answer and the bytes sent."""
+    sent = 0
+    while sent < limit:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if readable:
+            break
+        try:
+            sock.sendall(piece)
+        except OSError:
+            break
+        sent += len(piece)
+    try:
+        return sock.recv(65536), sent
+    except OSError:
+        return b"", sent
+
+
+def create(base_url: str, size: int = 3) -> str:
+    response = httpx.post(f"{base_url}/v1/sessions", json={"size": size})
+    assert response.status_code == 201, response.text
+    session_id: str = response.json()["id"]
+    return session_id
+
+
+def test_a_body_of_the_wrong_length_is_refused_before_it_is_read(
+    store_url: str, tmp_path: Path
+) -> None:
+    service = start(store_url, tmp_path)
+    try:
+        assert service.process is not None
+        sid = create(service.base_url)
+        path = f"/v1/sessions/{sid}/step"
+        # A 900 MB Content-Length to a 3-element session: answered at once, nothing read.
+        head = post_head(path, "Content-Length: 900000000")
+        before = rss_bytes(service.process.pid)
+        began = time.monotonic()
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+            sock.sendall(head)
+            answer, _ = send_until_answered(sock, b"\0" * 65536, limit=900 << 20)
+        assert answer.startswith(b"HTTP/1.1 422"), answer[:200]
+        assert b"wrong-size" in answer and b"connection: close" in answer.lower()
+        assert time.monotonic() - began < 2
+        # A chunked body is read into the session's size and refused once it passes it.
+        sent = 0
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+            sock.sendall(post_head(path, "Transfer-Encoding: chunked"))
+            piece = b"100000\r\n" + b"\0" * 0x100000 + b"\r\n"  # 1 MiB chunks
+            answer = send_until_answered(sock, piece, limit=900 << 20)
+            sent = answer[1]
+            answer_bytes = answer[0]
+        assert sent < 64 << 20, f"the service read {sent} bytes of a body for 12"
+        assert answer_bytes.startswith(b"HTTP/1.1 422") or answer_bytes == b""
+        grown = rss_bytes(service.process.pid) - before
+        assert grown < 50 << 20, f"RSS grew by {grown >> 20} MiB"
+    finally:
+        service.stop()
+
+
+def test_a_stalled_body_is_408_and_the_connection_closed(store_url: str, tmp_path: Path) -> None:
+    service = start(store_url, tmp_path, body_timeout_seconds="1")
+    try:
+        sid = create(service.base_url)
+        head = post_head(f"/v1/sessions/{sid}/step", "Content-Length: 12")
+        began = time.monotonic()
+        answer = raw_request(service.port, head, b"\0" * 4)
+        waited = time.monotonic() - began
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"request-timeout" in answer and b"connection: close" in answer.lower()
+        assert 0.9 < waited < 3
+    finally:
+        service.stop()
+
+
+def test_request_heads_over_64_kib_are_431(store_url: str, tmp_path: Path) -> None:
+    service = start(store_url, tmp_path)
+    try:
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+            answer, _ = send_until_answered(sock, b"a" * 16384, limit=8 << 20)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert b"headers-too-large" in answer
+        ok = raw_request(
+            service.port,
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Ok: " + b"a" * 8000 + b"\r\n"
+            b"Connection: close\r\n\r\n",
+        )
+        assert ok.startswith(b"HTTP/1.1 200")
+    finally:
+        service.stop()
+
+
+def test_over_the_inflight_budget_is_503_overloaded(store_url: str, tmp_path: Path) -> None:
+    service = start(store_url, tmp_path, max_inflight_bytes="1000", overload_wait_seconds="0.3")
+    try:
+        sid = create(service.base_url, size=100)
+        # One step holds the budget while its body trickles in ...
+        holder = socket.create_connection(("127.0.0.1", service.port))
+        holder.sendall(post_head(f"/v1/sessions/{sid}/step", "Content-Length: 400") + b"\0" * 100)
+        time.sleep(0.3)
+        # ... so another is refused after waiting, before its body is read.
+        response = httpx.post(
+            f"{service.base_url}/v1/sessions/{sid}/step",
+            content=np.ones(100, np.float32).tobytes(),
+            headers={"Content-Type": BINARY},
+        )
+        assert response.status_code == 503, response.text
+        assert response.json()["type"] == ERRORS + "overloaded"
+        assert response.headers["retry-after"] == "1"
+        holder.sendall(b"\0" * 300)
+        assert holder.recv(12) == b"HTTP/1.1 200"
+        holder.close()
+        # With the budget free again, the same step goes through.
+        response = httpx.post(
+            f"{service.base_url}/v1/sessions/{sid}/step",
+            content=np.ones(100, np.float32).tobytes(),
+            headers={"Content-Type": BINARY},
+        )
+        assert response.status_code == 200
+    finally:
+        service.stop()
+
+
+def test_a_write_the_store_stalls_on_is_outcome_unknown_and_retried_once(
+    debug_store: StoreServer, tmp_path: Path
+) -> None:
+    service = start(debug_store.url, tmp_path, redis_timeout_seconds="1")
+    store = redis.Redis.from_url(debug_store.url, socket_timeout=30)
+    try:
+        sid = create(service.base_url)
+        url = f"{service.base_url}/v1/sessions/{sid}/step"
+        headers = {"Idempotency-Key": "stalled-1"}
+        stall = threading.Thread(target=store.execute_command, args=("DEBUG", "SLEEP", "3"))
+        stall.start()
+        time.sleep(0.2)
+        first = httpx.post(url, json={"gradient": [1, 2, 3]}, headers=headers, timeout=30)
+        assert first.status_code == 503, first.text
+        assert first.json()["type"] == ERRORS + "outcome-unknown"
+        assert "retry-after" in first.headers
+        stall.join()
+        retry = httpx.post(url, json={"gradient": [1, 2, 3]}, headers=headers, timeout=30)
+        assert retry.status_code == 200
+        assert retry.json()["applied_t"] == 1 and retry.json()["t"] == 1  # applied once
+        # A read during a stall changed nothing, and says so.
+        stall = threading.Thread(target=store.execute_command, args=("DEBUG", "SLEEP", "2"))
+        stall.start()
+        time.sleep(0.2)
+        read = httpx.get(f"{service.base_url}/v1/sessions/{sid}", timeout=30)
+        assert read.status_code == 503 and read.json()["type"] == ERRORS + "store-unavailable"
+        stall.join()
+    finally:
+        store.close()
+        service.stop()
+
+
+def test_steps_queued_on_a_stalled_store_all_answer_within_its_timeout(
+    debug_store: StoreServer, tmp_path: Path
+) -> None:
+    service = start(debug_store.url, tmp_path, redis_timeout_seconds="1")
+    store = redis.Redis.from_url(debug_store.url, socket_timeout=30)
+    try:
+        sid = create(service.base_url)
+        stall = threading.Thread(target=store.execute_command, args=("DEBUG", "SLEEP", "6"))
+        stall.start()
+        time.sleep(0.2)
+        answered: list[tuple[int, float]] = []
+
+        def step(index: int) -> None:
+            began = time.monotonic()
+            response = httpx.post(
+                f"{service.base_url}/v1/sessions/{sid}/step",
+                json={"gradient": [1, 2, 3]},
+                headers={"Idempotency-Key": f"q{index}"},
+                timeout=30,
+            )
+            answered.append((response.status_code, time.monotonic() - began))
+
+        workers = [threading.Thread(target=step, args=(i,)) for i in range(10)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        stall.join()
+        assert [status for status, _ in answered] == [503] * 10
+        slowest = max(seconds for _, seconds in answered)
+        assert slowest < 1 + 1, f"the last queued step answered after {slowest:.1f} s"
+    finally:
+        store.close()
+        service.stop()
