@@ -105,13 +105,10 @@ def test_a_body_of_the_wrong_length_is_refused_before_it_is_read(
         assert b"wrong-size" in answer and b"connection: close" in answer.lower()
         assert time.monotonic() - began < 2
         # A chunked body is read into the session's size and refused once it passes it.
-        sent = 0
         with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
             sock.sendall(post_head(path, "Transfer-Encoding: chunked"))
             piece = b"100000\r\n" + b"\0" * 0x100000 + b"\r\n"  # 1 MiB chunks
-            answer = send_until_answered(sock, piece, limit=900 << 20)
-            sent = answer[1]
-            answer_bytes = answer[0]
+            answer_bytes, sent = send_until_answered(sock, piece, limit=900 << 20)
         assert sent < 64 << 20, f"the service read {sent} bytes of a body for 12"
         assert answer_bytes.startswith(b"HTTP/1.1 422") or answer_bytes == b""
         grown = rss_bytes(service.process.pid) - before

@@ -143,19 +143,28 @@ def conform(vector: FloatArray, *, size: int | None, dtype: str, field: str) -> 
             expected_size=size,
             actual_size=int(vector.size),
         )
+    target = np.dtype(dtype)
+    if vector.dtype.itemsize > target.itemsize:
+        # Narrowing: a value beyond the target's largest is refused even where it would
+        # round down to it, as the OpenAPI schema says (|x| ≤ float32's max).
+        fits = np.abs(vector) <= np.finfo(target).max
+        if not fits.all():
+            raise _not_finite(vector, int(np.argmin(fits)), field, dtype)
     with np.errstate(over="ignore"):
         converted = vector.astype(dtype, copy=False)
     finite = np.isfinite(converted)
     if not finite.all():
-        index = int(np.argmin(finite))
-        original = vector[index]
-        what = "is not finite" if not np.isfinite(original) else f"overflows {dtype}"
-        raise errors.NonFiniteValue(
-            f"element {index} of {field!r} {what}; every element must be a finite number",
-            field=field,
-            index=index,
-        )
+        raise _not_finite(vector, int(np.argmin(finite)), field, dtype)
     return converted
+
+
+def _not_finite(vector: FloatArray, index: int, field: str, dtype: str) -> errors.NonFiniteValue:
+    what = "is not finite" if not np.isfinite(vector[index]) else f"overflows {dtype}"
+    return errors.NonFiniteValue(
+        f"element {index} of {field!r} {what}; every element must be a finite number",
+        field=field,
+        index=index,
+    )
 
 
 def dump_json(document: Any) -> bytes:

@@ -152,7 +152,8 @@ def openapi_document(app: FastAPI, *, max_size: int) -> dict[str, Any]:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in definitions.get("$defs", {}).items():
         schemas.setdefault(name, schema)
-    schemas["SessionCreate"]["properties"]["size"]["anyOf"][0]["maximum"] = max_size
+    schemas["SessionCreate"]["properties"]["size"]["maximum"] = max_size
+    _drop_null_defaults(schemas)
     app.openapi_schema = document
     return document
 
@@ -170,3 +171,19 @@ def _drop_framework_validation_errors(document: dict[str, Any]) -> None:
     schemas = document.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
+
+
+def _drop_null_defaults(node: Any) -> None:
+    """Remove ``"default": null`` where null is not a value the member may hold (a member
+    that may be left out, not sent as null): the document would contradict itself."""
+    if isinstance(node, dict):
+        types = node.get("type")
+        allows_null = types == "null" or (isinstance(types, list) and "null" in types)
+        allows_null |= any(option.get("type") == "null" for option in node.get("anyOf", []))
+        if "default" in node and node["default"] is None and not allows_null:
+            del node["default"]
+        for value in node.values():
+            _drop_null_defaults(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_null_defaults(value)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -21,6 +23,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from adamhub_service.api import negotiation
 from adamhub_service.optim import BETA, EPS, LR, WEIGHT_DECAY, AdamConfig, FloatArray
@@ -34,9 +37,21 @@ DTYPES = ("float32", "float64")
 WIRE_DTYPES = ("float16", "float32", "float64")
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _VECTOR_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "number"}, "minItems": 1}
 
 Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+
+def _whole(value: Any) -> Any:
+    # JSON Schema counts 3.0 as an integer; so does the service, but never 3.5 or "3".
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+PositiveWhole = Annotated[int, Strict(), Field(ge=1), BeforeValidator(_whole)]
+NonNegativeWhole = Annotated[int, Strict(), Field(ge=0), BeforeValidator(_whole)]
+
+
 Lr = Annotated[Finite, Field(**LR.as_field(), description="Learning rate α.")]
 Beta = Annotated[Finite, Field(**BETA.as_field())]
 # A JSON array is a tuple here; the elements stay strict numbers.
@@ -156,9 +171,10 @@ class NormalInit(BaseModel):
 
     model_config = _STRICT
     kind: Literal["normal"]
-    mean: Finite = 0.0
-    std: Annotated[Finite, Field(ge=0)] = 1.0
-    seed: Annotated[int, Field(ge=0, description="Random when omitted.")] | None = None
+    # Bounded so that the draws are finite in float32 too (beyond 20 σ of 1e38).
+    mean: Annotated[Finite, Field(ge=-1e38, le=1e38)] = 0.0
+    std: Annotated[Finite, Field(ge=0, le=1e37)] = 1.0
+    seed: NonNegativeWhole | None = Field(default=None, description="Random when omitted.")
 
 
 class SessionCreate(BaseModel):
@@ -169,23 +185,47 @@ class SessionCreate(BaseModel):
         strict=True,
         json_schema_extra={
             "oneOf": [
-                {"required": ["params"], "not": {"required": ["size"]}},
+                {
+                    "required": ["params"],
+                    "not": {"anyOf": [{"required": ["size"]}, {"required": ["init"]}]},
+                },
                 {"required": ["size"], "not": {"required": ["params"]}},
-            ]
+            ],
+            # float32 parameters must fit float32; float64's are any finite number.
+            "if": {"properties": {"dtype": {"const": "float64"}}, "required": ["dtype"]},
+            "else": {
+                "properties": {
+                    "params": {"items": {"minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}}
+                }
+            },
         },
     )
 
-    params: JsonVector | None = Field(default=None, description="Initial parameters.")
-    size: Annotated[int, Field(ge=1)] | None = Field(
+    # Absent, not null: a member that is given must hold a value (None is only the default).
+    params: JsonVector | SkipJsonSchema[None] = Field(
+        default=None, description="Initial parameters."
+    )
+    size: PositiveWhole | SkipJsonSchema[None] = Field(
         default=None, description="Number of parameters, initialised by `init`."
     )
-    init: Annotated[ZerosInit | NormalInit, Field(discriminator="kind")] | None = Field(
-        default=None, description="How to initialise `size` parameters (default zeros)."
+    init: Annotated[ZerosInit | NormalInit, Field(discriminator="kind")] | SkipJsonSchema[None] = (
+        Field(default=None, description="How to initialise `size` parameters (default zeros).")
     )
     dtype: Dtype = "float32"
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     name: Name | None = None
     metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            nulls = sorted(
+                k for k in ("params", "size", "init") if k in values and values[k] is None
+            )
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)} may be left out but not null")
+        return values
 
     @model_validator(mode="after")
     def _params_or_size(self) -> SessionCreate:
@@ -307,6 +347,12 @@ Tenant = Annotated[
 SessionScope = Annotated[str, Field(pattern=r"^(\*|s_[0-9a-f]{32})$")]
 
 
+def _text_only(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("a time is an RFC 3339 string, such as 2027-01-01T00:00:00Z")
+    return value
+
+
 class KeyCreate(BaseModel):
     """Body of ``POST /v1/keys``."""
 
@@ -319,7 +365,7 @@ class KeyCreate(BaseModel):
         min_length=1,
         description='`["*"]`: every session of the tenant; or a list of session ids.',
     )
-    expires_at: Annotated[AwareDatetime, Strict(False)] | None = Field(
+    expires_at: Annotated[AwareDatetime, Strict(False), BeforeValidator(_text_only)] | None = Field(
         default=None, description="RFC 3339 with a time zone; null: never."
     )
     description: Annotated[str, Field(max_length=1024)] | None = None

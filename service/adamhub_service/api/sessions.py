@@ -22,10 +22,12 @@ from adamhub_service.api.schemas import (
     SessionPatch,
     render,
 )
+from adamhub_service.sessions.records import SESSION_ID_PATTERN
 from adamhub_service.sessions.service import SessionChanges
 from adamhub_service.steps.idempotency import is_valid_key
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
+SESSION_ID_REGEX = SESSION_ID_PATTERN.pattern
 
 # Parsing JSON takes several times the body's bytes of memory while it lasts.
 JSON_EXPANSION = 8
@@ -90,7 +92,10 @@ async def list_sessions(
     services: ServicesDep,
     caller: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(description="`next_cursor` of the previous page", pattern=SESSION_ID_REGEX),
+    ] = None,
 ) -> Response:
     """The caller's sessions, oldest first, a page at a time."""
     records, next_cursor = await services.sessions.list(caller, after=cursor, limit=limit)
