@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
@@ -68,8 +69,14 @@ async def create_session(
             request, limit=settings.max_json_bytes, stall_seconds=settings.body_timeout_seconds
         )
         spec = validate(SessionCreate, body)
+    new = spec.new_session()
+    # The initial θ, m, v (and max v) are made in memory before they are stored.
+    vectors = 4 if new.optimizer.amsgrad else 3
+    size = new.size if new.params is None else new.params.size
+    state_bytes = int(size or 0) * np.dtype(new.dtype).itemsize * vectors
+    async with services.budget.hold(state_bytes):
         created = await services.sessions.create(
-            spec.new_session(),
+            new,
             caller,
             idempotency_key=idempotency_key,
             request_digest=hashlib.blake2b(body, digest_size=16).hexdigest(),
