@@ -69,7 +69,7 @@ def _as_vector(value: Any) -> FloatArray:
     return negotiation.vector_from_json(value, "params")
 
 
-# A JSON array of numbers, parsed into a float64 numpy array by the codec (fast, and
+# A JSON array of numbers, parsed into a float64 numpy array by `negotiation` (fast, and
 # with problems that name the first bad element).
 JsonVector = Annotated[FloatArray, PlainValidator(_as_vector), WithJsonSchema(_VECTOR_SCHEMA)]
 # A numpy array serialised as a JSON array of numbers (by orjson, see ``render``).

@@ -1,4 +1,4 @@
-"""The codec: bodies to arrays and back, whatever the values (property-based)."""
+"""Content negotiation: bodies to arrays and back, whatever the values (property-based)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from adamhub_service import errors
-from adamhub_service.api import negotiation as codec
+from adamhub_service.api import negotiation
 
 finite64 = st.floats(allow_nan=False, allow_infinity=False)
 vectors64 = hnp.arrays(np.float64, st.integers(1, 64), elements=finite64)
@@ -19,8 +19,8 @@ vectors64 = hnp.arrays(np.float64, st.integers(1, 64), elements=finite64)
 
 @given(vectors64)
 def test_json_vectors_round_trip_exactly(vector: np.ndarray) -> None:
-    body = codec.dump_json({"gradient": vector})
-    parsed = codec.vector_from_json(codec.json_object(body)["gradient"], "gradient")
+    body = negotiation.dump_json({"gradient": vector})
+    parsed = negotiation.vector_from_json(negotiation.json_object(body)["gradient"], "gradient")
     assert parsed.dtype == np.float64
     assert np.array_equal(parsed, vector)
 
@@ -28,11 +28,13 @@ def test_json_vectors_round_trip_exactly(vector: np.ndarray) -> None:
 WIDTHS: dict[str, Literal[16, 32, 64]] = {"float16": 16, "float32": 32, "float64": 64}
 
 
-@given(st.sampled_from(codec.WIRE_DTYPES), st.data())
+@given(st.sampled_from(negotiation.WIRE_DTYPES), st.data())
 def test_binary_vectors_round_trip_exactly(dtype: str, data: st.DataObject) -> None:
     elements = st.floats(width=WIDTHS[dtype], allow_nan=False, allow_infinity=False)
     vector = data.draw(hnp.arrays(dtype, st.integers(1, 64), elements=elements))
-    parsed = codec.vector_from_bytes(codec.vector_bytes(vector), codec.wire_dtype(dtype, "float32"))
+    parsed = negotiation.vector_from_bytes(
+        negotiation.vector_bytes(vector), negotiation.wire_dtype(dtype, "float32")
+    )
     assert np.array_equal(parsed, vector)
 
 
@@ -44,7 +46,7 @@ def test_conform_names_the_first_non_finite_element(
     vector = vector.copy()
     vector[bad] = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]))
     with pytest.raises(errors.NonFiniteValue) as caught:
-        codec.conform(vector, size=vector.size, dtype="float64", field="gradient")
+        negotiation.conform(vector, size=vector.size, dtype="float64", field="gradient")
     assert caught.value.extra["index"] == min(bad)
 
 
@@ -53,10 +55,13 @@ def test_conform_refuses_values_beyond_float32(vector: np.ndarray) -> None:
     beyond = np.abs(vector) > np.finfo(np.float32).max
     if beyond.any():
         with pytest.raises(errors.NonFiniteValue) as caught:
-            codec.conform(vector, size=None, dtype="float32", field="params")
+            negotiation.conform(vector, size=None, dtype="float32", field="params")
         assert caught.value.extra["index"] == int(np.argmax(beyond))
     else:
-        assert codec.conform(vector, size=None, dtype="float32", field="params").dtype == np.float32
+        assert (
+            negotiation.conform(vector, size=None, dtype="float32", field="params").dtype
+            == np.float32
+        )
 
 
 @pytest.mark.parametrize(
@@ -72,4 +77,4 @@ def test_conform_refuses_values_beyond_float32(vector: np.ndarray) -> None:
     ],
 )
 def test_accept_negotiation(accept: str | None, binary: bool) -> None:
-    assert codec.wants_binary(accept) is binary
+    assert negotiation.wants_binary(accept) is binary
