@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 
 SERVICE_COMMAND = [sys.executable, "-m", "adamhub_service"]
+# The client address of in-process test clients: this machine (served in protected mode).
+LOOPBACK = ("127.0.0.1", 50000)
 
 
 def free_port() -> int:

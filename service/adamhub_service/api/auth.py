@@ -26,7 +26,7 @@ def is_loopback(host: str | None) -> bool:
     try:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
-        return host in ("localhost", "testclient")  # in-process test clients
+        return host == "localhost"
 
 
 async def principal(request: Request, services: ServicesDep) -> Principal:

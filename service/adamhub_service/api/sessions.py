@@ -56,7 +56,6 @@ async def create_session(
     With an `Idempotency-Key`, a retry of the same request answers the session the
     first one created (`Idempotent-Replayed: true`).
     """
-    caller.require("sessions.create")
     if idempotency_key is not None and not is_valid_key(idempotency_key):
         raise errors.InvalidHeader(
             "Idempotency-Key must be 1 to 255 visible ASCII characters", header="Idempotency-Key"

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from adamhub_service.app import create_app
 from adamhub_service.config import Settings
 from adamhub_service.optim import AdamConfig, adam_step, init_state
+from adamhub_service.testing import LOOPBACK
 
 BINARY = "application/octet-stream"
 ERRORS = "https://adamhub.dev/errors/"
@@ -24,7 +25,7 @@ def client(redis_url: str) -> Iterator[TestClient]:
     settings = Settings(
         redis_url=redis_url, chunk_elements=4, max_size=10_000, max_json_bytes=200_000
     )
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), client=LOOPBACK) as test_client:
         yield test_client
 
 

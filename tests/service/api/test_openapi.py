@@ -18,6 +18,7 @@ from openapi_spec_validator import validate
 
 from adamhub_service.app import create_app
 from adamhub_service.config import Settings
+from adamhub_service.testing import LOOPBACK
 
 PROBLEM_JSON = "application/problem+json"
 METHODS = ("get", "put", "post", "patch", "delete")
@@ -25,7 +26,8 @@ METHODS = ("get", "put", "post", "patch", "delete")
 
 @pytest.fixture(scope="module")
 def client(store_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(redis_url=store_url, max_size=5000))) as test_client:
+    settings = Settings(redis_url=store_url, max_size=5000)
+    with TestClient(create_app(settings), client=LOOPBACK) as test_client:
         yield test_client
 
 

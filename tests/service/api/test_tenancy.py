@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from adamhub_service.app import create_app
 from adamhub_service.config import Settings
+from adamhub_service.testing import LOOPBACK
 
 ERRORS = "https://adamhub.dev/errors/"
 MASTER = "master-key-0123456789abcdef"
@@ -23,7 +24,9 @@ BINARY = "application/octet-stream"
 
 @contextmanager
 def service(redis_url: str, **settings: Any) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(redis_url=redis_url, **settings))) as client:
+    with TestClient(
+        create_app(Settings(redis_url=redis_url, **settings)), client=LOOPBACK
+    ) as client:
         yield client
 
 

@@ -24,7 +24,7 @@ from adamhub_service.storage.outcomes import WriteStatus
 from adamhub_service.storage.store import RedisStore, version_keys
 from adamhub_service.storage.versions import SessionStore
 from adamhub_service.tenancy.principal import LOCAL
-from adamhub_service.testing import free_port
+from adamhub_service.testing import LOOPBACK, free_port
 
 BINARY = "application/octet-stream"
 
@@ -39,7 +39,7 @@ def open_store(redis_url: str, *, pending_ttl_ms: int = 60_000) -> RedisStore:
 @pytest.fixture
 def client(redis_url: str) -> Iterator[TestClient]:
     settings = Settings(redis_url=redis_url, chunk_elements=1000)
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), client=LOOPBACK) as test_client:
         yield test_client
 
 
@@ -156,7 +156,7 @@ def test_reader_retries_when_a_commit_removes_the_version_it_read(redis_url: str
 
 def test_store_down_is_503_with_retry_after() -> None:
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_seconds=1)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), raise_server_exceptions=False, client=LOOPBACK) as client:
         for method, path, body in [
             ("GET", "/readyz", None),
             ("POST", "/v1/sessions", {"size": 3}),
