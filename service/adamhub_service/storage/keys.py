@@ -3,6 +3,7 @@
 - ``adamhub:{<id>}:meta``: a hash, the session's record (``rev``, ``head``, ``t``, …)
 - ``adamhub:{<id>}:c:<write id>:<vector>:<i>``: chunk ``i`` of a stored vector
 - ``adamhub:{<id>}:idem:<key>``: an idempotency record
+- ``adamhub:{<id>}:idems``: the session's idempotency records, by expiry
 - ``adamhub:sessions``: a sorted set of every session id, for listing
 
 The hash tag ``{<id>}`` puts a session in one Redis Cluster slot, so one Lua script
@@ -32,6 +33,11 @@ def chunk_keys(
     """The keys of every chunk of ``fields`` in the version ``write_id``."""
     prefix = f"{session_prefix(session_id)}c:{write_id}:"
     return [f"{prefix}{name}:{i}" for name in fields for i in range(chunk_count)]
+
+
+def idempotency_index_key(session_id: str) -> str:
+    """The sorted set of a session's idempotency records, by expiry (for deletes)."""
+    return f"{session_prefix(session_id)}idems"
 
 
 def idempotency_key(session_id: str, key: str) -> str:

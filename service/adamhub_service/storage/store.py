@@ -32,10 +32,10 @@ from adamhub_service.storage.errors import unavailable_on_error
 from adamhub_service.storage.keys import (
     chunk_keys,
     create_idempotency_key,
+    idempotency_index_key,
     idempotency_key,
     meta_key,
     rate_key,
-    session_prefix,
     tenant_index_key,
     tenant_sizes_key,
 )
@@ -273,7 +273,14 @@ class RedisStore:
                             written.append(key)
                         await pipe.execute()
             last = batches[-1] if batches else []
-            keys = [meta, idem_key, *written, *(key for key, _ in last), *old_keys]
+            keys = [
+                meta,
+                idem_key,
+                idempotency_index_key(new.id),
+                *written,
+                *(key for key, _ in last),
+                *old_keys,
+            ]
             args: list[Any] = [
                 "" if expected_rev is None else expected_rev,
                 len(written) + len(last),
@@ -314,12 +321,11 @@ class RedisStore:
     async def delete(self, record: SessionRecord) -> WriteStatus:
         """Delete the session if it is still at ``record.rev``, with its idempotency
         records, and take it out of its tenant's index and quota."""
-        keys = [meta_key(record.id), *version_keys(record)]
+        keys = [meta_key(record.id), idempotency_index_key(record.id), *version_keys(record)]
         async with unavailable_on_error(write=True):
             status = WriteStatus(int((await self._delete(keys=keys, args=[record.rev]))[0]))
         if status is WriteStatus.COMMITTED:
             await self.release(record.tenant, record.id)
-            await self._delete_idempotency_records(record.id)
         return status
 
     async def take_token(self, key_id: str, *, rate: float, burst: int) -> RateDecision:
@@ -327,18 +333,6 @@ class RedisStore:
         async with unavailable_on_error():
             allowed, remaining, wait = await self._rate(keys=[rate_key(key_id)], args=[rate, burst])
         return RateDecision(int(allowed) == 1, float(remaining), float(wait))
-
-    async def _delete_idempotency_records(self, session_id: str) -> None:
-        pattern = f"{session_prefix(session_id)}idem:*"
-        with contextlib.suppress(RedisError):  # if not, they expire on their own
-            batch: list[bytes] = []
-            async for key in self._redis.scan_iter(match=pattern, count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    await self._redis.unlink(*batch)
-                    batch = []
-            if batch:
-                await self._redis.unlink(*batch)
 
     def _chunk_batches(
         self, record: SessionRecord, vectors: Mapping[str, FloatArray]

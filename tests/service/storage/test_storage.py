@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -66,10 +67,11 @@ def test_redis_holds_one_version_after_many_steps(
     assert len({k.split(b":")[3] for k in chunks}) == 1
     assert all(redis_client.ttl(k) == -1 for k in chunks)  # committed chunks do not expire
     idem = [k for k in keys if b":idem:" in k]
+    assert redis_client.zcard(f"adamhub:{{{sid}}}:idems") == 5
     assert len(idem) == 5
     assert all(redis_client.ttl(k) > 0 for k in idem)
-    # meta, chunks, idempotency records, the tenant index and its sizes (for the quota)
-    assert len(keys) == 1 + 40 + 5 + 2
+    # meta, chunks, idempotency records and their index, the tenant index and sizes
+    assert len(keys) == 1 + 40 + 5 + 1 + 2
     # One version is 160 kB; 200 versions kept around would be 32 MB.
     grown = int(redis_client.info("memory")["used_memory"]) - baseline
     assert grown < 2_000_000, f"memory grew by {grown} bytes over 200 steps"
@@ -198,3 +200,28 @@ def test_losing_every_compare_and_set_is_409_with_retry_after(redis_url: str) ->
         await redis_store.close()
 
     asyncio.run(scenario())
+
+
+def test_the_index_of_idempotency_records_forgets_expired_ones(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    settings = Settings(redis_url=redis_url, idempotency_ttl_seconds=0.2)
+    with TestClient(create_app(settings), client=LOOPBACK) as client:
+        sid = client.post("/v1/sessions", json={"size": 2}).json()["id"]
+        for i in range(5):
+            step = client.post(
+                f"/v1/sessions/{sid}/step",
+                json={"gradient": [1, 1]},
+                headers={"Idempotency-Key": f"old-{i}"},
+            )
+            assert step.status_code == 200
+        assert redis_client.zcard(f"adamhub:{{{sid}}}:idems") == 5
+        time.sleep(0.3)
+        client.post(
+            f"/v1/sessions/{sid}/step",
+            json={"gradient": [1, 1]},
+            headers={"Idempotency-Key": "new"},
+        )
+        index = redis_client.zrange(f"adamhub:{{{sid}}}:idems", 0, -1)
+        assert index == [f"adamhub:{{{sid}}}:idem:new".encode()]
+        assert redis_client.pttl(f"adamhub:{{{sid}}}:idems") > 0  # it expires with its records

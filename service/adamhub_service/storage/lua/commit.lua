@@ -2,8 +2,9 @@
 --
 -- KEYS[1]            the session's meta hash
 -- KEYS[2]            the idempotency record to check and write (KEYS[1] again when none)
--- KEYS[3 .. 2+n]     the new version's chunks, written just before with a TTL
--- KEYS[3+n .. #KEYS] the old version's chunks, to unlink
+-- KEYS[3]            the session's index of idempotency records (a sorted set by expiry)
+-- KEYS[4 .. 3+n]     the new version's chunks, written just before with a TTL
+-- KEYS[4+n .. #KEYS] the old version's chunks, to unlink
 -- ARGV[1]  expected rev ("" = the session must not exist yet)
 -- ARGV[2]  n, the number of new chunks
 -- ARGV[3]  the idempotency record's value ("" = none)
@@ -17,6 +18,7 @@
 local COMMITTED, REPLAYED, CONFLICT, GONE, ID_TAKEN, EXPIRED = 1, 2, 3, 4, 5, 6
 local meta = KEYS[1]
 local n_new = tonumber(ARGV[2])
+local first_new = 4
 
 if ARGV[3] ~= '' then
   local record = redis.call('GET', KEYS[2])
@@ -36,15 +38,15 @@ elseif rev ~= ARGV[1] then
   return {CONFLICT}
 end
 
-for i = 3, 2 + n_new do
+for i = first_new, first_new + n_new - 1 do
   if redis.call('EXISTS', KEYS[i]) == 0 then
     return {EXPIRED}
   end
 end
-for i = 3, 2 + n_new do
+for i = first_new, first_new + n_new - 1 do
   redis.call('PERSIST', KEYS[i])
 end
-for i = 3 + n_new, #KEYS do
+for i = first_new + n_new, #KEYS do
   redis.call('UNLINK', KEYS[i])
 end
 
@@ -53,6 +55,13 @@ if #ARGV > 4 then
 end
 local new_rev = redis.call('HINCRBY', meta, 'rev', 1)
 if ARGV[3] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  local ttl = tonumber(ARGV[4])
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ttl)
+  -- Indexed by expiry, so that a delete finds every live record without a scan.
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  redis.call('ZADD', KEYS[3], now + ttl, KEYS[2])
+  redis.call('PEXPIRE', KEYS[3], ttl)
 end
 return {COMMITTED, new_rev}

@@ -1,7 +1,8 @@
--- Delete a session if it is still at the expected rev.
+-- Delete a session if it is still at the expected rev, with its idempotency records.
 --
 -- KEYS[1]      the session's meta hash
--- KEYS[2 ..]   the chunks of its current version
+-- KEYS[2]      the session's index of idempotency records
+-- KEYS[3 ..]   the chunks of its current version
 -- ARGV[1]      expected rev
 --
 -- Replies {status} as in outcomes.WriteStatus: {1} deleted, {3} the rev moved on,
@@ -13,6 +14,10 @@ if not rev then
 end
 if rev ~= ARGV[1] then
   return {CONFLICT}
+end
+-- The records share the session's hash tag, so they are in this script's slot.
+for _, record in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  redis.call('UNLINK', record)
 end
 for i = 1, #KEYS do
   redis.call('UNLINK', KEYS[i])
