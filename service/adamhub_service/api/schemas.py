@@ -33,7 +33,6 @@ from adamhub_service.tenancy.records import ApiKey
 
 MAX_METADATA_BYTES = 64 * 1024
 MAX_METADATA_DEPTH = 32
-DTYPES = ("float32", "float64")
 WIRE_DTYPES = ("float16", "float32", "float64")
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
