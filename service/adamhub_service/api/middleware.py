@@ -46,33 +46,34 @@ class FrontDoor:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
         if self.allowed is not None and "*" not in self.allowed:
-            host = host_name(request.headers.get("host", "")).lower()
+            raw = next((value for name, value in scope["headers"] if name == b"host"), b"")
+            host = host_name(raw.decode("latin-1")).lower()
             if host not in self.allowed:
                 error = errors.HostNotAllowed(
                     f"this service does not answer to Host {host!r}; see ADAMHUB_ALLOWED_HOSTS"
                 )
-                await problem_response(error, request)(scope, receive, send)
+                await problem_response(error, Request(scope))(scope, receive, send)
                 return
-        allow = self._allowed_methods(request)
-        if scope["method"] == "OPTIONS" and allow is not None:
-            await Response(status_code=204, headers={"Allow": allow})(scope, receive, send)
-            return
-        if allow is None:
-            await self.app(scope, receive, send)
-            return
+        if scope["method"] == "OPTIONS":
+            allow = self._allowed_methods(scope)
+            if allow is not None:
+                await Response(status_code=204, headers={"Allow": allow})(scope, receive, send)
+                return
 
         async def send_with_allow(message: Message) -> None:
+            # Only a 405 is rewritten: the framework names the methods of one route.
             if message["type"] == "http.response.start" and message["status"] == 405:
-                headers = [(k, v) for k, v in message["headers"] if k.lower() != b"allow"]
-                message = {**message, "headers": [*headers, (b"allow", allow.encode())]}
+                allow = self._allowed_methods(scope)
+                if allow is not None:
+                    headers = [(k, v) for k, v in message["headers"] if k.lower() != b"allow"]
+                    message = {**message, "headers": [*headers, (b"allow", allow.encode())]}
             await send(message)
 
         await self.app(scope, receive, send_with_allow)
 
-    def _allowed_methods(self, request: Request) -> str | None:
+    def _allowed_methods(self, scope: Scope) -> str | None:
         if self._allow is None:
-            self._allow = allow_table(request.app.openapi())
-        path = request.url.path
+            self._allow = allow_table(scope["app"].openapi())
+        path = scope["path"]
         return next((allow for pattern, allow in self._allow if pattern.match(path)), None)
