@@ -4,7 +4,7 @@ never waited on for long, into validated models and vectors."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -27,18 +27,21 @@ def declared_length(request: Request) -> int | None:
     return int(declared) if declared is not None and declared.isdigit() else None
 
 
-async def _pieces(request: Request, stall_seconds: float) -> AsyncIterator[bytes]:
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            piece = await asyncio.wait_for(anext(stream), stall_seconds)
-        except StopAsyncIteration:
-            return
-        except TimeoutError as exc:
-            raise errors.RequestTimeout(
-                f"the body stalled for over {stall_seconds:g} s; the connection is closed"
-            ) from exc
-        yield piece
+async def _consume(request: Request, stall_seconds: float, take: Callable[[bytes], None]) -> None:
+    """Hand each piece of the body to ``take``; 408 when none comes for ``stall_seconds``.
+
+    One deadline, moved on by every piece: a timer per piece would cost a task each.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(stall_seconds) as deadline:
+            async for piece in request.stream():
+                take(piece)
+                deadline.reschedule(loop.time() + stall_seconds)
+    except TimeoutError as exc:
+        raise errors.RequestTimeout(
+            f"the body stalled for over {stall_seconds:g} s; the connection is closed"
+        ) from exc
 
 
 async def read_body(
@@ -50,11 +53,15 @@ async def read_body(
         raise _too_large(what, limit)
     parts: list[bytes] = []
     received = 0
-    async for part in _pieces(request, stall_seconds):
+
+    def take(part: bytes) -> None:
+        nonlocal received
         received += len(part)
         if received > limit:
             raise _too_large(what, limit)
         parts.append(part)
+
+    await _consume(request, stall_seconds, take)
     return b"".join(parts)
 
 
@@ -112,7 +119,9 @@ async def _binary_vector(
     buffer = bytearray(expected)
     view = memoryview(buffer)
     received = 0
-    async for part in _pieces(request, stall_seconds):
+
+    def take(part: bytes) -> None:
+        nonlocal received
         if received + len(part) > expected:
             raise errors.WrongSize(
                 f"{field!r} is longer than the session's {size} elements",
@@ -121,6 +130,8 @@ async def _binary_vector(
             )
         view[received : received + len(part)] = part
         received += len(part)
+
+    await _consume(request, stall_seconds, take)
     _check_length(received, dtype.itemsize, size, field)
     return np.frombuffer(buffer, dtype=dtype)
 
