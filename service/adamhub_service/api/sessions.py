@@ -71,8 +71,9 @@ async def create_session(
     new = spec.new_session()
     # The initial θ, m, v (and max v) are made in memory before they are stored.
     vectors = 4 if new.optimizer.amsgrad else 3
-    size = new.size if new.params is None else new.params.size
-    state_bytes = int(size or 0) * np.dtype(new.dtype).itemsize * vectors
+    size = int((new.size if new.params is None else new.params.size) or 0)
+    # A size over the maximum is refused by the domain without allocating anything.
+    state_bytes = size * np.dtype(new.dtype).itemsize * vectors if size <= settings.max_size else 0
     async with services.budget.hold(state_bytes):
         created = await services.sessions.create(
             new,
