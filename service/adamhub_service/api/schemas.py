@@ -27,8 +27,9 @@ from pydantic.json_schema import SkipJsonSchema
 
 from adamhub_service.api import negotiation
 from adamhub_service.optim import BETA, EPS, LR, WEIGHT_DECAY, AdamConfig, FloatArray
-from adamhub_service.sessions.records import SessionRecord
+from adamhub_service.sessions.records import SESSION_ID_PATTERN, SessionRecord
 from adamhub_service.sessions.service import NewSession, NormalInitSpec
+from adamhub_service.tenancy.principal import TENANT_PATTERN, Action
 from adamhub_service.tenancy.records import ApiKey
 
 MAX_METADATA_BYTES = 64 * 1024
@@ -328,22 +329,9 @@ class StepOut(BaseModel):
     params: VectorOut | None = None
 
 
-Action = Literal[
-    "*",
-    "sessions.create",
-    "sessions.read",
-    "sessions.update",
-    "sessions.delete",
-    "steps.create",
-    "params.read",
-    "keys.manage",
-    "metrics.read",
-]
 EVERY_ACTION: tuple[Action] = ("*",)
-Tenant = Annotated[
-    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="A tenant's name.")
-]
-SessionScope = Annotated[str, Field(pattern=r"^(\*|s_[0-9a-f]{32})$")]
+Tenant = Annotated[str, Field(pattern=TENANT_PATTERN.pattern, description="A tenant's name.")]
+SessionScope = Annotated[str, Field(pattern=f"^(\\*|{SESSION_ID_PATTERN.pattern.strip('^$')})$")]
 
 
 def _text_only(value: Any) -> Any:

@@ -9,7 +9,6 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from adamhub_service import errors
 from adamhub_service.api import openapi
 from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.bodies import declared_length, json_model, read_body, validate
@@ -25,7 +24,7 @@ from adamhub_service.api.schemas import (
 )
 from adamhub_service.sessions.records import SESSION_ID_PATTERN
 from adamhub_service.sessions.service import SessionChanges
-from adamhub_service.steps.idempotency import is_valid_key
+from adamhub_service.steps.idempotency import checked_key
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
 SESSION_ID_REGEX = SESSION_ID_PATTERN.pattern
@@ -56,10 +55,7 @@ async def create_session(
     With an `Idempotency-Key`, a retry of the same request answers the session the
     first one created (`Idempotent-Replayed: true`).
     """
-    if idempotency_key is not None and not is_valid_key(idempotency_key):
-        raise errors.InvalidHeader(
-            "Idempotency-Key must be 1 to 255 visible ASCII characters", header="Idempotency-Key"
-        )
+    idempotency_key = checked_key(idempotency_key)
     settings = services.settings
     body_kind(request.headers.get("content-type"))
     reserve = (declared_length(request) or settings.max_json_bytes) * JSON_EXPANSION

@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
-from adamhub_service import errors
 from adamhub_service.api import negotiation, openapi
 from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.bodies import vector_body
@@ -22,7 +21,7 @@ from adamhub_service.api.negotiation import (
 )
 from adamhub_service.api.params import DtypeHeader, IdempotencyKeyHeader, vector_request_budget
 from adamhub_service.api.schemas import StepIn, StepOut, render
-from adamhub_service.steps.idempotency import is_valid_key
+from adamhub_service.steps.idempotency import checked_key
 
 router = APIRouter(prefix="/v1", tags=["steps"])
 
@@ -55,10 +54,7 @@ async def step(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Apply one gradient; answer with the new parameters (or only `t`)."""
-    if idempotency_key is not None and not is_valid_key(idempotency_key):
-        raise errors.InvalidHeader(
-            "Idempotency-Key must be 1 to 255 visible ASCII characters", header="Idempotency-Key"
-        )
+    idempotency_key = checked_key(idempotency_key)
     settings = services.settings
     record = await services.sessions.get(session_id, caller, "steps.create", fresh=False)
     async with services.budget.hold(vector_request_budget(services, record, adamhub_dtype)):

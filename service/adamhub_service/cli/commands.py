@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from types import FrameType
 import uvicorn
 
 from adamhub_service import __version__
+from adamhub_service.api.auth import is_loopback
 from adamhub_service.cli import keys
 from adamhub_service.cli.embedded import EmbeddedStoreError, EmbeddedValkey
 from adamhub_service.cli.protocol import BoundedHeadProtocol
@@ -93,7 +93,7 @@ def serve(options: ServerOptions, settings: Settings) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then raises it again: make that an
     # exception, so the embedded store below is stopped on the way out.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    loopback = is_loopback_host(options.host)
+    loopback = is_loopback(options.host)
     if settings.allowed_hosts is None and loopback:
         # Against DNS rebinding: a page elsewhere must not reach a local service by name.
         settings = settings.model_copy(update={"allowed_hosts": list(LOOPBACK_NAMES)})
@@ -131,16 +131,6 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether a listening address serves this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _export(settings: Settings) -> None:

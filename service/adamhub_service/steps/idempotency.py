@@ -6,12 +6,22 @@ import hashlib
 
 import numpy as np
 
+from adamhub_service import errors
 from adamhub_service.optim import FloatArray
 
 
 def is_valid_key(key: str) -> bool:
     """Whether ``key`` is 1 to 255 visible ASCII characters."""
     return 1 <= len(key) <= 255 and all("!" <= char <= "~" for char in key)
+
+
+def checked_key(key: str | None) -> str | None:
+    """An Idempotency-Key header as given, or 422 ``invalid-header``."""
+    if key is not None and not is_valid_key(key):
+        raise errors.InvalidHeader(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters", header="Idempotency-Key"
+        )
+    return key
 
 
 def gradient_digest(gradient: FloatArray) -> str:

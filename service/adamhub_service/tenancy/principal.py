@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from adamhub_service import errors
 from adamhub_service.sessions.records import DEFAULT_TENANT, SessionRecord
 
 ALL = "*"
-ACTIONS: tuple[str, ...] = (
+# What a key may grant: every action, or one of these.
+Action = Literal[
+    "*",
     "sessions.create",
     "sessions.read",
     "sessions.update",
@@ -23,7 +26,8 @@ ACTIONS: tuple[str, ...] = (
     "params.read",
     "keys.manage",
     "metrics.read",
-)
+]
+ACTIONS: tuple[str, ...] = tuple(action for action in get_args(Action) if action != ALL)
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
