@@ -93,3 +93,27 @@ def test_the_sdk_manages_keys(store_url: str, tmp_path: Path) -> None:
                 client.keys.get(key.id)
     finally:
         service.stop()
+
+
+def test_serving_beyond_loopback_without_a_master_key_warns(store_url: str, tmp_path: Path) -> None:
+    service = ServiceProcess(
+        "--host", "0.0.0.0", "--redis-url", store_url, log_path=tmp_path / "service.log"
+    ).start()  # fmt: skip
+    try:
+        with adamhub.Client(service.base_url) as local:  # loopback: served as the master key
+            assert local.create_session(size=2).t == 0
+    finally:
+        service.stop()
+    assert "without a master key" in service.log() and "ADAMHUB_MASTER_KEY" in service.log()
+    quiet = ServiceProcess(
+        "--redis-url", store_url, "--master-key", MASTER, log_path=tmp_path / "quiet.log"
+    ).start()  # fmt: skip
+    try:
+        with (
+            adamhub.Client(quiet.base_url, max_retries=0) as anonymous,
+            pytest.raises(adamhub.AuthenticationError),
+        ):
+            anonymous.list_sessions()
+    finally:
+        quiet.stop()
+    assert "without a master key" not in quiet.log()
