@@ -44,7 +44,10 @@ def create_app(settings: Settings) -> FastAPI:
             round_trip_bytes=settings.round_trip_bytes,
         )
         store = SessionStore(
-            redis_store, StateCache(settings.cache_bytes), commit_attempts=settings.commit_attempts
+            redis_store,
+            StateCache(settings.cache_bytes),
+            commit_attempts=settings.commit_attempts,
+            snapshot_bytes=settings.snapshot_bytes,
         )
         metrics.cache_bytes.set_function(lambda: store.cached_bytes)
         app.state.services = Services(
@@ -75,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await store.close()
             await redis_store.close()
 
     app = FastAPI(

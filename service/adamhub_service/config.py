@@ -37,7 +37,13 @@ class Settings(BaseSettings):
         default=32, ge=1, description="Compare-and-set attempts of a write before 409."
     )
     cache_bytes: int = Field(
-        default=256 << 20, ge=0, description="Bytes of session state cached in each process."
+        default=1 << 30, ge=0, description="Bytes of session state cached in each process."
+    )
+    snapshot_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Bytes of logged gradients after which a session's state is snapshotted "
+        "(default: 8 times one state vector's bytes).",
     )
     redis_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Socket timeout of every store command."

@@ -73,6 +73,13 @@ class StepConflict(AdamhubError):
     title = "Too many concurrent updates"
 
 
+class HistoryUnavailable(AdamhubError):
+    """A rollback's step is older than what the session keeps (or not reached yet)."""
+
+    slug = "history-unavailable"
+    title = "That step is not kept"
+
+
 class PayloadTooLarge(AdamhubError):
     """The body is over the configured limit."""
 

@@ -146,17 +146,37 @@ async def vector_body(
     stall_seconds: float,
 ) -> FloatArray:
     """A vector of the session's size and dtype: raw bytes, or JSON ``{field: [...]}``."""
+    received = await received_vector(
+        request,
+        record,
+        field,
+        dtype_header,
+        json_limit=json_limit,
+        stall_seconds=stall_seconds,
+    )
+    return negotiation.conform(received, size=record.size, dtype=record.dtype, field=field)
+
+
+async def received_vector(
+    request: Request,
+    record: SessionRecord,
+    field: str,
+    dtype_header: str | None,
+    *,
+    json_limit: int,
+    stall_seconds: float,
+) -> FloatArray:
+    """A vector as it arrived (its wire dtype; float64 from JSON), of the session's size
+    when binary; ``negotiation.conform`` checks and converts it."""
     kind = negotiation.body_kind(request.headers.get("content-type"))
     if kind == BINARY:
         dtype = negotiation.wire_dtype(dtype_header, record.dtype)
-        raw = await _binary_vector(request, dtype, record.size, field, stall_seconds)
-    else:
-        body = await read_body(request, limit=json_limit, stall_seconds=stall_seconds)
-        document = negotiation.json_object(body)
-        if field not in document:
-            raise errors.InvalidVector(f"the body has no {field!r} member", field=field)
-        extra = sorted(set(document) - {field})
-        if extra:
-            raise errors.InvalidVector(f"unknown members {extra}; only {field!r} is expected")
-        raw = negotiation.vector_from_json(document[field], field)
-    return negotiation.conform(raw, size=record.size, dtype=record.dtype, field=field)
+        return await _binary_vector(request, dtype, record.size, field, stall_seconds)
+    body = await read_body(request, limit=json_limit, stall_seconds=stall_seconds)
+    document = negotiation.json_object(body)
+    if field not in document:
+        raise errors.InvalidVector(f"the body has no {field!r} member", field=field)
+    extra = sorted(set(document) - {field})
+    if extra:
+        raise errors.InvalidVector(f"unknown members {extra}; only {field!r} is expected")
+    return negotiation.vector_from_json(document[field], field)

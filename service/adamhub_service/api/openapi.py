@@ -19,6 +19,7 @@ from adamhub_service.api.schemas import (
     KeyCreate,
     ParamsIn,
     Problem,
+    RollbackIn,
     SessionCreate,
     SessionPatch,
     StepIn,
@@ -29,6 +30,7 @@ REF = "#/components/schemas/{model}"
 BODY_MODELS: tuple[type[BaseModel], ...] = (
     SessionCreate,
     SessionPatch,
+    RollbackIn,
     ParamsIn,
     StepIn,
     KeyCreate,

@@ -50,6 +50,17 @@ def _whole(value: Any) -> Any:
 
 PositiveWhole = Annotated[int, Strict(), Field(ge=1), BeforeValidator(_whole)]
 NonNegativeWhole = Annotated[int, Strict(), Field(ge=0), BeforeValidator(_whole)]
+MAX_HISTORY_STEPS = 1_000_000
+HistorySteps = Annotated[
+    int,
+    Strict(),
+    Field(
+        ge=0,
+        le=MAX_HISTORY_STEPS,
+        description="Keep what rolling back to any of the last this many steps needs.",
+    ),
+    BeforeValidator(_whole),
+]
 
 
 Lr = Annotated[Finite, Field(**LR.as_field(), description="Learning rate α.")]
@@ -215,6 +226,7 @@ class SessionCreate(BaseModel):
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     name: Name | None = None
     metadata: Metadata = Field(default_factory=dict)
+    history_steps: HistorySteps = 0
 
     @model_validator(mode="before")
     @classmethod
@@ -251,6 +263,7 @@ class SessionCreate(BaseModel):
             else None,
             name=self.name,
             metadata=self.metadata,
+            history_steps=self.history_steps,
         )
 
 
@@ -262,6 +275,15 @@ class SessionPatch(BaseModel):
     optimizer: OptimizerPatch | None = None
     name: Name | None = None
     metadata: Metadata | None = None
+    history_steps: HistorySteps = 0
+
+
+class RollbackIn(BaseModel):
+    """Body of ``POST /v1/sessions/{id}/rollback``."""
+
+    model_config = _STRICT
+
+    t: NonNegativeWhole = Field(description="The step to return to.")
 
 
 class SessionOut(BaseModel):
@@ -274,6 +296,7 @@ class SessionOut(BaseModel):
     t: int = Field(description="Adam's step counter: 0 after creation, +1 per gradient.")
     optimizer: OptimizerSettings
     metadata: dict[str, Any]
+    history_steps: int = Field(description="Steps kept for rollback (at least).")
     created_at: str = Field(description="RFC 3339, UTC.")
     updated_at: str = Field(description="RFC 3339, UTC.")
 
@@ -288,6 +311,7 @@ class SessionOut(BaseModel):
             t=record.t,
             optimizer=OptimizerSettings.of(record.optimizer),
             metadata=record.metadata,
+            history_steps=record.history_steps,
             created_at=record.created_at,
             updated_at=record.updated_at,
         )

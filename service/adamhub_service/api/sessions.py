@@ -16,6 +16,7 @@ from adamhub_service.api.deps import ServicesDep, SessionId
 from adamhub_service.api.negotiation import JSON, REPLAYED_HEADER, body_kind
 from adamhub_service.api.params import IdempotencyKeyHeader
 from adamhub_service.api.schemas import (
+    RollbackIn,
     SessionCreate,
     SessionList,
     SessionOut,
@@ -147,8 +148,34 @@ async def patch_session(
         name=patch.name,
         rename="name" in given,
         metadata=(patch.metadata or {}) if "metadata" in given else None,
+        history_steps=patch.history_steps if "history_steps" in given else None,
     )
     record = await services.sessions.update(session_id, changes, caller)
+    return Response(render(SessionOut.of(record)), media_type=JSON)
+
+
+@router.post(
+    "/sessions/{session_id}/rollback",
+    response_model=SessionOut,
+    responses=openapi.problems(404, 408, 409, 413, 415, 422),
+    openapi_extra=openapi.json_body(RollbackIn),
+    summary="Return a session to an earlier step",
+)
+async def rollback_session(
+    session_id: SessionId, request: Request, services: ServicesDep, caller: PrincipalDep
+) -> Response:
+    """θ, m, v and `t` become exactly what they were right after step `t`; steps go on
+    from there. The session keeps what this needs for at least its last `history_steps`
+    steps; an older step is 409 `history-unavailable` with `oldest_t`."""
+    settings = services.settings
+    await services.sessions.get(session_id, caller, "sessions.update", fresh=False)
+    body = await json_model(
+        request,
+        RollbackIn,
+        limit=settings.max_json_bytes,
+        stall_seconds=settings.body_timeout_seconds,
+    )
+    record = await services.sessions.rollback(session_id, body.t, caller)
     return Response(render(SessionOut.of(record)), media_type=JSON)
 
 

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from adamhub_service.api import negotiation, openapi
 from adamhub_service.api.auth import PrincipalDep
-from adamhub_service.api.bodies import vector_body
+from adamhub_service.api.bodies import received_vector
 from adamhub_service.api.deps import ServicesDep, SessionId
 from adamhub_service.api.negotiation import (
     APPLIED_STEP_HEADER,
@@ -58,7 +58,7 @@ async def step(
     settings = services.settings
     record = await services.sessions.get(session_id, caller, "steps.create", fresh=False)
     async with services.budget.hold(vector_request_budget(services, record, adamhub_dtype)):
-        gradient = await vector_body(
+        received = await received_vector(
             request,
             record,
             "gradient",
@@ -66,7 +66,17 @@ async def step(
             json_limit=settings.max_json_bytes,
             stall_seconds=settings.body_timeout_seconds,
         )
-        result = await services.steps.step(session_id, gradient, idempotency_key=idempotency_key)
+        gradient = negotiation.conform(
+            received, size=record.size, dtype=record.dtype, field="gradient"
+        )
+        # The log keeps a narrower wire dtype as it came (it widens exactly).
+        narrower = received.dtype.itemsize < gradient.dtype.itemsize
+        result = await services.steps.step(
+            session_id,
+            gradient,
+            logged=received if narrower else None,
+            idempotency_key=idempotency_key,
+        )
     headers = {
         STEP_HEADER: str(result.record.t),
         APPLIED_STEP_HEADER: str(result.applied_t),

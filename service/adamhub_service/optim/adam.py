@@ -7,7 +7,8 @@ is that of Reddi et al., "On the Convergence of Adam and Beyond" (ICLR 2018).
 
 The arithmetic follows the order of operations of ``torch.optim.Adam``'s single-tensor
 implementation, with every scalar rounded to the state's dtype first, so that results
-agree with torch to float rounding. This module does no I/O.
+agree with torch to float rounding; it runs as one compiled pass (``kernel``). This
+module does no I/O.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from adamhub_service.errors import NonFiniteUpdate
+from adamhub_service.optim import kernel
 
 FloatArray = npt.NDArray[np.floating]
 
@@ -131,65 +133,67 @@ def adam_step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamSta
 
     ``grad`` must have the state's size and dtype. The input state is not modified.
     Raises ``NonFiniteUpdate`` when a new parameter or moment would be NaN or infinite.
+
+    The arithmetic is one fused pass (``kernel``) doing, per element and in the state's
+    dtype, what torch's single-tensor Adam does with whole tensors::
+
+        g ← −g (maximize);  g ← g + λθ (weight decay) or θ ← θ(1 − αλ) (decoupled)
+        m ← m + (1 − β₁)(g − m);  v ← β₂v + (1 − β₂)g²;  v̂ ← max(v̂, v) (AMSGrad)
+        θ ← θ − α/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
     """
-    with np.errstate(over="ignore", invalid="ignore"):
-        new_state = _step(state, grad, config)
-    _require_finite(new_state)
-    return new_state
-
-
-def _step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamState:
     dtype = state.dtype
     scalar = dtype.type
     step = state.step + 1
     beta1, beta2 = config.betas
-
-    if config.maximize:
-        grad = -grad
-    params = state.params
+    decay_mode, decay = kernel.NO_DECAY, scalar(0)
     if config.weight_decay != 0:
         if config.decoupled_weight_decay:
-            params = params * scalar(1 - config.lr * config.weight_decay)
+            decay_mode, decay = kernel.DECOUPLED_DECAY, scalar(1 - config.lr * config.weight_decay)
         else:
-            grad = grad + params * scalar(config.weight_decay)
+            decay_mode, decay = kernel.COUPLED_DECAY, scalar(config.weight_decay)
+    step_size = config.lr / (1 - beta1**step)
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
 
-    # torch: exp_avg.lerp_(grad, 1 - beta1), i.e. m + w * (g - m)
-    exp_avg = grad - state.exp_avg
-    exp_avg *= scalar(1 - beta1)
-    exp_avg += state.exp_avg
-    # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    exp_avg_sq = state.exp_avg_sq * scalar(beta2)
-    exp_avg_sq += scalar(1 - beta2) * grad * grad
-
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = config.lr / bias_correction1
-    bias_correction2_sqrt = bias_correction2**0.5
-
-    max_exp_avg_sq = None
-    if config.amsgrad:
-        previous_max = state.max_exp_avg_sq
-        max_exp_avg_sq = (
-            exp_avg_sq.copy() if previous_max is None else np.maximum(previous_max, exp_avg_sq)
-        )
-        denom = np.sqrt(max_exp_avg_sq)
-    else:
-        denom = np.sqrt(exp_avg_sq)
-    denom /= scalar(bias_correction2_sqrt)
-    denom += scalar(config.eps)
-
-    # torch: param.addcdiv_(exp_avg, denom, value=-step_size), i.e. p + (v * m) / d
-    update = scalar(-step_size) * exp_avg
-    update /= denom
-    new_params = params + update
-
-    return AdamState(
-        params=new_params,
-        exp_avg=exp_avg,
-        exp_avg_sq=exp_avg_sq,
-        max_exp_avg_sq=max_exp_avg_sq,
+    params = np.ascontiguousarray(state.params)
+    grad = np.ascontiguousarray(grad, dtype=dtype)
+    out = AdamState(
+        params=np.empty_like(params),
+        exp_avg=np.empty_like(params),
+        exp_avg_sq=np.empty_like(params),
+        max_exp_avg_sq=np.empty_like(params) if config.amsgrad else None,
         step=step,
     )
+    no_max = np.empty(0, dtype)
+    previous_max = state.max_exp_avg_sq
+    if config.amsgrad and previous_max is None:
+        previous_max = np.zeros_like(params)
+    not_finite = kernel.fused_update(
+        params,
+        np.ascontiguousarray(state.exp_avg),
+        np.ascontiguousarray(state.exp_avg_sq),
+        no_max if previous_max is None else np.ascontiguousarray(previous_max),
+        grad,
+        out.params,
+        out.exp_avg,
+        out.exp_avg_sq,
+        no_max if out.max_exp_avg_sq is None else out.max_exp_avg_sq,
+        size=state.size,
+        scalars=(
+            config.maximize,
+            decay_mode,
+            decay,
+            scalar(1 - beta1),
+            scalar(beta2),
+            scalar(1 - beta2),
+            scalar(bias_correction2_sqrt),
+            scalar(config.eps),
+            scalar(-step_size),
+            config.amsgrad,
+        ),
+    )
+    if not_finite:
+        _require_finite(out)
+    return out
 
 
 def _require_finite(state: AdamState) -> None:

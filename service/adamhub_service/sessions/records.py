@@ -47,9 +47,10 @@ class SessionRecord:
     """A session's description and version, without its vectors.
 
     ``rev`` counts every change of the session (steps, parameter writes, settings
-    changes) and is the fencing token of every write; ``head`` names the stored
-    version of the vectors; ``t`` is Adam's step counter; ``chunk_elements`` is how
-    the vectors are split in the store; ``tenant`` owns the session.
+    changes) and is the fencing token of every write; ``head`` names the vectors' version
+    (the ETag); ``t`` is Adam's step counter; ``chunk_elements`` is how the vectors are
+    split in the store; ``tenant`` owns the session; the store keeps what returning to
+    any of the last ``history_steps`` steps needs.
     """
 
     id: str
@@ -65,6 +66,7 @@ class SessionRecord:
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     tenant: str = DEFAULT_TENANT
+    history_steps: int = 0
 
     def evolve(self, **changes: Any) -> SessionRecord:
         """A copy with some fields changed."""

@@ -45,6 +45,7 @@ class NewSession:
     init: NormalInitSpec | None = None
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    history_steps: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class SessionChanges:
     name: str | None = None
     rename: bool = False
     metadata: dict[str, Any] | None = None
+    history_steps: int | None = None
 
 
 def initial_params(size: int, dtype: str, init: NormalInitSpec | None) -> FloatArray:
@@ -162,6 +164,7 @@ class SessionService:
             name=spec.name,
             metadata=spec.metadata,
             tenant=principal.tenant,
+            history_steps=spec.history_steps,
         )
         params = (
             spec.params if spec.params is not None else initial_params(size, spec.dtype, spec.init)
@@ -246,6 +249,8 @@ class SessionService:
                 new = new.evolve(name=changes.name)
             if changes.metadata is not None:
                 new = new.evolve(metadata=changes.metadata)
+            if changes.history_steps is not None:
+                new = new.evolve(history_steps=changes.history_steps)
             outcome = await self._store.commit_record(current, new)
             if outcome.status is WriteStatus.GONE:
                 raise errors.SessionNotFound(session_id)
@@ -263,9 +268,34 @@ class SessionService:
             current = await self._store.record(session_id)
             state = init_state(params.astype(current.dtype, copy=False), current.optimizer)
             new = current.evolve(t=0, head=new_write_id(), updated_at=utc_now())
-            outcome = await self._store.commit_state(current, new, state)
+            outcome = await self._store.reset(current, new, state)
             if outcome.status is WriteStatus.GONE:
                 raise errors.SessionNotFound(session_id)
+            return new.evolve(rev=outcome.rev) if outcome.status is WriteStatus.COMMITTED else None
+
+        return await self._store.until_committed(attempt)
+
+    async def rollback(self, session_id: str, t: int, principal: Principal) -> SessionRecord:
+        """Return the session to its state right after step ``t``: θ, m, v and ``t``
+        exactly as they were then; 409 ``history-unavailable`` when that is not kept."""
+        await self.get(session_id, principal, "sessions.update", fresh=False)
+
+        async def attempt() -> SessionRecord | None:
+            current = await self._store.record(session_id)
+            if t == current.t:
+                return current
+            new = current.evolve(t=t, head=new_write_id(), updated_at=utc_now())
+            outcome = await self._store.rollback(current, new)
+            if outcome.status is WriteStatus.GONE:
+                raise errors.SessionNotFound(session_id)
+            if outcome.status is WriteStatus.NO_HISTORY:
+                assert outcome.oldest_t is not None
+                raise errors.HistoryUnavailable(
+                    f"the session is at t={current.t} and keeps what returning to steps "
+                    f"{outcome.oldest_t} to {current.t} needs; raise history_steps to keep more",
+                    oldest_t=outcome.oldest_t,
+                    t=current.t,
+                )
             return new.evolve(rev=outcome.rev) if outcome.status is WriteStatus.COMMITTED else None
 
         return await self._store.until_committed(attempt)

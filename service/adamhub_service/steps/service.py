@@ -1,29 +1,36 @@
-"""Applying a gradient to a session: exactly once, atomically, in order.
+"""Applying gradients to a session: exactly once, atomically, in order, in groups.
 
-Within a process, steps of one session queue on a lock and usually find the state in
-the cache; across processes, the store's compare-and-set on ``rev`` decides, and the
-loser re-reads and recomputes. An ``Idempotency-Key`` is recorded by the same commit
-that applies the step, so a retried request can never be applied twice.
+Within a process, steps of one session queue up; one task drains the queue, applying
+the queued steps in order to the cached state and logging them with **one** commit
+(group commit), then answers each. Across processes, the store's compare-and-set on
+``rev`` decides, and the loser re-reads and recomputes. An ``Idempotency-Key`` is
+recorded by the same commit that applies its step, so a retried request can never be
+applied twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from adamhub_service import errors, optim
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray
 from adamhub_service.sessions.records import SessionRecord, new_write_id, utc_now
 from adamhub_service.steps.idempotency import gradient_digest
-from adamhub_service.steps.locks import KeyedLocks
+from adamhub_service.storage.cache import CachedSession
+from adamhub_service.storage.log import LogEntry
 from adamhub_service.storage.outcomes import IdempotencyClaim, IdempotencyRecord, WriteStatus
+from adamhub_service.storage.store import LoggedStep
 from adamhub_service.storage.versions import SessionStore
 
-# Above this many elements the arithmetic runs in a worker thread (numpy releases the
-# GIL), so that one large session does not stall every other request of the process.
+# Above this many elements the arithmetic runs in a worker thread (the kernel releases
+# the GIL), so that one large session does not stall every other request of the process.
 THREAD_THRESHOLD = 1 << 16
+# At most this many steps, and this many gradient bytes, go in one commit.
+MAX_GROUP_STEPS = 64
+MAX_GROUP_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +41,20 @@ class StepResult:
     params: FloatArray
     applied_t: int
     replayed: bool
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A step waiting for its group: the gradient in the session dtype, the same
+    gradient as it is logged (the wire dtype, when narrower), and its answer."""
+
+    gradient: FloatArray
+    logged: FloatArray
+    idempotency_key: str | None
+    digest: str
+    answer: asyncio.Future[StepResult] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class StepService:
@@ -49,75 +70,152 @@ class StepService:
         self._store = store
         self._metrics = metrics
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
-        self._locks = KeyedLocks()
-        # When the store failed a step of a session: the steps queued behind it then
-        # fail at once instead of each waiting out its own store timeout.
-        self._store_failed_at: dict[str, float] = {}
+        self._queues: dict[str, deque[_Queued]] = {}
+        self._drains: dict[str, asyncio.Task[None]] = {}
 
     async def step(
-        self, session_id: str, gradient: FloatArray, *, idempotency_key: str | None = None
+        self,
+        session_id: str,
+        gradient: FloatArray,
+        *,
+        logged: FloatArray | None = None,
+        idempotency_key: str | None = None,
     ) -> StepResult:
-        """Apply ``gradient`` (already validated: the session's size, dtype, finite)."""
+        """Apply ``gradient`` (already validated: the session's size, dtype, finite).
+
+        ``logged`` is the gradient as it arrived, when that is narrower than the session
+        dtype (it converts to ``gradient`` exactly); the log keeps it instead.
+        """
         digest = gradient_digest(gradient) if idempotency_key is not None else ""
+        queued = _Queued(gradient, gradient if logged is None else logged, idempotency_key, digest)
+        self._queues.setdefault(session_id, deque()).append(queued)
+        if session_id not in self._drains:
+            self._drains[session_id] = asyncio.create_task(self._drain(session_id))
+        return await queued.answer
 
-        async def attempt() -> StepResult | None:
-            current = await self._store.load(session_id)
-            try:
-                state = await _compute(current.state, gradient, current.record.optimizer)
-            except errors.NonFiniteUpdate:
-                # A retry of a step that was applied can no longer be applied: answer it.
-                if idempotency_key is not None:
-                    recorded = await self._store.read_idempotency(session_id, idempotency_key)
-                    if recorded is not None:
-                        return await self._replay(session_id, recorded, digest)
-                raise
-            new = current.record.evolve(t=state.step, head=new_write_id(), updated_at=utc_now())
-            claim = (
-                None
-                if idempotency_key is None
-                else IdempotencyClaim(
-                    idempotency_key, IdempotencyRecord(digest, state.step), self._idempotency_ttl_ms
-                )
-            )
-            outcome = await self._store.commit_state(current.record, new, state, idempotency=claim)
-            if outcome.status is WriteStatus.COMMITTED:
-                self._metrics.steps.labels("applied").inc()
-                return StepResult(new.evolve(rev=outcome.rev), state.params, state.step, False)
-            if outcome.replay is not None:
-                return await self._replay(session_id, outcome.replay, digest)
-            if outcome.status is WriteStatus.GONE:
-                raise errors.SessionNotFound(session_id)
-            self._metrics.conflicts.inc()
-            return None
+    async def _drain(self, session_id: str) -> None:
+        """Apply the session's queued steps, a group at a time, until none is left."""
+        queue = self._queues[session_id]
+        try:
+            while queue:
+                group = [queue.popleft()]
+                nbytes = group[0].logged.nbytes
+                while queue and len(group) < MAX_GROUP_STEPS:
+                    nbytes += queue[0].logged.nbytes
+                    if nbytes > MAX_GROUP_BYTES:
+                        break
+                    group.append(queue.popleft())
+                await self._apply_group(session_id, group, queue)
+        finally:
+            del self._drains[session_id]
+            if not queue:
+                del self._queues[session_id]
 
-        arrived = time.monotonic()
-        async with self._locks.hold(session_id):
-            if self._store_failed_at.get(session_id, 0.0) > arrived:
-                raise errors.StoreUnavailable(
+    async def _apply_group(
+        self, session_id: str, group: list[_Queued], queue: deque[_Queued]
+    ) -> None:
+        try:
+            await self._store.until_committed(lambda: self._attempt(session_id, group))
+        except (errors.StoreUnavailable, errors.OutcomeUnknown) as exc:
+            _fail(group, exc)
+            # The steps queued behind fail at once instead of each waiting out its own
+            # store timeout.
+            _fail(
+                list(queue),
+                errors.StoreUnavailable(
                     "the store did not answer the step queued before this one; nothing was applied"
-                )
-            try:
-                result = await self._store.until_committed(attempt)
-            except (errors.StoreUnavailable, errors.OutcomeUnknown):
-                if len(self._store_failed_at) > 10_000:
-                    self._store_failed_at.clear()
-                self._store_failed_at[session_id] = time.monotonic()
-                raise
-            self._store_failed_at.pop(session_id, None)
-            return result
-
-    async def _replay(
-        self, session_id: str, recorded: IdempotencyRecord, digest: str
-    ) -> StepResult:
-        if recorded.digest != digest:
-            raise errors.IdempotencyKeyReused(
-                "this Idempotency-Key was already used with a different gradient",
-                applied_t=recorded.applied_t,
+                ),
             )
+            queue.clear()
+        except Exception as exc:  # each waiting request answers it
+            _fail(group, exc)
+
+    async def _attempt(self, session_id: str, group: list[_Queued]) -> bool | None:
+        """Apply the group's unanswered steps to the state and commit them together;
+        None when another writer won and the group must be applied again."""
+        group[:] = [queued for queued in group if not queued.answer.done()]
+        if not group:
+            return True
+        current = await self._store.load(session_id)
+        record = current.record
+        state, config = current.state, current.config
+        applied: list[tuple[_Queued, LoggedStep, AdamState]] = []
+        for queued in group:
+            try:
+                new_state = await _compute(state, queued.gradient, record.optimizer)
+            except errors.NonFiniteUpdate as exc:
+                # A retry of a step that was applied can no longer be applied: answer it.
+                recorded = None
+                if queued.idempotency_key is not None:
+                    recorded = await self._store.read_idempotency(
+                        session_id, queued.idempotency_key
+                    )
+                if recorded is None:
+                    queued.answer.set_exception(exc)
+                else:
+                    await self._answer_replay(session_id, queued, recorded)
+                continue
+            entry = LogEntry(
+                new_write_id(),
+                queued.logged.dtype.name,
+                queued.logged.nbytes,
+                None if record.optimizer == config else record.optimizer,
+            )
+            config, state = record.optimizer, new_state
+            step = LoggedStep(entry, queued.logged, self._claim(queued, state))
+            applied.append((queued, step, state))
+        if not applied:
+            return True
+        new = record.evolve(t=state.step, head=applied[-1][1].entry.write_id, updated_at=utc_now())
+        outcome = await self._store.append(
+            current,
+            new,
+            [step for _, step, _ in applied],
+            CachedSession(new, state, config),
+            idempotency_ttl_ms=self._idempotency_ttl_ms,
+        )
+        if outcome.status is WriteStatus.COMMITTED:
+            for queued, step, stepped in applied:
+                answered = new.evolve(rev=outcome.rev, t=stepped.step, head=step.entry.write_id)
+                queued.answer.set_result(StepResult(answered, stepped.params, stepped.step, False))
+            self._metrics.steps.labels("applied").inc(len(applied))
+            return True
+        if outcome.replay is not None and outcome.replay_index is not None:
+            # That step was applied before: answer it; the others are applied again.
+            await self._answer_replay(session_id, applied[outcome.replay_index][0], outcome.replay)
+            return None
+        if outcome.status is WriteStatus.GONE:
+            raise errors.SessionNotFound(session_id)
+        self._metrics.conflicts.inc()
+        return None
+
+    def _claim(self, queued: _Queued, state: AdamState) -> IdempotencyClaim | None:
+        if queued.idempotency_key is None:
+            return None
+        record = IdempotencyRecord(queued.digest, state.step)
+        return IdempotencyClaim(queued.idempotency_key, record, self._idempotency_ttl_ms)
+
+    async def _answer_replay(
+        self, session_id: str, queued: _Queued, recorded: IdempotencyRecord
+    ) -> None:
+        if recorded.digest != queued.digest:
+            queued.answer.set_exception(
+                errors.IdempotencyKeyReused(
+                    "this Idempotency-Key was already used with a different gradient",
+                    applied_t=recorded.applied_t,
+                )
+            )
+            return
         current, params = await self._store.params(session_id)
         assert params is not None, "params are read unless an ETag matched"
         self._metrics.steps.labels("replayed").inc()
-        return StepResult(current, params, recorded.applied_t, replayed=True)
+        queued.answer.set_result(StepResult(current, params, recorded.applied_t, replayed=True))
+
+
+def _fail(group: list[_Queued], exc: BaseException) -> None:
+    for queued in group:
+        if not queued.answer.done():
+            queued.answer.set_exception(exc)
 
 
 async def _compute(state: AdamState, gradient: FloatArray, config: AdamConfig) -> AdamState:

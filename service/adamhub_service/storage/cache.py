@@ -9,16 +9,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from adamhub_service.optim import AdamState
+from adamhub_service.optim import AdamConfig, AdamState
 from adamhub_service.sessions.records import SessionRecord
 
 
 @dataclass(frozen=True, slots=True)
 class CachedSession:
-    """A session's record and the state of the version it names."""
+    """A session's record, the state of the version it names, the optimizer config
+    that state's step was computed with (a log entry records a change of it), and the
+    bytes logged since the newest snapshot (which decide when to write the next)."""
 
     record: SessionRecord
     state: AdamState
+    config: AdamConfig
+    log_bytes: int = 0
 
     @property
     def nbytes(self) -> int:

@@ -14,7 +14,9 @@ from adamhub_service.sessions.records import SessionRecord
 # The vectors of a session's state, by their short stored names.
 PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "p", "m", "v", "x"
 
-_INT_FIELDS = ("size", "chunk_elements", "t", "rev")
+_INT_FIELDS = ("size", "chunk_elements", "t", "rev", "history_steps")
+# Fields of the meta hash that describe the storage, not the session (lua/common.lua).
+_STORAGE_FIELDS = ("snap", "snap_t", "log_bytes")
 _JSON_FIELDS = ("optimizer", "metadata", "name")
 _TEXT_FIELDS = ("id", "dtype", "head", "created_at", "updated_at", "tenant")
 
@@ -75,8 +77,11 @@ def record_changes(**fields: Any) -> MetaFields:
 def record_from_hash(raw: Mapping[Any, Any]) -> SessionRecord:
     """The record stored in a meta hash."""
     doc: dict[str, Any] = {text(key): value for key, value in raw.items()}
+    for name in _STORAGE_FIELDS:
+        doc.pop(name, None)
     for name in _INT_FIELDS:
-        doc[name] = int(doc[name])
+        if name in doc:  # records of 0.1.0 have no history_steps
+            doc[name] = int(doc[name])
     for name in _JSON_FIELDS:
         doc[name] = orjson.loads(doc[name])
     for name in _TEXT_FIELDS:

@@ -7,7 +7,7 @@ from enum import IntEnum
 
 
 class WriteStatus(IntEnum):
-    """The first element of every reply of ``commit.lua`` and ``delete.lua``."""
+    """The first element of every reply of the session scripts (``lua/common.lua``)."""
 
     COMMITTED = 1  # the write is done
     REPLAYED = 2  # the idempotency key is already recorded: nothing was written
@@ -15,6 +15,7 @@ class WriteStatus(IntEnum):
     GONE = 4  # there is no such session
     ID_TAKEN = 5  # a new session's id exists already
     EXPIRED = 6  # a chunk written for the commit expired before it
+    NO_HISTORY = 7  # a rollback's step is not kept (or not reached)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,4 +51,18 @@ class WriteOutcome:
 
     status: WriteStatus
     rev: int | None = None
+    replay: IdempotencyRecord | None = None
+    oldest_t: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendOutcome:
+    """The outcome of logging steps: when committed, the new ``rev`` and the bytes
+    logged since the newest snapshot; when refused as a replay, which step's key
+    (``replay_index``) and what it recorded."""
+
+    status: WriteStatus
+    rev: int | None = None
+    log_bytes: int = 0
+    replay_index: int | None = None
     replay: IdempotencyRecord | None = None

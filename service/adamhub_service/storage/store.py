@@ -8,25 +8,27 @@ docs/architecture.md, "The commit protocol".
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import numpy as np
 import redis.asyncio as redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from adamhub_service.errors import StoreUnavailable
-from adamhub_service.optim import FloatArray
-from adamhub_service.sessions.records import SessionRecord
+from adamhub_service.optim import AdamConfig, AdamState, FloatArray
+from adamhub_service.sessions.records import SessionRecord, new_write_id
 from adamhub_service.storage.encoding import (
     MetaFields,
     chunk_count,
+    record_changes,
     record_from_hash,
     record_to_hash,
-    stored_fields,
     text,
+    vectors_of,
 )
 from adamhub_service.storage.errors import unavailable_on_error
 from adamhub_service.storage.keys import (
@@ -39,30 +41,55 @@ from adamhub_service.storage.keys import (
     tenant_index_key,
     tenant_sizes_key,
 )
+from adamhub_service.storage.log import GRADIENT, LogEntry, SnapshotRef
 from adamhub_service.storage.outcomes import (
+    AppendOutcome,
     IdempotencyClaim,
     IdempotencyRecord,
     WriteOutcome,
     WriteStatus,
 )
 
+_PACKAGE = resources.files("adamhub_service.storage")
+# The session scripts share helpers, prepended to each.
+_SESSION_SCRIPTS = ("append", "snapshot", "commit", "rollback", "delete", "load")
+
 
 def _load_script(name: str) -> str:
-    return resources.files("adamhub_service.storage").joinpath("lua", name).read_text()
+    source = _PACKAGE.joinpath("lua", f"{name}.lua").read_text()
+    if name in _SESSION_SCRIPTS:
+        source = _PACKAGE.joinpath("lua", "common.lua").read_text() + source
+    return source
 
 
 def _outcome(reply: Sequence[Any]) -> WriteOutcome:
     status = WriteStatus(int(reply[0]))
     if status is WriteStatus.COMMITTED and len(reply) > 1:
         return WriteOutcome(status, rev=int(reply[1]))
-    if status is WriteStatus.REPLAYED:
-        return WriteOutcome(status, replay=IdempotencyRecord.decode(text(reply[1])))
     return WriteOutcome(status)
 
 
-def version_keys(record: SessionRecord) -> list[str]:
-    """The keys of every chunk of the record's current version."""
-    return chunk_keys(record.id, record.head, stored_fields(record), chunk_count(record))
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """What a replica rebuilds a session's state from: the newest snapshot (its
+    vectors, step and the optimizer config of that step) and every logged step after
+    it, with its gradient."""
+
+    record: SessionRecord
+    snapshot_config: AdamConfig
+    snapshot: dict[str, FloatArray]
+    snapshot_t: int
+    log: list[tuple[LogEntry, FloatArray]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedStep:
+    """A step to log: its entry, its gradient (in the entry's dtype), its idempotency
+    record to write unless the key is recorded already."""
+
+    entry: LogEntry
+    gradient: FloatArray
+    idempotency: IdempotencyClaim | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +122,14 @@ class RedisStore:
         self._redis = client
         self._pending_ttl_ms = pending_write_ttl_ms
         self._round_trip_bytes = round_trip_bytes
-        self._commit = client.register_script(_load_script("commit.lua"))
-        self._delete = client.register_script(_load_script("delete.lua"))
-        self._reserve = client.register_script(_load_script("reserve.lua"))
-        self._rate = client.register_script(_load_script("rate.lua"))
+        self._append = client.register_script(_load_script("append"))
+        self._snapshot = client.register_script(_load_script("snapshot"))
+        self._commit = client.register_script(_load_script("commit"))
+        self._rollback = client.register_script(_load_script("rollback"))
+        self._delete = client.register_script(_load_script("delete"))
+        self._load = client.register_script(_load_script("load"))
+        self._reserve = client.register_script(_load_script("reserve"))
+        self._rate = client.register_script(_load_script("rate"))
 
     @classmethod
     def from_url(
@@ -151,34 +182,59 @@ class RedisStore:
             raws = await pipe.execute()
         return [record_from_hash(raw) if raw else None for raw in raws]
 
-    async def read_vectors(
-        self, record: SessionRecord, fields: Sequence[str]
-    ) -> dict[str, FloatArray] | None:
-        """The vectors of the record's version, or None when a chunk has gone.
-
-        A chunk goes when a concurrent commit replaced that version; the caller then
-        reads the record again.
-        """
-        count = chunk_count(record)
-        keys = chunk_keys(record.id, record.head, fields, count)
-        dtype = np.dtype(record.dtype).newbyteorder("<")
-        vectors = {name: np.empty(record.size, dtype=record.dtype) for name in fields}
-        per_trip = max(1, self._round_trip_bytes // (record.chunk_elements * dtype.itemsize))
+    async def load(self, session_id: str) -> StoredSession | WriteStatus:
+        """The record, newest snapshot and log after it of a session; ``GONE`` when there
+        is no such session, ``CONFLICT`` when a concurrent change retired what was read."""
         async with unavailable_on_error():
-            for first in range(0, len(keys), per_trip):
+            reply = await self._load(keys=[meta_key(session_id)])
+        if not reply:
+            return WriteStatus.GONE
+        raw_record, raw_snapshot, snapshot_t, raw_entries = reply
+        record = record_from_hash(dict(zip(raw_record[::2], raw_record[1::2], strict=True)))
+        if raw_snapshot is None or any(entry is None for entry in raw_entries):
+            return WriteStatus.CONFLICT
+        snapshot = SnapshotRef.decode(raw_snapshot)
+        entries = [LogEntry.decode(entry) for entry in raw_entries]
+        fields = tuple(snapshot.vectors)
+        vectors = {name: np.empty(record.size, dtype=record.dtype) for name in fields}
+        targets = [
+            (chunk_keys(record.id, snapshot.write_id, (name,), chunk_count(record)), vector)
+            for name, vector in vectors.items()
+        ]
+        gradients = [np.empty(record.size, dtype=entry.dtype) for entry in entries]
+        targets += [
+            (chunk_keys(record.id, entry.write_id, (GRADIENT,), chunk_count(record)), gradient)
+            for entry, gradient in zip(entries, gradients, strict=True)
+        ]
+        if not await self._read_into(record, targets):
+            return WriteStatus.CONFLICT
+        log = list(zip(entries, gradients, strict=True))
+        return StoredSession(record, snapshot.config, vectors, int(snapshot_t), log)
+
+    async def _read_into(
+        self, record: SessionRecord, targets: Sequence[tuple[Sequence[str], FloatArray]]
+    ) -> bool:
+        """Read chunked vectors into arrays; False when a chunk has gone."""
+        plan = [
+            (key, vector, i * record.chunk_elements)
+            for keys, vector in targets
+            for i, key in enumerate(keys)
+        ]
+        per_trip = max(1, self._round_trip_bytes // (record.chunk_elements * 8))
+        async with unavailable_on_error():
+            for first in range(0, len(plan), per_trip):
+                batch = plan[first : first + per_trip]
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for key in keys[first : first + per_trip]:
+                    for key, _, _ in batch:
                         pipe.get(key)
                     chunks: list[bytes | None] = await pipe.execute()
-                for offset, chunk in enumerate(chunks):
+                for (_, vector, start), chunk in zip(batch, chunks, strict=True):
                     if chunk is None:
-                        return None
-                    field, i = divmod(first + offset, count)
-                    start = i * record.chunk_elements
-                    vectors[fields[field]][start : start + record.chunk_elements] = np.frombuffer(
-                        chunk, dtype=dtype
-                    )
-        return vectors
+                        return False
+                    dtype = vector.dtype.newbyteorder("<")
+                    part = np.frombuffer(chunk, dtype=dtype)
+                    vector[start : start + part.size] = part
+        return True
 
     async def read_idempotency(self, session_id: str, key: str) -> IdempotencyRecord | None:
         """The idempotency record of ``key``, if any."""
@@ -224,47 +280,152 @@ class RedisStore:
             _, recorded = await pipe.execute()
         return text(recorded)
 
-    async def create(self, record: SessionRecord, vectors: Mapping[str, FloatArray]) -> WriteStatus:
-        """Store a new session (its record and first version): COMMITTED or ID_TAKEN."""
-        outcome = await self.commit(
-            record, expected_rev=None, vectors=vectors, changes=record_to_hash(record)
+    async def create(self, record: SessionRecord, state: AdamState) -> WriteStatus:
+        """Store a new session, its state as the snapshot of step 0: COMMITTED or ID_TAKEN."""
+        outcome = await self._commit_snapshot(
+            record, expected_rev=None, state=state, changes=record_to_hash(record)
         )
         return outcome.status
 
-    async def commit(
+    async def reset(
+        self, current: SessionRecord, new: SessionRecord, state: AdamState
+    ) -> WriteOutcome:
+        """Start a session over from ``state`` at step 0, dropping its log and snapshots,
+        if it is still at ``current.rev``."""
+        changes = record_changes(t=0, head=new.head, updated_at=new.updated_at)
+        return await self._commit_snapshot(
+            new, expected_rev=current.rev, state=state, changes=changes
+        )
+
+    async def update_record(self, current: SessionRecord, changes: MetaFields) -> WriteOutcome:
+        """Set fields of the record if the session is still at ``current.rev``."""
+        args: list[Any] = [current.rev, "", *_pairs(changes)]
+        async with unavailable_on_error(write=True):
+            reply = await self._commit(keys=[meta_key(current.id)], args=args)
+        return _outcome(reply)
+
+    async def _commit_snapshot(
         self,
-        new: SessionRecord,
+        record: SessionRecord,
         *,
         expected_rev: int | None,
-        vectors: Mapping[str, FloatArray] | None = None,
-        old_keys: Sequence[str] = (),
-        changes: MetaFields | None = None,
-        idempotency: IdempotencyClaim | None = None,
+        state: AdamState,
+        changes: MetaFields,
     ) -> WriteOutcome:
-        """Make a change current if the session is still at ``expected_rev``.
+        ref = SnapshotRef(record.head, "".join(vectors_of(state)), record.optimizer)
+        chunks = self._state_chunks(record, ref.write_id, state)
+        args: list[Any] = [
+            "" if expected_rev is None else expected_rev,
+            ref.encode(),
+            *_pairs(changes),
+        ]
+        reply = await self._write_then_run(self._commit, [meta_key(record.id)], chunks, args)
+        return _outcome(reply)
 
-        ``vectors``, when given, are a new version named by ``new.head``: their chunks
-        are written with a TTL (in round trips of at most ``round_trip_bytes``, the last
-        one carrying the commit script) and deleted again if the commit does not happen.
-        ``old_keys`` are unlinked by a successful commit; ``changes`` are set on the meta
-        hash. ``expected_rev`` None creates the session. With ``idempotency``, the
-        commit is refused as a replay when the key is recorded already, and the record
-        is written with the commit otherwise.
+    async def append(
+        self,
+        current: SessionRecord,
+        new: SessionRecord,
+        steps: Sequence[LoggedStep],
+        *,
+        idempotency_ttl_ms: int,
+    ) -> AppendOutcome:
+        """Log ``steps`` (the steps after ``current.t``, in order) and make ``new`` the
+        record, if the session is still at ``current.rev``: one compare-and-set for all.
 
-        A store failure before the commit script was sent is ``StoreUnavailable``;
-        after, ``OutcomeUnknown``.
+        A step's idempotency key that is recorded already refuses the whole group as
+        ``REPLAYED`` with that step's index. Store failures are as in ``_write_then_run``.
         """
-        meta = meta_key(new.id)
-        idem_key, idem_value, idem_ttl = meta, "", 0
-        if idempotency is not None:
-            idem_key = idempotency_key(new.id, idempotency.key)
-            idem_value, idem_ttl = idempotency.record.encode(), idempotency.ttl_ms
+        meta = meta_key(current.id)
+        idem_keys = [
+            meta if step.idempotency is None else idempotency_key(current.id, step.idempotency.key)
+            for step in steps
+        ]
+        chunks: list[tuple[str, memoryview]] = []
+        for step in steps:
+            chunks += _chunked(
+                chunk_keys(current.id, step.entry.write_id, (GRADIENT,), chunk_count(current)),
+                step.gradient,
+                current.chunk_elements,
+            )
+        args: list[Any] = [
+            current.rev,
+            len(steps),
+            current.t,
+            idempotency_ttl_ms,
+            sum(step.entry.nbytes for step in steps),
+            *(step.entry.encode() for step in steps),
+            *(step.idempotency.record.encode() if step.idempotency else "" for step in steps),
+            *_pairs(record_changes(t=new.t, head=new.head, updated_at=new.updated_at)),
+        ]
+        reply = await self._write_then_run(
+            self._append, [meta, idempotency_index_key(current.id), *idem_keys], chunks, args
+        )
+        status = WriteStatus(int(reply[0]))
+        if status is WriteStatus.COMMITTED:
+            return AppendOutcome(status, rev=int(reply[1]), log_bytes=int(reply[2]))
+        if status is WriteStatus.REPLAYED:
+            return AppendOutcome(
+                status,
+                replay_index=int(reply[1]) - 1,
+                replay=IdempotencyRecord.decode(text(reply[2])),
+            )
+        return AppendOutcome(status)
+
+    async def snapshot(
+        self, record: SessionRecord, entry: LogEntry, state: AdamState, config: AdamConfig
+    ) -> tuple[WriteStatus, int]:
+        """Make ``state`` (the state right after the logged ``entry`` of step
+        ``state.step``) the session's newest snapshot; the status and, when committed, the
+        bytes logged since. Does not change the session's rev."""
+        ref = SnapshotRef(new_write_id(), "".join(vectors_of(state)), config)
+        chunks = self._state_chunks(record, ref.write_id, state)
+        args = [state.step, entry.encode(), ref.encode()]
+        reply = await self._write_then_run(self._snapshot, [meta_key(record.id)], chunks, args)
+        status = WriteStatus(int(reply[0]))
+        return status, int(reply[1]) if status is WriteStatus.COMMITTED else 0
+
+    async def rollback(self, current: SessionRecord, k: int, changes: MetaFields) -> WriteOutcome:
+        """Return the session to the state right after step ``k``, if it is still at
+        ``current.rev`` and the store keeps what that needs (else ``NO_HISTORY``)."""
+        args: list[Any] = [current.rev, k, *_pairs(changes)]
+        async with unavailable_on_error(write=True):
+            reply = await self._rollback(keys=[meta_key(current.id)], args=args)
+        status = WriteStatus(int(reply[0]))
+        if status is WriteStatus.NO_HISTORY:
+            return WriteOutcome(status, oldest_t=int(reply[1]))
+        return _outcome(reply)
+
+    async def delete(self, record: SessionRecord) -> WriteStatus:
+        """Delete the session if it is still at ``record.rev``, with its snapshots, log and
+        idempotency records, and take it out of its tenant's index and quota."""
+        keys = [meta_key(record.id), idempotency_index_key(record.id)]
+        async with unavailable_on_error(write=True):
+            status = WriteStatus(int((await self._delete(keys=keys, args=[record.rev]))[0]))
+        if status is WriteStatus.COMMITTED:
+            await self.release(record.tenant, record.id)
+        return status
+
+    async def _write_then_run(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        chunks: Sequence[tuple[str, memoryview]],
+        args: Sequence[Any],
+    ) -> Any:
+        """Write ``chunks`` with a TTL, then run ``script`` with them after ``keys``.
+
+        The chunks go in round trips of at most ``round_trip_bytes``, the last one
+        carrying the script, whose reply this returns. Unless it committed, the chunks
+        are deleted again. A store failure before the script was sent is
+        ``StoreUnavailable``; after, ``OutcomeUnknown``.
+        """
+        batches = list(_batches(chunks, self._round_trip_bytes))
         written: list[str] = []
         # Chunks are deleted when the commit surely did not happen; when its outcome is
         # unknown they stay: persisted if it happened, expiring if it did not.
         discard = True
         try:
-            batches = [] if vectors is None else list(self._chunk_batches(new, vectors))
             async with unavailable_on_error():
                 for batch in batches[:-1]:
                     async with self._redis.pipeline(transaction=False) as pipe:
@@ -273,22 +434,7 @@ class RedisStore:
                             written.append(key)
                         await pipe.execute()
             last = batches[-1] if batches else []
-            keys = [
-                meta,
-                idem_key,
-                idempotency_index_key(new.id),
-                *written,
-                *(key for key, _ in last),
-                *old_keys,
-            ]
-            args: list[Any] = [
-                "" if expected_rev is None else expected_rev,
-                len(written) + len(last),
-                idem_value,
-                idem_ttl,
-            ]
-            for field, value in (changes or {}).items():
-                args += [field, value]
+            all_keys = [*keys, *written, *(key for key, _ in last)]
             discard = False
             async with (
                 unavailable_on_error(write=True),
@@ -299,11 +445,11 @@ class RedisStore:
                     written.append(key)
                 # A plain EVALSHA: redis-py's Script in a pipeline would add a SCRIPT
                 # EXISTS round trip to every commit.
-                pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
+                pipe.evalsha(script.sha, len(all_keys), *all_keys, *args)
                 replies = await pipe.execute(raise_on_error=False)
                 reply = replies[-1]
                 if isinstance(reply, NoScriptError):
-                    reply = await self._commit(keys=keys, args=args)
+                    reply = await script(keys=all_keys, args=args)
                 discard = True  # an answer came: the outcome is known
                 for failed in replies[:-1]:
                     if isinstance(failed, Exception):
@@ -311,50 +457,26 @@ class RedisStore:
                         raise failed
                 if isinstance(reply, Exception):
                     raise reply
-            outcome = _outcome(reply)
-            discard = outcome.status is not WriteStatus.COMMITTED
-            return outcome
+            discard = WriteStatus(int(reply[0])) is not WriteStatus.COMMITTED
+            return reply
         finally:
             if discard:
                 await self._discard(written)
 
-    async def delete(self, record: SessionRecord) -> WriteStatus:
-        """Delete the session if it is still at ``record.rev``, with its idempotency
-        records, and take it out of its tenant's index and quota."""
-        keys = [meta_key(record.id), idempotency_index_key(record.id), *version_keys(record)]
-        async with unavailable_on_error(write=True):
-            status = WriteStatus(int((await self._delete(keys=keys, args=[record.rev]))[0]))
-        if status is WriteStatus.COMMITTED:
-            await self.release(record.tenant, record.id)
-        return status
+    def _state_chunks(
+        self, record: SessionRecord, write_id: str, state: AdamState
+    ) -> list[tuple[str, memoryview]]:
+        chunks: list[tuple[str, memoryview]] = []
+        for name, vector in vectors_of(state).items():
+            keys = chunk_keys(record.id, write_id, (name,), chunk_count(record))
+            chunks += _chunked(keys, vector, record.chunk_elements)
+        return chunks
 
     async def take_token(self, key_id: str, *, rate: float, burst: int) -> RateDecision:
         """Take a token from the key's bucket (shared by every replica)."""
         async with unavailable_on_error():
             allowed, remaining, wait = await self._rate(keys=[rate_key(key_id)], args=[rate, burst])
         return RateDecision(int(allowed) == 1, float(remaining), float(wait))
-
-    def _chunk_batches(
-        self, record: SessionRecord, vectors: Mapping[str, FloatArray]
-    ) -> Iterator[list[tuple[str, memoryview]]]:
-        """The chunks of a version, in batches of at most ``round_trip_bytes``."""
-        keys = iter(chunk_keys(record.id, record.head, vectors, chunk_count(record)))
-        dtype = np.dtype(record.dtype).newbyteorder("<")
-        step = record.chunk_elements
-        itemsize = dtype.itemsize
-        batch: list[tuple[str, memoryview]] = []
-        size = 0
-        for vector in vectors.values():
-            data = np.ascontiguousarray(vector, dtype=dtype).data.cast("B")
-            for start in range(0, record.size, step):
-                chunk = data[start * itemsize : (start + step) * itemsize]
-                if batch and size + len(chunk) > self._round_trip_bytes:
-                    yield batch
-                    batch, size = [], 0
-                batch.append((next(keys), chunk))
-                size += len(chunk)
-        if batch:
-            yield batch
 
     async def _discard(self, keys: Sequence[str]) -> None:
         """Unlink chunks that will never be committed (best effort)."""
@@ -363,3 +485,33 @@ class RedisStore:
         with contextlib.suppress(RedisError, OSError, StoreUnavailable):
             for first in range(0, len(keys), 1000):  # if not, they expire on their own
                 await self._redis.unlink(*keys[first : first + 1000])
+
+
+def _pairs(changes: MetaFields) -> list[Any]:
+    return [part for field, value in changes.items() for part in (field, value)]
+
+
+def _chunked(
+    keys: Sequence[str], vector: FloatArray, chunk_elements: int
+) -> list[tuple[str, memoryview]]:
+    """A vector's little-endian bytes, cut into chunks named by ``keys``."""
+    dtype = vector.dtype.newbyteorder("<")
+    data = np.ascontiguousarray(vector, dtype=dtype).data.cast("B")
+    step = chunk_elements * dtype.itemsize
+    return [(key, data[i * step : (i + 1) * step]) for i, key in enumerate(keys)]
+
+
+def _batches(
+    chunks: Sequence[tuple[str, memoryview]], limit: int
+) -> Iterator[list[tuple[str, memoryview]]]:
+    """Chunks in batches of at most ``limit`` bytes (at least one chunk each)."""
+    batch: list[tuple[str, memoryview]] = []
+    size = 0
+    for key, data in chunks:
+        if batch and size + len(data) > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append((key, data))
+        size += len(data)
+    if batch:
+        yield batch

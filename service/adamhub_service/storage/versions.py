@@ -3,48 +3,90 @@ compare-and-set on ``rev``, retried when another writer wins.
 
 The cache holds the newest state this process has seen of each session; it is only a
 hint, because every write is fenced by the store. A write that loses re-reads and tries
-again, up to ``commit_attempts`` times (``until_committed``).
+again, up to ``commit_attempts`` times (``until_committed``). A state that is not
+cached is rebuilt from the newest snapshot and the log after it, with the code that
+steps (``optim.adam_step``), so it is the state that was acknowledged, bit for bit.
+Snapshots are written here, after a commit and off the step's path, when the log since
+the last one passes ``snapshot_bytes``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+import numpy as np
+
 from adamhub_service import errors
-from adamhub_service.optim import AdamState, FloatArray
+from adamhub_service.optim import AdamConfig, AdamState, FloatArray, adam_step
 from adamhub_service.sessions.records import SessionRecord, is_session_id
 from adamhub_service.storage.cache import CachedSession, StateCache
-from adamhub_service.storage.encoding import (
-    PARAMS,
-    record_changes,
-    state_of,
-    stored_fields,
-    vectors_of,
-)
+from adamhub_service.storage.encoding import record_changes, state_of
+from adamhub_service.storage.log import LogEntry
 from adamhub_service.storage.outcomes import (
-    IdempotencyClaim,
+    AppendOutcome,
     IdempotencyRecord,
     WriteOutcome,
     WriteStatus,
 )
-from adamhub_service.storage.store import QuotaRefusal, RateDecision, RedisStore, version_keys
+from adamhub_service.storage.store import (
+    LoggedStep,
+    QuotaRefusal,
+    RateDecision,
+    RedisStore,
+    StoredSession,
+)
 
 _BACKOFF_BASE_SECONDS = 0.002
 _BACKOFF_CAP_SECONDS = 0.05
+# Rebuilding a state of this many elements or more runs in a worker thread.
+_THREAD_ELEMENTS = 1 << 16
+# The default snapshot interval, in bytes of logged gradients per byte of one state
+# vector: a snapshot of θ, m, v (and max v) then adds at most 3/8 (4/8) of a gradient's
+# bytes to each step, and a replica without the state replays at most 8 float32 steps.
+SNAPSHOT_MULTIPLE = 8
 
 T = TypeVar("T")
+logger = logging.getLogger("adamhub.storage")
+
+
+def snapshot_threshold(record: SessionRecord, snapshot_bytes: int | None) -> int:
+    """The logged bytes after which a session gets a new snapshot."""
+    if snapshot_bytes is not None:
+        return snapshot_bytes
+    return SNAPSHOT_MULTIPLE * record.size * np.dtype(record.dtype).itemsize
+
+
+def replay(
+    state: AdamState, config: AdamConfig, log: Sequence[tuple[LogEntry, FloatArray]]
+) -> tuple[AdamState, AdamConfig]:
+    """The state (and the config of its step) after applying logged steps to ``state``."""
+    for entry, gradient in log:
+        if entry.config is not None:
+            config = entry.config
+        state = adam_step(state, gradient.astype(state.dtype, copy=False), config)
+    return state, config
 
 
 class SessionStore:
     """Sessions' records and states: the store behind this process's cache."""
 
-    def __init__(self, store: RedisStore, cache: StateCache, *, commit_attempts: int) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        cache: StateCache,
+        *,
+        commit_attempts: int,
+        snapshot_bytes: int | None = None,
+    ) -> None:
         self._store = store
         self._cache = cache
         self._commit_attempts = commit_attempts
+        self._snapshot_bytes = snapshot_bytes
+        self._snapshots: dict[str, asyncio.Task[None]] = {}
 
     @property
     def cached_bytes(self) -> int:
@@ -54,6 +96,15 @@ class SessionStore:
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers."""
         await self._store.ping()
+
+    async def close(self) -> None:
+        """Wait for the snapshots being written (they are only an optimisation: a
+        snapshot cut short leaves chunks that expire)."""
+        tasks = list(self._snapshots.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        for task in tasks:
+            task.cancel()
 
     async def until_committed(self, attempt: Callable[[], Awaitable[T | None]]) -> T:
         """Run ``attempt`` until it returns a result; None means it lost a race.
@@ -75,9 +126,9 @@ class SessionStore:
 
     async def create(self, record: SessionRecord, state: AdamState) -> WriteStatus:
         """Store a new session (COMMITTED, and cached) unless its id is taken (ID_TAKEN)."""
-        status = await self._store.create(record, vectors_of(state))
+        status = await self._store.create(record, state)
         if status is WriteStatus.COMMITTED:
-            self._cache.put(CachedSession(record, state))
+            self._cache.put(CachedSession(record, state, record.optimizer))
         return status
 
     async def record(self, session_id: str, *, fresh: bool = True) -> SessionRecord:
@@ -110,17 +161,24 @@ class SessionStore:
         entry = self._cache.get(session_id)
         if entry is not None:
             return entry
+        return await self.until_committed(lambda: self._rebuild(session_id))
 
-        async def attempt() -> CachedSession | None:
-            record = await self.record(session_id)
-            vectors = await self._store.read_vectors(record, stored_fields(record))
-            if vectors is None:
-                return None
-            loaded = CachedSession(record, state_of(vectors, record.t))
-            self._cache.put(loaded)
-            return loaded
-
-        return await self.until_committed(attempt)
+    async def _rebuild(self, session_id: str) -> CachedSession | None:
+        """The stored state: the newest snapshot with the log after it replayed."""
+        if not is_session_id(session_id):
+            raise errors.SessionNotFound(session_id)
+        stored = await self._store.load(session_id)
+        if stored is WriteStatus.GONE:
+            self._cache.drop(session_id)
+            raise errors.SessionNotFound(session_id)
+        if not isinstance(stored, StoredSession):
+            return None  # a snapshot or the log changed while it was read
+        if stored.record.size * (1 + len(stored.log)) >= _THREAD_ELEMENTS:
+            rebuilt = await asyncio.to_thread(_replayed, stored)
+        else:
+            rebuilt = _replayed(stored)
+        self._cache.put(rebuilt)
+        return rebuilt
 
     async def params(
         self, session_id: str, *, unless_heads: frozenset[str] = frozenset()
@@ -138,8 +196,8 @@ class SessionStore:
             entry = self._cache.get(session_id)
             if entry is not None and entry.record.rev == record.rev:
                 return record, entry.state.params
-            vectors = await self._store.read_vectors(record, (PARAMS,))
-            return None if vectors is None else (record, vectors[PARAMS])
+            rebuilt = await self._rebuild(session_id)
+            return None if rebuilt is None else (rebuilt.record, rebuilt.state.params)
 
         return await self.until_committed(attempt)
 
@@ -147,31 +205,80 @@ class SessionStore:
         """What ``key`` produced on this session, if it is recorded."""
         return await self._store.read_idempotency(session_id, key)
 
-    async def commit_state(
+    async def append(
         self,
-        current: SessionRecord,
+        current: CachedSession,
         new: SessionRecord,
-        state: AdamState,
+        steps: Sequence[LoggedStep],
+        result: CachedSession,
         *,
-        idempotency: IdempotencyClaim | None = None,
-    ) -> WriteOutcome:
-        """Write ``state`` as version ``new.head`` and make it current if nothing moved.
+        idempotency_ttl_ms: int,
+    ) -> AppendOutcome:
+        """Log ``steps``, computed from ``current``, if nothing moved; ``result`` is the
+        state they lead to (and ``new`` its record).
 
-        On success the cache holds the new version; otherwise the store has deleted
-        the written chunks, and the cache forgets the session unless the commit was
-        refused as an idempotent replay (which leaves the current version as it was).
+        On success the cache holds ``result``, and a snapshot of it is started when
+        the log has grown past the threshold; otherwise the store has deleted the
+        written chunks, and the cache forgets the session unless the group was refused
+        as an idempotent replay (which leaves the session as it was).
         """
-        outcome = await self._store.commit(
-            new,
-            expected_rev=current.rev,
-            vectors=vectors_of(state),
-            old_keys=version_keys(current),
-            changes=record_changes(t=new.t, head=new.head, updated_at=new.updated_at),
-            idempotency=idempotency,
+        outcome = await self._store.append(
+            current.record, new, steps, idempotency_ttl_ms=idempotency_ttl_ms
         )
         if outcome.status is WriteStatus.COMMITTED:
-            self._cache.put(CachedSession(new.evolve(rev=outcome.rev), state))
+            assert outcome.rev is not None
+            committed = CachedSession(
+                new.evolve(rev=outcome.rev), result.state, result.config, outcome.log_bytes
+            )
+            self._cache.put(committed)
+            if outcome.log_bytes >= snapshot_threshold(new, self._snapshot_bytes):
+                self._start_snapshot(committed, steps[-1].entry)
         elif outcome.status is not WriteStatus.REPLAYED:
+            self._cache.drop(current.record.id)
+        return outcome
+
+    def _start_snapshot(self, committed: CachedSession, entry: LogEntry) -> None:
+        session_id = committed.record.id
+        running = self._snapshots.get(session_id)
+        if running is not None and not running.done():
+            return
+        task = asyncio.create_task(self._write_snapshot(committed, entry))
+        self._snapshots[session_id] = task
+        task.add_done_callback(lambda done: self._forget_snapshot(session_id, done))
+
+    def _forget_snapshot(self, session_id: str, task: asyncio.Task[None]) -> None:
+        if self._snapshots.get(session_id) is task:
+            del self._snapshots[session_id]
+
+    async def _write_snapshot(self, committed: CachedSession, entry: LogEntry) -> None:
+        try:
+            status, log_bytes = await self._store.snapshot(
+                committed.record, entry, committed.state, committed.config
+            )
+        except (errors.StoreUnavailable, errors.OutcomeUnknown) as exc:
+            # The next commit tries again; the log keeps every step meanwhile.
+            logger.warning(
+                "snapshot of %s at t=%d not written: %s",
+                committed.record.id,
+                committed.state.step,
+                exc,
+            )
+            return
+        if status is WriteStatus.COMMITTED:
+            entry_now = self._cache.get(committed.record.id)
+            if entry_now is not None and entry_now.record.rev == committed.record.rev:
+                self._cache.put(
+                    CachedSession(entry_now.record, entry_now.state, entry_now.config, log_bytes)
+                )
+
+    async def reset(
+        self, current: SessionRecord, new: SessionRecord, state: AdamState
+    ) -> WriteOutcome:
+        """Start the session over from ``state`` (step 0) if nothing moved."""
+        outcome = await self._store.reset(current, new, state)
+        if outcome.status is WriteStatus.COMMITTED:
+            self._cache.put(CachedSession(new.evolve(rev=outcome.rev), state, new.optimizer))
+        else:
             self._cache.drop(current.id)
         return outcome
 
@@ -179,21 +286,31 @@ class SessionStore:
         """Change the record's settings (not its vectors) if nothing moved."""
         changes = {
             name: getattr(new, name)
-            for name in ("optimizer", "name", "metadata", "updated_at")
+            for name in ("optimizer", "name", "metadata", "history_steps", "updated_at")
             if getattr(new, name) != getattr(current, name)
         }
-        outcome = await self._store.commit(
-            new, expected_rev=current.rev, changes=record_changes(**changes)
-        )
+        outcome = await self._store.update_record(current, record_changes(**changes))
         entry = self._cache.get(current.id)
         if (
             outcome.status is WriteStatus.COMMITTED
             and entry is not None
             and entry.record.rev == current.rev
         ):
-            self._cache.put(CachedSession(new.evolve(rev=outcome.rev), entry.state))
+            self._cache.put(
+                CachedSession(
+                    new.evolve(rev=outcome.rev), entry.state, entry.config, entry.log_bytes
+                )
+            )
         else:
             self._cache.drop(current.id)
+        return outcome
+
+    async def rollback(self, current: SessionRecord, new: SessionRecord) -> WriteOutcome:
+        """Return the session to step ``new.t`` if nothing moved and it is kept."""
+        outcome = await self._store.rollback(
+            current, new.t, record_changes(head=new.head, updated_at=new.updated_at)
+        )
+        self._cache.drop(current.id)
         return outcome
 
     async def reserve(
@@ -222,3 +339,10 @@ class SessionStore:
         if status is not WriteStatus.CONFLICT:
             self._cache.drop(current.id)
         return status
+
+
+def _replayed(stored: StoredSession) -> CachedSession:
+    state = state_of(stored.snapshot, stored.snapshot_t)
+    state, config = replay(state, stored.snapshot_config, stored.log)
+    logged = sum(entry.nbytes for entry, _ in stored.log)
+    return CachedSession(stored.record, state, config, logged)

@@ -15,7 +15,7 @@ def entry(size: int) -> CachedSession:
         id=new_session_id(), size=size, dtype="float32", chunk_elements=4, optimizer=config,
         t=0, rev=1, head="h", created_at="", updated_at="",
     )  # fmt: skip
-    return CachedSession(record, init_state(np.zeros(size, np.float32), config))
+    return CachedSession(record, init_state(np.zeros(size, np.float32), config), config)
 
 
 def test_cache_evicts_least_recently_used_past_its_byte_bound() -> None:

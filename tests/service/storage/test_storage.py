@@ -1,4 +1,4 @@
-"""What the service leaves in Redis: one version per session, orphans cleaned or expiring."""
+"""What the service leaves in Redis: one snapshot and a bounded log per session, orphans\ncleaned or expiring."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from adamhub_service.optim import AdamConfig
 from adamhub_service.sessions.records import new_write_id
 from adamhub_service.sessions.service import NewSession, SessionLimits, SessionService
 from adamhub_service.steps.service import StepService
-from adamhub_service.storage.cache import StateCache
+from adamhub_service.storage.cache import CachedSession, StateCache
+from adamhub_service.storage.log import LogEntry
 from adamhub_service.storage.outcomes import WriteStatus
-from adamhub_service.storage.store import RedisStore, version_keys
+from adamhub_service.storage.store import LoggedStep, RedisStore
 from adamhub_service.storage.versions import SessionStore
 from adamhub_service.tenancy.principal import LOCAL
 from adamhub_service.testing import LOOPBACK, free_port
@@ -44,7 +45,7 @@ def client(redis_url: str) -> Iterator[TestClient]:
         yield test_client
 
 
-def test_redis_holds_one_version_after_many_steps(
+def test_redis_holds_a_bounded_log_and_one_snapshot_over_1000_steps(
     client: TestClient, redis_client: redis.Redis
 ) -> None:
     size = 10_000  # 10 chunks of 1000 elements per vector
@@ -52,29 +53,41 @@ def test_redis_holds_one_version_after_many_steps(
         "id"
     ]
     rng = np.random.default_rng(0)
+    gradient = rng.normal(size=size).astype(np.float32)
     baseline = int(redis_client.info("memory")["used_memory"])
-    for i in range(200):
+    written_before = int(redis_client.info("stats")["total_net_input_bytes"])
+    for i in range(1000):
         headers = {"Content-Type": BINARY} | ({"Idempotency-Key": f"k{i}"} if i < 5 else {})
         response = client.post(
             f"/v1/sessions/{sid}/step?return=none",
-            content=rng.normal(size=size).astype(np.float32).tobytes(),
+            content=(gradient * (1 + i % 7)).tobytes(),
             headers=headers,
         )
         assert response.status_code == 200
+    written = int(redis_client.info("stats")["total_net_input_bytes"]) - written_before
+    time.sleep(0.5)  # a snapshot may still be being written
     keys = [key for key in redis_client.keys("*") if isinstance(key, bytes)]
     chunks = [k for k in keys if b":c:" in k]
-    assert len(chunks) == 4 * 10  # params, m, v, max v: one version only
-    assert len({k.split(b":")[3] for k in chunks}) == 1
     assert all(redis_client.ttl(k) == -1 for k in chunks)  # committed chunks do not expire
+    log = redis_client.hgetall(f"adamhub:{{{sid}}}:log")
+    snapshots = redis_client.hgetall(f"adamhub:{{{sid}}}:snaps")
+    assert len(snapshots) == 1  # history_steps 0: only the newest is kept
+    # A snapshot after every 8 gradients' bytes (8 × one vector): at most 8 entries,
+    # each 10 chunks, and the snapshot's 4 vectors of 10 chunks.
+    assert len(log) <= 8
+    assert len(chunks) == 4 * 10 + 10 * len(log)
     idem = [k for k in keys if b":idem:" in k]
     assert redis_client.zcard(f"adamhub:{{{sid}}}:idems") == 5
     assert len(idem) == 5
     assert all(redis_client.ttl(k) > 0 for k in idem)
-    # meta, chunks, idempotency records and their index, the tenant index and sizes
-    assert len(keys) == 1 + 40 + 5 + 1 + 2
-    # One version is 160 kB; 200 versions kept around would be 32 MB.
+    # meta, snapshots, the log (unless empty), chunks, idempotency records and their
+    # index, the tenant index and sizes
+    assert len(keys) == 2 + bool(log) + len(chunks) + 5 + 1 + 2
+    # 1000 gradients are 40 MB; kept, or θ, m, v, max v written per step, 160 MB.
     grown = int(redis_client.info("memory")["used_memory"]) - baseline
-    assert grown < 2_000_000, f"memory grew by {grown} bytes over 200 steps"
+    assert grown < 2_000_000, f"memory grew by {grown} bytes over 1000 steps"
+    # Each step wrote its gradient and a share of snapshots, not its state (4×).
+    assert written / (1000 * size * 4) < 1.6
 
 
 def open_sessions(
@@ -97,7 +110,11 @@ def new_session(params: np.ndarray) -> NewSession:
     return NewSession(dtype=str(params.dtype), optimizer=AdamConfig(), params=params)
 
 
-def test_store_commit_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) -> None:
+def logged_step(gradient: np.ndarray) -> LoggedStep:
+    return LoggedStep(LogEntry(new_write_id(), str(gradient.dtype), gradient.nbytes), gradient)
+
+
+def test_append_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) -> None:
     async def scenario() -> None:
         redis_store, store, sessions, _ = open_sessions(redis_url)
         record = (await sessions.create(new_session(np.ones(7, np.float32)), LOCAL)).record
@@ -108,12 +125,17 @@ def test_store_commit_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) 
         loaded = await store.load(record.id)
         *_, other_steps = open_sessions(redis_url)
         await other_steps.step(record.id, np.ones(7, np.float32))
-        stale = loaded.record.evolve(t=1, head=new_write_id())
-        outcome = await store.commit_state(loaded.record, stale, loaded.state)
+        step = logged_step(np.ones(7, np.float32))
+        stale = loaded.record.evolve(t=1, head=step.entry.write_id)
+        outcome = await store.append(
+            loaded, stale, [step], CachedSession(stale, loaded.state, loaded.config),
+            idempotency_ttl_ms=1000,
+        )  # fmt: skip
         assert outcome.status is WriteStatus.CONFLICT
         assert outcome.rev is None and outcome.replay is None
-        assert client.keys(f"*:c:{stale.head}:*") == []  # the loser deleted its chunks
-        assert len(client.keys("*")) == len(keys_before)
+        assert client.keys(f"*:c:{step.entry.write_id}:*") == []  # the loser deleted its chunks
+        # The winner added its log entry (3 chunks) and the log itself.
+        assert len(client.keys("*")) == len(keys_before) + 3 + 1
         assert int(client.hget(f"adamhub:{{{record.id}}}:meta", "t") or 0) == 1
         client.close()
         await redis_store.close()
@@ -121,36 +143,23 @@ def test_store_commit_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) 
     asyncio.run(scenario())
 
 
-def test_commit_on_a_deleted_session_is_gone_and_leaves_nothing(redis_url: str) -> None:
+def test_append_on_a_deleted_session_is_gone_and_leaves_nothing(redis_url: str) -> None:
     async def scenario() -> None:
-        redis_store, store, sessions, _ = open_sessions(redis_url)
+        redis_store, store, sessions, steps = open_sessions(redis_url)
         record = (await sessions.create(new_session(np.ones(7, np.float32)), LOCAL)).record
+        await steps.step(record.id, np.ones(7, np.float32))
         loaded = await store.load(record.id)
         await sessions.delete(record.id, LOCAL)
-        new = loaded.record.evolve(t=1, head=new_write_id())
-        outcome = await store.commit_state(loaded.record, new, loaded.state)
+        step = logged_step(np.ones(7, np.float32))
+        new = loaded.record.evolve(t=2, head=step.entry.write_id)
+        outcome = await store.append(
+            loaded, new, [step], CachedSession(new, loaded.state, loaded.config),
+            idempotency_ttl_ms=1000,
+        )  # fmt: skip
         assert outcome.status is WriteStatus.GONE
         client = redis.Redis.from_url(redis_url)
         assert client.keys("*") == []
         client.close()
-        await redis_store.close()
-
-    asyncio.run(scenario())
-
-
-def test_reader_retries_when_a_commit_removes_the_version_it_read(redis_url: str) -> None:
-    async def scenario() -> None:
-        redis_store, _, sessions, steps = open_sessions(redis_url)
-        record = (await sessions.create(new_session(np.arange(7, dtype=np.float32)), LOCAL)).record
-        old = await redis_store.read_record(record.id)
-        assert old is not None
-        await steps.step(record.id, np.ones(7, np.float32))
-        assert await redis_store.read_vectors(old, ("p", "m", "v")) is None  # that version is gone
-        current, params = await sessions.params(record.id, LOCAL)
-        assert current.t == 1
-        assert params is not None
-        assert params.shape == (7,)
-        assert len(version_keys(current)) == 9
         await redis_store.close()
 
     asyncio.run(scenario())
@@ -192,7 +201,8 @@ def test_losing_every_compare_and_set_is_409_with_retry_after(redis_url: str) ->
         assert current is not None
         assert current.t == 1  # the refused step changed nothing
         client = redis.Redis.from_url(redis_url)
-        assert len(client.keys("*:c:*")) == 9  # and left no chunks behind
+        # the snapshot (3 vectors × 3 chunks) and the other's step (3): no chunk of its own
+        assert len(client.keys("*:c:*")) == 9 + 3
         client.close()
         # With the cache refreshed by the failure, the next attempt succeeds.
         result = await my_steps.step(record.id, np.full(7, 2.0, np.float32))

@@ -1,25 +1,32 @@
--- Delete a session if it is still at the expected rev, with its idempotency records.
+-- Delete a session if it is still at the expected rev: its record, snapshots, log and
+-- idempotency records.
 --
--- KEYS[1]      the session's meta hash
--- KEYS[2]      the session's index of idempotency records
--- KEYS[3 ..]   the chunks of its current version
--- ARGV[1]      expected rev
+-- KEYS[1]  the session's meta hash
+-- KEYS[2]  the session's index of idempotency records
+-- ARGV[1]  expected rev
 --
--- Replies {status} as in outcomes.WriteStatus: {1} deleted, {3} the rev moved on,
--- {4} no such session.
-local COMMITTED, CONFLICT, GONE = 1, 3, 4
-local rev = redis.call('HGET', KEYS[1], 'rev')
+-- Replies {1} deleted, {3} the rev moved on, {4} no such session.
+local meta = KEYS[1]
+local rev = redis.call('HGET', meta, 'rev')
 if not rev then
   return {GONE}
 end
 if rev ~= ARGV[1] then
   return {CONFLICT}
 end
--- The records share the session's hash tag, so they are in this script's slot.
+migrate(meta)
+local prefix = prefix_of(meta)
+local log, snaps = prefix .. 'log', prefix .. 'snaps'
+local count = chunk_count(meta)
+for _, value in ipairs(redis.call('HVALS', snaps)) do
+  local old_id, vectors = snapshot_parts(value)
+  unlink_chunks(prefix, old_id, vectors, count)
+end
+for _, entry in ipairs(redis.call('HVALS', log)) do
+  unlink_chunks(prefix, entry_write_id(entry), 'g', count)
+end
 for _, record in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   redis.call('UNLINK', record)
 end
-for i = 1, #KEYS do
-  redis.call('UNLINK', KEYS[i])
-end
+redis.call('UNLINK', meta, KEYS[2], log, snaps)
 return {COMMITTED}

@@ -1,0 +1,62 @@
+"""The stored forms of the gradient log and of snapshots (see ``lua/common.lua``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import orjson
+
+from adamhub_service.optim import AdamConfig
+from adamhub_service.storage.encoding import optimizer_from_json, text
+
+# The one vector of a log entry: its gradient.
+GRADIENT = "g"
+
+
+def optimizer_json(config: AdamConfig) -> str:
+    """A config as stored: compact JSON (no spaces, which separate the parts)."""
+    return orjson.dumps(dataclasses.asdict(config)).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One logged step: its gradient's write id, dtype and bytes, and the optimizer
+    config it was computed with when that differs from the step before's."""
+
+    write_id: str
+    dtype: str
+    nbytes: int
+    config: AdamConfig | None = None
+
+    def encode(self) -> str:
+        """As stored: ``<write id> <dtype> <bytes>[ <optimizer json>]``."""
+        head = f"{self.write_id} {self.dtype} {self.nbytes}"
+        return head if self.config is None else f"{head} {optimizer_json(self.config)}"
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> LogEntry:
+        """From its stored form."""
+        parts = text(raw).split(" ", 3)
+        config = optimizer_from_json(orjson.loads(parts[3])) if len(parts) > 3 else None
+        return cls(parts[0], parts[1], int(parts[2]), config)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRef:
+    """A stored snapshot: its write id, the vectors it holds, and the optimizer config
+    of the step it was taken after (the config later log entries change)."""
+
+    write_id: str
+    vectors: str
+    config: AdamConfig
+
+    def encode(self) -> str:
+        """As stored: ``<write id> <vectors> <optimizer json>``."""
+        return f"{self.write_id} {self.vectors} {optimizer_json(self.config)}"
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> SnapshotRef:
+        """From its stored form."""
+        write_id, vectors, config = text(raw).split(" ", 2)
+        return cls(write_id, vectors, optimizer_from_json(orjson.loads(config)))

@@ -1,0 +1,55 @@
+-- Append steps to a session's log, all or nothing (group commit).
+--
+-- KEYS[1]              the session's meta hash
+-- KEYS[2]              the session's index of idempotency records
+-- KEYS[3 .. 2+n]       each step's idempotency record (KEYS[1] again when it has none)
+-- KEYS[3+n .. #KEYS]   the steps' gradient chunks, written just before with a TTL
+-- ARGV[1]  expected rev
+-- ARGV[2]  n, the number of steps;  ARGV[3] t before the first of them
+-- ARGV[4]  the idempotency records' TTL in milliseconds
+-- ARGV[5]  the bytes the steps add to the log
+-- ARGV[6 .. 5+n]      each step's log entry
+-- ARGV[6+n .. 5+2n]   each step's idempotency record ("" = none)
+-- ARGV[6+2n ..]       field, value pairs to set on the meta hash
+--
+-- Replies {1, new rev, log bytes since the newest snapshot} when committed;
+-- {2, j, record} when step j's idempotency key is recorded already (nothing written);
+-- {3} the rev moved on; {4} no such session; {6} a chunk expired.
+local meta, index = KEYS[1], KEYS[2]
+local n, t0, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+
+for j = 1, n do
+  if ARGV[5 + n + j] ~= '' then
+    local record = redis.call('GET', KEYS[2 + j])
+    if record then
+      return {REPLAYED, j, record}
+    end
+  end
+end
+local rev = redis.call('HGET', meta, 'rev')
+if not rev then
+  return {GONE}
+end
+if rev ~= ARGV[1] then
+  return {CONFLICT}
+end
+if not persist(3 + n, #KEYS) then
+  return {EXPIRED}
+end
+migrate(meta)
+
+local log = prefix_of(meta) .. 'log'
+for j = 1, n do
+  redis.call('HSET', log, tostring(t0 + j), ARGV[5 + j])
+end
+if #ARGV > 5 + 2 * n then
+  redis.call('HSET', meta, unpack(ARGV, 6 + 2 * n))
+end
+local new_rev = redis.call('HINCRBY', meta, 'rev', 1)
+local log_bytes = redis.call('HINCRBY', meta, 'log_bytes', tonumber(ARGV[5]))
+for j = 1, n do
+  if ARGV[5 + n + j] ~= '' then
+    record_idempotency(index, KEYS[2 + j], ARGV[5 + n + j], ttl)
+  end
+end
+return {COMMITTED, new_rev, log_bytes}

@@ -1,0 +1,88 @@
+-- Shared by the session scripts (prepended to each when it is loaded).
+--
+-- A session's keys share the hash tag of its meta key, so a script given the meta key
+-- may derive the others (they are in its slot):
+--   <prefix>meta    the record, and the storage fields snap, snap_t, log_bytes
+--   <prefix>log     a hash: step t -> "<write id> <dtype> <bytes>[ <optimizer json>]",
+--                   the gradient of every step since the oldest snapshot kept
+--   <prefix>snaps   a hash: step -> "<write id> <vectors> <optimizer json>", the
+--                   snapshots of θ, m, v (and max v) kept, newest = meta's snap_t
+--   <prefix>c:<write id>:<vector>:<i>   chunk i of a stored vector
+local COMMITTED, REPLAYED, CONFLICT, GONE, ID_TAKEN, EXPIRED, NO_HISTORY = 1, 2, 3, 4, 5, 6, 7
+
+local function prefix_of(meta)
+  return string.sub(meta, 1, #meta - 4)
+end
+
+local function chunk_count(meta)
+  local size, per_chunk = unpack(redis.call('HMGET', meta, 'size', 'chunk_elements'))
+  return math.ceil(tonumber(size) / tonumber(per_chunk))
+end
+
+-- Unlink the chunks of every vector named in `vectors` (one letter each) of a write.
+local function unlink_chunks(prefix, write_id, vectors, count)
+  for v = 1, #vectors do
+    local base = prefix .. 'c:' .. write_id .. ':' .. string.sub(vectors, v, v) .. ':'
+    for i = 0, count - 1 do
+      redis.call('UNLINK', base .. i)
+    end
+  end
+end
+
+local function entry_write_id(entry)
+  return string.match(entry, '^(%S+)')
+end
+
+local function entry_bytes(entry)
+  return tonumber(string.match(entry, '^%S+ %S+ (%d+)'))
+end
+
+local function snapshot_parts(value)
+  return string.match(value, '^(%S+) (%S+)')
+end
+
+-- Sessions stored before the log existed have one version, `head`, at step t: make it
+-- the session's snapshot.
+local function migrate(meta)
+  if redis.call('HEXISTS', meta, 'snap') == 1 then
+    return
+  end
+  local head, t, optimizer = unpack(redis.call('HMGET', meta, 'head', 't', 'optimizer'))
+  local vectors = cjson.decode(optimizer)['amsgrad'] and 'pmvx' or 'pmv'
+  redis.call('HSET', prefix_of(meta) .. 'snaps', t, head .. ' ' .. vectors .. ' ' .. optimizer)
+  redis.call('HSET', meta, 'snap', head, 'snap_t', t, 'log_bytes', 0)
+end
+
+-- Every step of the log and of the snapshots, as sorted numbers.
+local function sorted_steps(hash)
+  local steps = {}
+  for _, field in ipairs(redis.call('HKEYS', hash)) do
+    steps[#steps + 1] = tonumber(field)
+  end
+  table.sort(steps)
+  return steps
+end
+
+-- Check that the chunks written for a commit (with a TTL) are all there, and keep them.
+local function persist(first, last)
+  for i = first, last do
+    if redis.call('EXISTS', KEYS[i]) == 0 then
+      return false
+    end
+  end
+  for i = first, last do
+    redis.call('PERSIST', KEYS[i])
+  end
+  return true
+end
+
+-- Record idempotency keys with their TTL, indexed by expiry so a delete finds them.
+local function record_idempotency(index, key, value, ttl)
+  redis.call('SET', key, value, 'PX', ttl)
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+  redis.call('ZADD', index, now + ttl, key)
+  redis.call('PEXPIRE', index, ttl)
+end
+
