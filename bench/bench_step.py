@@ -1,19 +1,31 @@
-"""Step latency of the real service, one client, binary bodies, for several sizes.
+"""adamhub side by side with the peers, in one run on this machine: one table.
 
-    make bench            (or: .venv/bin/python bench/bench_step.py [--steps N])
+    make bench     (or: .venv/bin/python bench/bench_step.py [--quick] [--no-100m])
 
-Starts a private Redis (AOF everysec, as deployed) and `adamhub-service serve` on free
-ports, then for each size times steps sent by one keep-alive client, with the
-parameters returned and with `?return=none`. For scale it also times, in the same run,
-the optimiser alone (numpy) and a bare Redis round trip of the same bytes (SET of θ, m,
-v + GET), so the figures can be read as ratios on a noisy machine. Prints a table and
-writes bench/results/step_latency.json.
+Starts a private Redis (AOF everysec, as deployed) and `adamhub-service serve`, then
+measures, binary float32, medians:
+
+- step latency at 1k / 100k / 1M / 10M parameters, one client: torch's fused Adam in
+  process (when torch is installed), the numpy floor (Adam as whole-array numpy
+  operations, in process), a bare Redis round trip of the same bytes (SET the gradient,
+  GET the parameters), a Ray actor parameter server (θ, m, v in the actor's memory, no
+  durability; needs the `bench` extra) and adamhub through the SDK;
+- throughput with worker *processes*: 8 on one 1k session, 8 on eight 1k sessions, 4 on
+  one 100k session;
+- Redis bytes written per adamhub step ÷ the gradient's bytes (INFO total_net_input_bytes,
+  snapshots included);
+- one 100M-parameter step through the SDK.
+
+Each row gives adamhub's ratio to Ray (time: adamhub ÷ Ray, lower is better; throughput:
+adamhub ÷ Ray, higher is better). Writes bench/results/compare.json and compare.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import os
 import statistics
 import tempfile
 import time
@@ -21,135 +33,371 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import redis
 
-from adamhub_service.optim import AdamConfig, adam_step, init_state
+import adamhub
 from adamhub_service.testing import ServiceProcess, StoreServer
 
-BINARY = "application/octet-stream"
-SIZES = (1_000, 100_000, 1_000_000)
+SIZES = (1_000, 100_000, 1_000_000, 10_000_000)
+STEPS = {1_000: 300, 100_000: 100, 1_000_000: 30, 10_000_000: 8}
+THROUGHPUT_SECONDS = 4.0
+HUGE = 100_000_000
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def timed(action: Callable[[], object], repeats: int) -> list[float]:
-    """Milliseconds of each of ``repeats`` calls."""
+def median_ms(action: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """The median of ``repeats`` timed calls, in ms, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        action()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         action()
         times.append((time.perf_counter() - start) * 1000)
-    return times
+    return statistics.median(times)
 
 
-def summary(times: list[float]) -> dict[str, float]:
-    """Median and 90th percentile, in ms."""
-    ordered = sorted(times)
-    return {
-        "p50_ms": round(statistics.median(ordered), 3),
-        "p90_ms": round(ordered[int(0.9 * (len(ordered) - 1))], 3),
-    }
+def gradient_of(size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=size).astype(np.float32) * 1e-3
 
 
-def bench_size(client: httpx.Client, store: redis.Redis, size: int, steps: int) -> dict[str, Any]:
-    """Every measurement for one size."""
-    session = client.post("/v1/sessions", json={"size": size}).json()["id"]
-    gradient = np.random.default_rng(0).normal(size=size).astype(np.float32).tobytes()
+# -- the peers in process ------------------------------------------------------------
 
-    def step(query: str = "") -> None:
-        response = client.post(
-            f"/v1/sessions/{session}/step{query}",
-            content=gradient,
-            headers={"Content-Type": BINARY, "Accept": BINARY},
-        )
-        response.raise_for_status()
 
-    def step_keyed() -> None:
-        response = client.post(
-            f"/v1/sessions/{session}/step?return=none",
-            content=gradient,
-            headers={"Content-Type": BINARY, "Idempotency-Key": f"k{time.perf_counter_ns()}"},
-        )
-        response.raise_for_status()
+def numpy_adam(p: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, t: int) -> None:
+    """Adam in place as whole-array numpy operations (what a Python parameter server
+    such as Ray's example does)."""
+    lr, beta1, beta2, eps = 1e-3, 0.9, 0.999, 1e-8
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    denom = np.sqrt(v / (1 - beta2**t))
+    denom += eps
+    p -= (lr / (1 - beta1**t)) * m / denom
 
-    timed(step, 5)  # warm up: connections, caches
-    with_params = timed(step, steps)
-    without_params = timed(lambda: step("?return=none"), steps)
-    keyed = timed(step_keyed, steps)
 
-    config = AdamConfig()
-    state = init_state(np.zeros(size, np.float32), config)
-    grad = np.frombuffer(gradient, np.float32)
-    numpy_only = timed(lambda: adam_step(state, grad, config), steps)
+def numpy_floor_ms(size: int) -> float:
+    p, m, v = (np.zeros(size, np.float32) for _ in range(3))
+    g = gradient_of(size)
+    counter = iter(range(1, 1 << 30))
+    return median_ms(lambda: numpy_adam(p, m, v, g, next(counter)), STEPS[size])
 
-    blob = np.zeros(size, np.float32).tobytes()
 
-    def redis_round_trip() -> None:
-        with store.pipeline(transaction=False) as pipe:
-            for name in ("bench:p", "bench:m", "bench:v"):
-                pipe.set(name, blob)
-            pipe.get("bench:p")
+def torch_fused_ms(size: int) -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    param = torch.nn.Parameter(torch.zeros(size))
+    grad = torch.from_numpy(gradient_of(size))
+    try:
+        optimizer = torch.optim.Adam([param], lr=1e-3, fused=True)
+    except (RuntimeError, ValueError):  # builds without a fused CPU kernel
+        optimizer = torch.optim.Adam([param], lr=1e-3, foreach=True)
+
+    def step() -> None:
+        param.grad = grad
+        optimizer.step()
+
+    return median_ms(step, STEPS[size])
+
+
+def redis_round_trip_ms(client: redis.Redis, size: int) -> float:
+    """SET the gradient's bytes and GET as many back, in 1 MiB chunks, one pipeline."""
+    blob = gradient_of(size).tobytes()
+    pieces = [blob[i : i + (1 << 20)] for i in range(0, len(blob), 1 << 20)]
+    for i, piece in enumerate(pieces):
+        client.set(f"bench:p:{i}", piece)
+
+    def trip() -> None:
+        with client.pipeline(transaction=False) as pipe:
+            for i, piece in enumerate(pieces):
+                pipe.set(f"bench:g:{i}", piece)
+            for i in range(len(pieces)):
+                pipe.get(f"bench:p:{i}")
             pipe.execute()
 
-    bare_redis = timed(redis_round_trip, steps)
-    client.delete(f"/v1/sessions/{session}")
-    row: dict[str, Any] = {
-        "size": size,
-        "step": summary(with_params),
-        "step_return_none": summary(without_params),
-        "step_idempotency_key": summary(keyed),
-        "numpy_adam_step": summary(numpy_only),
-        "redis_set3_get1": summary(bare_redis),
-    }
-    row["steps_per_s"] = round(1000 / statistics.median(with_params), 1)
-    row["step_over_numpy_plus_redis"] = round(
-        statistics.median(with_params)
-        / (statistics.median(numpy_only) + statistics.median(bare_redis)),
-        2,
-    )
-    return row
+    result = median_ms(trip, STEPS[size])
+    client.delete(*(f"bench:{k}:{i}" for k in "gp" for i in range(len(pieces))))
+    return result
+
+
+# -- Ray -----------------------------------------------------------------------------
+
+
+def ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class RayPeer:
+    """A Ray actor holding θ, m, v in memory; ``step`` applies a gradient and returns θ."""
+
+    def __init__(self) -> None:
+        import ray
+
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        self.ray = ray
+
+        @ray.remote
+        class ParameterServer:
+            def __init__(self, size: int) -> None:
+                self.p, self.m, self.v = (np.zeros(size, np.float32) for _ in range(3))
+                self.t = 0
+
+            def step(self, gradient: np.ndarray) -> np.ndarray:
+                self.t += 1
+                numpy_adam(self.p, self.m, self.v, gradient, self.t)
+                return self.p
+
+        self.server_class = ParameterServer
+
+    def server(self, size: int) -> Any:
+        return self.server_class.remote(size)  # type: ignore[attr-defined]
+
+    def step_ms(self, size: int) -> float:
+        server = self.server(size)
+        gradient = gradient_of(size)
+        result = median_ms(lambda: self.ray.get(server.step.remote(gradient)), STEPS[size])
+        self.ray.kill(server)
+        return result
+
+    def throughput(self, workers: int, sessions: int, size: int) -> float:
+        ray = self.ray
+        servers = [self.server(size) for _ in range(sessions)]
+
+        @ray.remote(num_cpus=1)
+        def worker(server: Any, size: int, seconds: float) -> int:
+            gradient = gradient_of(size)
+            ray.get(server.step.remote(gradient))
+            done, deadline = 0, time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                ray.get(server.step.remote(gradient))
+                done += 1
+            return done
+
+        counts = ray.get(
+            [worker.remote(servers[n % sessions], size, THROUGHPUT_SECONDS) for n in range(workers)]
+        )
+        for server in servers:
+            ray.kill(server)
+        return sum(counts) / THROUGHPUT_SECONDS
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+
+# -- adamhub -------------------------------------------------------------------------
+
+
+def adamhub_step_ms(client: adamhub.Client, size: int, repeats: int) -> float:
+    session = client.create_session(size=size)
+    gradient = gradient_of(size)
+    result = median_ms(lambda: session.step(gradient), repeats, warmup=2)
+    session.delete()
+    return result
+
+
+def _adamhub_worker(base_url: str, session_id: str, size: int, seconds: float, queue: Any) -> None:
+    with adamhub.Client(base_url=base_url) as client:
+        session = client.session(session_id)
+        gradient = gradient_of(size)
+        session.step(gradient)
+        done, deadline = 0, time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            session.step(gradient)
+            done += 1
+    queue.put(done)
+
+
+def adamhub_throughput(
+    client: adamhub.Client, base_url: str, workers: int, sessions: int, size: int
+) -> float:
+    ids = [client.create_session(size=size).id for _ in range(sessions)]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    processes = [
+        context.Process(
+            target=_adamhub_worker,
+            args=(base_url, ids[n % sessions], size, THROUGHPUT_SECONDS, queue),
+        )
+        for n in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    counts = [queue.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join()
+    steps = sum(counts)
+    for session_id in ids:
+        t = client.session(session_id).t
+        assert t == steps // sessions or sessions > 1, "every step applied once"
+        client.session(session_id).delete()
+    return steps / THROUGHPUT_SECONDS
+
+
+def bytes_per_step(client: adamhub.Client, store: redis.Redis, size: int, steps: int) -> float:
+    """Bytes Redis received per step ÷ the gradient's bytes, snapshots included."""
+    session = client.create_session(size=size)
+    gradient = gradient_of(size)
+    session.step(gradient)
+    time.sleep(0.5)
+    before = int(store.info("stats")["total_net_input_bytes"])
+    for _ in range(steps):
+        session.step(gradient)
+    time.sleep(1.0)  # the last snapshot may still be being written
+    received = int(store.info("stats")["total_net_input_bytes"]) - before
+    session.delete()
+    return received / (steps * gradient.nbytes)
+
+
+# -- the table -----------------------------------------------------------------------
+
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    return None if ours is None or theirs is None else round(ours / theirs, 2)
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def main() -> None:
-    """Run the benchmark and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
+    """Run every measurement, print the table, write it to bench/results."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1k and 100k only, no 100M")
+    parser.add_argument("--no-100m", action="store_true", help="skip the 100M-parameter step")
     args = parser.parse_args()
+    sizes = SIZES[:2] if args.quick else SIZES
 
     store = StoreServer("--appendonly", "yes", "--appendfsync", "everysec").start()
     log = Path(tempfile.mkstemp(prefix="adamhub-bench-", suffix=".log")[1])
-    service = ServiceProcess("--redis-url", store.url, log_path=log).start()
-    rows: list[dict[str, Any]] = []
+    service = ServiceProcess(
+        "--redis-url",
+        store.url,
+        log_path=log,
+        env={"ADAMHUB_CACHE_BYTES": str(4 << 30), "ADAMHUB_MAX_SIZE": str(HUGE)},
+    ).start()
+    peer = RayPeer() if ray_available() else None
+    note = "" if peer else "Ray is not installed (pip install -e '.[bench]'): its column is empty."
+    latency: list[dict[str, Any]] = []
+    throughput: list[dict[str, Any]] = []
+    written: list[dict[str, Any]] = []
+    huge: dict[str, Any] = {}
     try:
-        with httpx.Client(base_url=service.base_url, timeout=120) as client:
-            direct = redis.Redis.from_url(store.url)
-            for size in SIZES:
-                steps = args.steps if size < 1_000_000 else max(10, args.steps // 3)
-                rows.append(bench_size(client, direct, size, steps))
-            direct.close()
+        direct = redis.Redis.from_url(store.url)
+        with adamhub.Client(base_url=service.base_url, timeout=600) as client:
+            for size in sizes:
+                row = {
+                    "params": size,
+                    "torch_fused_ms": torch_fused_ms(size),
+                    "numpy_floor_ms": numpy_floor_ms(size),
+                    "redis_round_trip_ms": redis_round_trip_ms(direct, size),
+                    "ray_ms": peer.step_ms(size) if peer else None,
+                    "adamhub_ms": adamhub_step_ms(client, size, STEPS[size]),
+                }
+                row["ratio"] = ratio(row["adamhub_ms"], row["ray_ms"])
+                latency.append(row)
+                print(row, flush=True)
+            for label, workers, sessions, size in (
+                ("8 workers, one 1k session", 8, 1, 1_000),
+                ("8 workers, eight 1k sessions", 8, 8, 1_000),
+                ("4 workers, one 100k session", 4, 1, 100_000),
+            ):
+                row = {
+                    "row": label,
+                    "ray_steps_per_s": peer.throughput(workers, sessions, size) if peer else None,
+                    "adamhub_steps_per_s": adamhub_throughput(
+                        client, service.base_url, workers, sessions, size
+                    ),
+                }
+                row["ratio"] = ratio(row["adamhub_steps_per_s"], row["ray_steps_per_s"])
+                throughput.append(row)
+                print(row, flush=True)
+            for size in sizes:
+                steps = 200 if size <= 100_000 else 24
+                written.append(
+                    {"params": size, "ratio": round(bytes_per_step(client, direct, size, steps), 3)}
+                )
+                print(written[-1], flush=True)
+            if not (args.quick or args.no_100m):
+                session = client.create_session(size=HUGE)
+                gradient = gradient_of(HUGE)
+                session.step(gradient)  # the first step of a process also maps the pages
+                times = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    session.step(gradient)
+                    times.append(time.perf_counter() - start)
+                session.delete()
+                huge = {"params": HUGE, "adamhub_s": round(statistics.median(times), 2)}
+                print(huge, flush=True)
+        direct.close()
     finally:
+        if peer:
+            peer.close()
         service.stop()
         store.cleanup()
 
-    header = (
-        f"{'size':>9} {'step p50':>9} {'p90':>8} {'none p50':>9} {'key p50':>8} "
-        f"{'numpy':>7} {'redis':>7} {'steps/s':>8} {'ratio':>6}"
-    )
-    print("step latency, ms (one client, binary, float32; ratio = step / (numpy + redis))")
-    print(header)
-    for row in rows:
-        step, none, key = row["step"], row["step_return_none"], row["step_idempotency_key"]
-        numpy_ms, redis_ms = row["numpy_adam_step"], row["redis_set3_get1"]
-        print(
-            f"{row['size']:>9} {step['p50_ms']:>9.2f} {step['p90_ms']:>8.2f} "
-            f"{none['p50_ms']:>9.2f} {key['p50_ms']:>8.2f} {numpy_ms['p50_ms']:>7.2f} "
-            f"{redis_ms['p50_ms']:>7.2f} {row['steps_per_s']:>8} "
-            f"{row['step_over_numpy_plus_redis']:>6}"
+    table = render(latency, throughput, written, huge, note)
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "compare.md").write_text(table)
+    document = {
+        "machine": {"cpus": os.cpu_count()},
+        "latency": latency,
+        "throughput": throughput,
+        "redis_bytes_per_gradient_byte": written,
+        "step_100m": huge,
+        "note": note,
+    }
+    (RESULTS / "compare.json").write_text(json.dumps(document, indent=2))
+    print(f"wrote {RESULTS / 'compare.md'} and compare.json")
+
+
+def render(
+    latency: list[dict[str, Any]],
+    throughput: list[dict[str, Any]],
+    written: list[dict[str, Any]],
+    huge: dict[str, Any],
+    note: str,
+) -> str:
+    lines = [
+        f"adamhub vs peers, one run, {os.cpu_count()} CPUs, binary float32, medians",
+        "",
+        "| step latency (ms) | torch fused | numpy floor | Redis trip | Ray actor | adamhub "
+        "| adamhub ÷ Ray |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in latency:
+        lines.append(
+            f"| {row['params']:,} | {fmt(row['torch_fused_ms'])} | {fmt(row['numpy_floor_ms'])} "
+            f"| {fmt(row['redis_round_trip_ms'])} | {fmt(row['ray_ms'])} "
+            f"| {fmt(row['adamhub_ms'])} | {fmt(row['ratio'])} |"
         )
-    out = Path(__file__).resolve().parent / "results" / "step_latency.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"rows": rows}, indent=2))
-    print(f"wrote {out}")
+    lines += [
+        "",
+        "| throughput (steps/s) | Ray | adamhub | adamhub ÷ Ray |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in throughput:
+        lines.append(
+            f"| {row['row']} | {fmt(row['ray_steps_per_s'], 0)} "
+            f"| {fmt(row['adamhub_steps_per_s'], 0)} | {fmt(row['ratio'])} |"
+        )
+    lines += ["", "| Redis bytes written per step ÷ gradient bytes | adamhub |", "|---:|---:|"]
+    for row in written:
+        lines.append(f"| {row['params']:,} | {row['ratio']:.3f} |")
+    if huge:
+        lines += ["", f"100M-parameter step through the SDK: {huge['adamhub_s']} s"]
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

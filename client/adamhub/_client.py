@@ -31,6 +31,7 @@ def _create_specs(
     optimizer: AdamConfig | dict[str, Any] | None,
     name: str | None,
     metadata: dict[str, Any] | None,
+    history_steps: int | None = None,
 ) -> tuple[RequestSpec, bytes | None]:
     """The create request, and the raw parameters to PUT after it (for large ones)."""
     if (params is None) == (size is None):
@@ -44,6 +45,8 @@ def _create_specs(
         body["name"] = name
     if metadata is not None:
         body["metadata"] = metadata
+    if history_steps is not None:
+        body["history_steps"] = history_steps
     raw = None
     if params is not None:
         vector = np.asarray(params, dtype=dtype).reshape(-1)
@@ -122,9 +125,13 @@ class Client(BaseClient):
         optimizer: AdamConfig | dict[str, Any] | None = None,
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
+        history_steps: int | None = None,
     ) -> Session:
-        """Create a session from initial ``params``, or of ``size`` (zeros, or ``init``)."""
-        spec, raw = _create_specs(params, size, init, dtype, optimizer, name, metadata)
+        """Create a session from initial ``params``, or of ``size`` (zeros, or ``init``);
+        it keeps what rolling back to any of its last ``history_steps`` steps needs."""
+        spec, raw = _create_specs(
+            params, size, init, dtype, optimizer, name, metadata, history_steps
+        )
         resource = self.request(spec).json()
         if raw is not None:
             try:
@@ -213,9 +220,12 @@ class AsyncClient(BaseClient):
         optimizer: AdamConfig | dict[str, Any] | None = None,
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
+        history_steps: int | None = None,
     ) -> AsyncSession:
         """Create a session (see ``Client.create_session``)."""
-        spec, raw = _create_specs(params, size, init, dtype, optimizer, name, metadata)
+        spec, raw = _create_specs(
+            params, size, init, dtype, optimizer, name, metadata, history_steps
+        )
         resource = (await self.request(spec)).json()
         if raw is not None:
             try:

@@ -14,6 +14,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConflictError",
+    "HistoryUnavailableError",
     "InternalServerError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -88,6 +89,11 @@ class ConflictError(APIStatusError):
     """409: concurrent updates kept winning; retried automatically."""
 
 
+class HistoryUnavailableError(ConflictError):
+    """409 ``history-unavailable``: a rollback to a step the session no longer keeps;
+    ``problem["oldest_t"]`` is the oldest it keeps."""
+
+
 class PayloadTooLargeError(APIStatusError):
     """413: the body is over the service's limit."""
 
@@ -125,6 +131,9 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     503: ServiceUnavailableError,
 }
 
+# Problems with an exception of their own, by the last part of their type URI.
+_BY_SLUG: dict[str, type[APIStatusError]] = {"history-unavailable": HistoryUnavailableError}
+
 
 def status_error(response: httpx.Response) -> APIStatusError:
     """The exception for an error response, carrying its problem document."""
@@ -134,7 +143,8 @@ def status_error(response: httpx.Response) -> APIStatusError:
             problem = {}
     except ValueError:
         problem = {}
-    kind = _BY_STATUS.get(response.status_code)
+    slug = str(problem.get("type", "")).rsplit("/", 1)[-1]
+    kind = _BY_SLUG.get(slug) or _BY_STATUS.get(response.status_code)
     if kind is None:
         kind = InternalServerError if response.status_code >= 500 else APIStatusError
     detail = problem.get("detail") or response.reason_phrase

@@ -50,6 +50,7 @@ class SessionBase:
         self.dtype: str = resource["dtype"]
         self.name: str | None = resource.get("name")
         self.metadata: dict[str, Any] = resource.get("metadata") or {}
+        self.history_steps: int = resource.get("history_steps", 0)
         self.optimizer = AdamConfig.from_dict(resource["optimizer"])
         self.created_at: str | None = resource.get("created_at")
         self.updated_at: str | None = resource.get("updated_at")
@@ -106,6 +107,10 @@ class SessionBase:
             body["optimizer"] = optimizer
         return RequestSpec("PATCH", self._path, json=body)
 
+    def _rollback_spec(self, t: int) -> RequestSpec:
+        # Safe to repeat: a second rollback to the same step finds the session there.
+        return RequestSpec("POST", f"{self._path}/rollback", json={"t": t})
+
     def _vector(self, response: httpx.Response) -> npt.NDArray[np.floating]:
         wire = np.dtype(self.dtype).newbyteorder("<")
         vector: npt.NDArray[np.floating] = np.frombuffer(response.content, dtype=wire).astype(
@@ -143,11 +148,23 @@ class Session(SessionBase):
         self._apply(self._client.request(self._put_params_spec(params)).json())
 
     def update(
-        self, *, name: str | None = None, metadata: dict[str, Any] | None = None, **optimizer: Any
+        self,
+        *,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        history_steps: int | None = None,
+        **optimizer: Any,
     ) -> None:
-        """Change optimizer settings (``lr=…``, ``betas=…``, …), ``name`` or ``metadata``."""
-        extra = {k: v for k, v in {"name": name, "metadata": metadata}.items() if v is not None}
+        """Change optimizer settings (``lr=…``, ``betas=…``, …), ``name``, ``metadata``
+        or ``history_steps``."""
+        extra = _given(name=name, metadata=metadata, history_steps=history_steps)
         self._apply(self._client.request(self._update_spec(optimizer, extra)).json())
+
+    def rollback(self, t: int) -> None:
+        """Return to the state right after step ``t`` (θ, m, v and ``t`` exactly as
+        then); steps go on from there. ``HistoryUnavailableError`` (409) when the session
+        no longer keeps that step (see ``history_steps``)."""
+        self._apply(self._client.request(self._rollback_spec(t)).json())
 
     def refresh(self) -> None:
         """Read the session's fields again."""
@@ -183,11 +200,20 @@ class AsyncSession(SessionBase):
         self._apply((await self._client.request(self._put_params_spec(params))).json())
 
     async def update(
-        self, *, name: str | None = None, metadata: dict[str, Any] | None = None, **optimizer: Any
+        self,
+        *,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        history_steps: int | None = None,
+        **optimizer: Any,
     ) -> None:
-        """Change optimizer settings, ``name`` or ``metadata``."""
-        extra = {k: v for k, v in {"name": name, "metadata": metadata}.items() if v is not None}
+        """Change optimizer settings, ``name``, ``metadata`` or ``history_steps``."""
+        extra = _given(name=name, metadata=metadata, history_steps=history_steps)
         self._apply((await self._client.request(self._update_spec(optimizer, extra))).json())
+
+    async def rollback(self, t: int) -> None:
+        """Return to the state right after step ``t`` (see ``Session.rollback``)."""
+        self._apply((await self._client.request(self._rollback_spec(t))).json())
 
     async def refresh(self) -> None:
         """Read the session's fields again."""
@@ -196,6 +222,10 @@ class AsyncSession(SessionBase):
     async def delete(self) -> None:
         """Delete the session and all its state."""
         await self._client.request(RequestSpec("DELETE", self._path))
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def flat_vector(values: npt.ArrayLike, size: int, what: str) -> npt.NDArray[Any]:

@@ -85,6 +85,26 @@ def test_update_list_and_delete(client: adamhub.Client) -> None:
         assert caught.value.type == "https://adamhub.dev/errors/session-not-found"
 
 
+def test_rollback_returns_to_a_kept_step_and_says_what_is_kept(client: adamhub.Client) -> None:
+    with client:
+        session = client.create_session(size=4, history_steps=3)
+        assert session.history_steps == 3
+        seen = {0: session.params()}
+        for t in range(1, 6):
+            seen[t] = session.step(np.full(4, float(t), np.float32))
+        session.rollback(3)
+        assert session.t == 3
+        assert np.array_equal(session.params(), seen[3])
+        with pytest.raises(adamhub.HistoryUnavailableError) as caught:
+            session.rollback(4)  # not reached (any more)
+        assert isinstance(caught.value, adamhub.ConflictError)
+        assert caught.value.status_code == 409
+        assert caught.value.problem["oldest_t"] == 0  # no snapshot after step 0 yet
+        session.update(history_steps=10)
+        assert session.history_steps == 10
+        assert np.array_equal(session.step(np.full(4, 4.0, np.float32)), seen[4])
+
+
 def test_errors_carry_the_problem(client: adamhub.Client) -> None:
     with client:
         session = client.create_session(size=3)

@@ -57,7 +57,9 @@ def replica(redis_url: str, *, cache_bytes: int = 1 << 20, snapshot_bytes: int =
         limits=SessionLimits(max_size=1000, tenant_max_sessions=100, tenant_max_parameters=10**6),
         idempotency_ttl_seconds=60,
     )
-    return Replica(redis_store, store, sessions, StepService(store, Metrics(), idempotency_ttl_seconds=60))
+    return Replica(
+        redis_store, store, sessions, StepService(store, Metrics(), idempotency_ttl_seconds=60)
+    )
 
 
 def assert_same_bits(ours: AdamState, expected: AdamState) -> None:
@@ -158,7 +160,9 @@ def test_rollback_returns_to_every_kept_step_exactly(redis_url: str) -> None:
         grad = np.full(SIZE, -1.0, np.float32)
         result = await other.steps.step(record.id, grad)
         assert result.applied_t == 19
-        assert_same_bits((await one.store.load(record.id)).state, adam_step(states[18], grad, config))
+        assert_same_bits(
+            (await one.store.load(record.id)).state, adam_step(states[18], grad, config)
+        )
         await one.close()
         await other.close()
 

@@ -1,4 +1,5 @@
-"""What the service leaves in Redis: one snapshot and a bounded log per session, orphans\ncleaned or expiring."""
+"""What the service leaves in Redis: one snapshot and a bounded log per session,
+orphans cleaned or expiring."""
 
 from __future__ import annotations
 
