@@ -10,6 +10,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# GNU OpenMP: the thread pool that lets the Adam kernel run in several threads at once
+# (without it numba falls back to a pool that takes one launch at a time).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \

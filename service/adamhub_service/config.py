@@ -43,7 +43,7 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description="Bytes of logged gradients after which a session's state is snapshotted "
-        "(default: 8 times one state vector's bytes).",
+        "(default: 8 times one state vector's bytes, at least 64 KiB).",
     )
     redis_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Socket timeout of every store command."

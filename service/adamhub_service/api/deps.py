@@ -31,7 +31,7 @@ class Services:
     budget: InflightBudget
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     """The services of the app serving ``request``."""
     found: Services = request.app.state.services
     return found

@@ -172,9 +172,11 @@ def dump_json(document: Any) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def vector_bytes(vector: FloatArray) -> bytes:
-    """The raw little-endian bytes of a vector."""
-    return vector.astype(vector.dtype.newbyteorder("<"), copy=False).tobytes()
+def vector_bytes(vector: FloatArray) -> memoryview:
+    """The raw little-endian bytes of a vector, without a copy where it has them (the
+    response sends them from the array, which is never changed once computed)."""
+    little = np.ascontiguousarray(vector, dtype=vector.dtype.newbyteorder("<"))
+    return little.data.cast("B")
 
 
 def _all_plain_numbers(values: list[Any]) -> bool:

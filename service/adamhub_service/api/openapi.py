@@ -127,6 +127,32 @@ def problems(*statuses: int, caller: bool = True) -> dict[int | str, dict[str, A
     return documented
 
 
+def parameter(
+    name: str, where: str, schema: dict[str, Any], description: str | None = None
+) -> dict[str, Any]:
+    """An operation parameter, for routes that read their request themselves."""
+    doc: dict[str, Any] = {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": schema,
+    }
+    if description:
+        doc["description"] = description
+    return doc
+
+
+SESSION_ID_PARAMETER = parameter(
+    "session_id", "path", {"type": "string"}, "A session id: `s_` and 32 hex digits."
+)
+DTYPE_PARAMETER_DESCRIPTION = "Element type of a binary body (default: the session's dtype)."
+IDEMPOTENCY_KEY_DESCRIPTION = (
+    "1 to 255 visible ASCII characters: a retry with the same key and the same body is "
+    "applied once."
+)
+IDEMPOTENCY_KEY_PATTERN = "^[!-~]{1,255}$"
+
+
 def json_body(model: type[BaseModel], *, binary: bool = False) -> dict[str, Any]:
     """``openapi_extra`` for a required body of ``model`` (or a binary vector)."""
     content: dict[str, Any] = {JSON: {"schema": ref(model)}}

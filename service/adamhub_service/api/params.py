@@ -22,16 +22,15 @@ router = APIRouter(prefix="/v1", tags=["parameters"])
 DtypeHeader = Annotated[
     str | None,
     Header(
-        description="Element type of a binary body (default: the session's dtype).",
+        description=openapi.DTYPE_PARAMETER_DESCRIPTION,
         json_schema_extra={"enum": list(WIRE_DTYPES)},
     ),
 ]
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
-        description="1 to 255 visible ASCII characters: a retry with the same key and the "
-        "same body is applied once.",
-        json_schema_extra={"pattern": "^[!-~]{1,255}$"},
+        description=openapi.IDEMPOTENCY_KEY_DESCRIPTION,
+        json_schema_extra={"pattern": openapi.IDEMPOTENCY_KEY_PATTERN},
     ),
 ]
 

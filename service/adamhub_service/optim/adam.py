@@ -177,7 +177,6 @@ def adam_step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamSta
         out.exp_avg,
         out.exp_avg_sq,
         no_max if out.max_exp_avg_sq is None else out.max_exp_avg_sq,
-        size=state.size,
         scalars=(
             config.maximize,
             decay_mode,

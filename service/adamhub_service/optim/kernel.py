@@ -4,34 +4,35 @@ numpy evaluates the update as a dozen whole-vector operations, each a pass over 
 with a temporary; this kernel reads each element once, does the same IEEE operations
 in the same order (so the bits are the same: no fast-math, no reassociation, no fused
 multiply-add, scalars in the state's dtype), writes θ, m, v (and max v), and counts the
-results that are not finite. numexpr was exact too, but 3× slower (docs/architecture.md,
-"The arithmetic").
+results that are not finite. It runs on every core (numba's parallel loops, which it
+also vectorises). numexpr was exact too, but 3× slower (docs/architecture.md, "The
+arithmetic").
 
-Vectors of ``PARALLEL_THRESHOLD`` elements and more are split into blocks run on every
-core; numba's default thread pool may only be entered by one thread at a time, so those
-calls take a lock (they use every core anyway). Compiled code is cached on disk.
+numba's thread pools: OpenMP (libgomp) or TBB may be entered by several threads at
+once; its fallback, the workqueue, may not, so with it launches take a lock. Compiled
+code is cached on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
 import numba
 import numpy as np
 
-PARALLEL_THRESHOLD = 1 << 17
-_BLOCK = 1 << 15
-_parallel_lock = threading.Lock()
+# Thread-safe pools first (numba's default order puts TBB first, and TBB, unlike
+# OpenMP, is rarely installed).
+numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+_workqueue_lock = threading.Lock()
 
 # Weight decay modes.
 NO_DECAY, COUPLED_DECAY, DECOUPLED_DECAY = 0, 1, 2
 
 
-@numba.njit(cache=True, nogil=True)
-def _update_range(
-    lo: int,
-    hi: int,
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _update(
     params: Any,
     exp_avg: Any,
     exp_avg_sq: Any,
@@ -53,7 +54,7 @@ def _update_range(
     amsgrad: bool,
 ) -> int:
     not_finite = 0
-    for i in range(lo, hi):
+    for i in numba.prange(params.size):
         g = grad[i]
         if maximize:
             g = -g
@@ -79,71 +80,30 @@ def _update_range(
         out_params[i] = new_p
         out_exp_avg[i] = new_m
         out_exp_avg_sq[i] = new_v
-        if not (np.isfinite(new_p) and np.isfinite(new_m) and np.isfinite(new_v)):
-            not_finite += 1
+        # x - x is 0 for a finite x and NaN otherwise: a test without a branch.
+        check = (new_p - new_p) + (new_m - new_m) + (new_v - new_v)
+        not_finite += check != check
     return not_finite
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _update_blocks(
-    size: int,
-    block: int,
-    params: Any,
-    exp_avg: Any,
-    exp_avg_sq: Any,
-    max_exp_avg_sq: Any,
-    grad: Any,
-    out_params: Any,
-    out_exp_avg: Any,
-    out_exp_avg_sq: Any,
-    out_max: Any,
-    maximize: bool,
-    decay_mode: int,
-    decay: Any,
-    one_minus_beta1: Any,
-    beta2: Any,
-    one_minus_beta2: Any,
-    bias_correction2_sqrt: Any,
-    eps: Any,
-    neg_step_size: Any,
-    amsgrad: bool,
-) -> int:
-    blocks = (size + block - 1) // block
-    not_finite = 0
-    for b in numba.prange(blocks):
-        not_finite += _update_range(
-            b * block,
-            min(size, (b + 1) * block),
-            params,
-            exp_avg,
-            exp_avg_sq,
-            max_exp_avg_sq,
-            grad,
-            out_params,
-            out_exp_avg,
-            out_exp_avg_sq,
-            out_max,
-            maximize,
-            decay_mode,
-            decay,
-            one_minus_beta1,
-            beta2,
-            one_minus_beta2,
-            bias_correction2_sqrt,
-            eps,
-            neg_step_size,
-            amsgrad,
-        )
-    return not_finite
-
-
-def fused_update(*arrays: Any, size: int, scalars: tuple[Any, ...]) -> int:
-    """Run the kernel over ``size`` elements; the number of non-finite results.
+def fused_update(*arrays: Any, scalars: tuple[Any, ...]) -> int:
+    """Run the kernel; the number of elements with a non-finite result.
 
     ``arrays`` are θ, m, v, max v (in), the gradient, θ, m, v, max v (out); ``scalars``
     the flags and coefficients, in the kernel's order.
     """
-    if size < PARALLEL_THRESHOLD:
-        return int(_update_range(0, size, *arrays, *scalars))
-    with _parallel_lock:
-        return int(_update_blocks(size, _BLOCK, *arrays, *scalars))
+    with _launch:
+        return int(_update(*arrays, *scalars))
+
+
+# The first launch (here, at import, in one thread) picks the thread pool.
+_update(
+    *(np.zeros(1, np.float32) for _ in range(9)),
+    False,
+    NO_DECAY,
+    *(np.float32(1) for _ in range(7)),
+    False,
+)
+_launch: contextlib.AbstractContextManager[object] = (
+    _workqueue_lock if numba.threading_layer() == "workqueue" else contextlib.nullcontext()
+)

@@ -45,9 +45,12 @@ _BACKOFF_CAP_SECONDS = 0.05
 # Rebuilding a state of this many elements or more runs in a worker thread.
 _THREAD_ELEMENTS = 1 << 16
 # The default snapshot interval, in bytes of logged gradients per byte of one state
-# vector: a snapshot of θ, m, v (and max v) then adds at most 3/8 (4/8) of a gradient's
-# bytes to each step, and a replica without the state replays at most 8 float32 steps.
+# vector: a snapshot of θ, m, v (and max v) then adds 3/8 (4/8) of a gradient's bytes
+# to each step, Redis holds at most 8 float32 gradients beside the snapshot, and a
+# replica without the state replays at most 8 of them. Small sessions snapshot after
+# SNAPSHOT_MIN_BYTES: their fixed per-step costs (keys, record fields) weigh more.
 SNAPSHOT_MULTIPLE = 8
+SNAPSHOT_MIN_BYTES = 64 << 10
 
 T = TypeVar("T")
 logger = logging.getLogger("adamhub.storage")
@@ -57,7 +60,8 @@ def snapshot_threshold(record: SessionRecord, snapshot_bytes: int | None) -> int
     """The logged bytes after which a session gets a new snapshot."""
     if snapshot_bytes is not None:
         return snapshot_bytes
-    return SNAPSHOT_MULTIPLE * record.size * np.dtype(record.dtype).itemsize
+    vector_bytes = record.size * np.dtype(record.dtype).itemsize
+    return max(SNAPSHOT_MULTIPLE * vector_bytes, SNAPSHOT_MIN_BYTES)
 
 
 def replay(

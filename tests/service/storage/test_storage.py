@@ -87,7 +87,8 @@ def test_redis_holds_a_bounded_log_and_one_snapshot_over_1000_steps(
     # 1000 gradients are 40 MB; kept, or θ, m, v, max v written per step, 160 MB.
     grown = int(redis_client.info("memory")["used_memory"]) - baseline
     assert grown < 2_000_000, f"memory grew by {grown} bytes over 1000 steps"
-    # Each step wrote its gradient and a share of snapshots, not its state (4×).
+    # Each step wrote its gradient and a share of snapshots (AMSGrad's 4 vectors every 8
+    # gradients: 0.5), not its state (4×).
     assert written / (1000 * size * 4) < 1.6
 
 
