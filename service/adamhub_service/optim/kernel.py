@@ -21,10 +21,11 @@ from typing import Any
 
 import numba
 import numpy as np
+from numba import threading_layer  # type: ignore[attr-defined]
 
 # Thread-safe pools first (numba's default order puts TBB first, and TBB, unlike
 # OpenMP, is rarely installed).
-numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]  # type: ignore[attr-defined]
 _workqueue_lock = threading.Lock()
 
 # Weight decay modes.
@@ -97,13 +98,11 @@ def fused_update(*arrays: Any, scalars: tuple[Any, ...]) -> int:
 
 
 # The first launch (here, at import, in one thread) picks the thread pool.
+_one, _unit = np.zeros(1, np.float32), np.float32(1)
 _update(
-    *(np.zeros(1, np.float32) for _ in range(9)),
-    False,
-    NO_DECAY,
-    *(np.float32(1) for _ in range(7)),
-    False,
-)
+    _one, _one, _one, _one, _one, _one, _one, _one, _one,
+    False, NO_DECAY, _unit, _unit, _unit, _unit, _unit, _unit, _unit, False,
+)  # fmt: skip
 _launch: contextlib.AbstractContextManager[object] = (
-    _workqueue_lock if numba.threading_layer() == "workqueue" else contextlib.nullcontext()
+    _workqueue_lock if threading_layer() == "workqueue" else contextlib.nullcontext()
 )

@@ -608,3 +608,39 @@ def test_normal_init_that_is_not_finite_in_the_dtype_is_refused(
     assert response.status_code == 422
     assert response.json()["type"] == ERRORS + "validation-error"
     assert redis_client.dbsize() == 0
+
+
+# -- rollback ---------------------------------------------------------------------------
+
+
+def test_rollback_over_http_and_what_it_refuses(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    session = create(client, params=[1.0, 2.0, 3.0], history_steps=2)
+    assert session["history_steps"] == 2
+    sid = session["id"]
+    seen = [params_of(client, sid)]
+    for _ in range(3):
+        step = client.post(f"/v1/sessions/{sid}/step", json={"gradient": [1.0, -1.0, 0.5]})
+        assert step.status_code == 200
+        seen.append(params_of(client, sid))
+    back = client.post(f"/v1/sessions/{sid}/rollback", json={"t": 1})
+    assert back.status_code == 200, back.text
+    assert back.json()["t"] == 1
+    assert params_of(client, sid).tobytes() == seen[1].tobytes()
+    before = snapshot(client, redis_client, sid)
+    for body in ({"t": -1}, {"t": "1"}, {"t": 1.5}, {}, {"t": 1, "extra": 0}):
+        refused = client.post(f"/v1/sessions/{sid}/rollback", json=body)
+        assert refused.status_code == 422, body
+        assert refused.json()["type"].endswith("/validation-error")
+    ahead = client.post(f"/v1/sessions/{sid}/rollback", json={"t": 3})
+    assert ahead.status_code == 409
+    problem = ahead.json()
+    assert problem["type"] == "https://adamhub.dev/errors/history-unavailable"
+    assert problem["oldest_t"] == 0 and problem["t"] == 1
+    assert snapshot(client, redis_client, sid) == before  # refusals change nothing
+    patched = client.patch(f"/v1/sessions/{sid}", json={"history_steps": 50})
+    assert patched.status_code == 200 and patched.json()["history_steps"] == 50
+    assert client.patch(f"/v1/sessions/{sid}", json={"history_steps": None}).status_code == 422
+    missing = client.post(f"/v1/sessions/s_{'0' * 32}/rollback", json={"t": 0})
+    assert missing.status_code == 404

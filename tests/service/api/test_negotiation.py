@@ -33,7 +33,7 @@ def test_binary_vectors_round_trip_exactly(dtype: str, data: st.DataObject) -> N
     elements = st.floats(width=WIDTHS[dtype], allow_nan=False, allow_infinity=False)
     vector = data.draw(hnp.arrays(dtype, st.integers(1, 64), elements=elements))
     parsed = negotiation.vector_from_bytes(
-        negotiation.vector_bytes(vector), negotiation.wire_dtype(dtype, "float32")
+        bytes(negotiation.vector_bytes(vector)), negotiation.wire_dtype(dtype, "float32")
     )
     assert np.array_equal(parsed, vector)
 
