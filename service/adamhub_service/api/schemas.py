@@ -7,6 +7,7 @@ Hyperparameter bounds come from ``optim`` (one rule set for create and PATCH).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -26,7 +27,18 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from adamhub_service.api import negotiation
-from adamhub_service.optim import BETA, EPS, LR, WEIGHT_DECAY, AdamConfig, FloatArray
+from adamhub_service.optim import (
+    BETA,
+    EPS,
+    FINAL_LR_RATIO,
+    LR,
+    MAX_GRAD_NORM,
+    WEIGHT_DECAY,
+    AdamConfig,
+    FloatArray,
+    ParamGroup,
+    Schedule,
+)
 from adamhub_service.sessions.records import SESSION_ID_PATTERN, SessionRecord
 from adamhub_service.sessions.service import NewSession, NormalInitSpec
 from adamhub_service.tenancy.principal import TENANT_PATTERN, Action
@@ -73,7 +85,89 @@ Betas = Annotated[
 ]
 Eps = Annotated[Finite, Field(**EPS.as_field(), description="ε added to √v̂.")]
 WeightDecay = Annotated[Finite, Field(**WEIGHT_DECAY.as_field())]
+MaxGradNorm = Annotated[
+    Finite,
+    Field(
+        **MAX_GRAD_NORM.as_field(),
+        description="Clip the whole gradient to this L2 norm (clip_grad_norm_); null: off.",
+    ),
+]
 Dtype = Literal["float32", "float64"]
+MAX_PARAM_GROUPS = 1024
+
+
+class ScheduleSettings(BaseModel):
+    """The learning rate's schedule: lr·f(t) for the step being computed, t = 1, 2, …"""
+
+    model_config = _STRICT
+
+    kind: Literal["constant", "warmup_cosine", "warmup_linear"] = "constant"
+    warmup_steps: NonNegativeWhole = 0
+    total_steps: NonNegativeWhole = 0
+    final_lr_ratio: Annotated[Finite, Field(**FINAL_LR_RATIO.as_field())] = 0.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScheduleSettings:
+        problems = self.schedule().problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def schedule(self) -> Schedule:
+        """As the optimiser's schedule."""
+        return Schedule(self.kind, self.warmup_steps, self.total_steps, self.final_lr_ratio)
+
+    @classmethod
+    def of(cls, schedule: Schedule) -> ScheduleSettings:
+        """The settings of a schedule."""
+        return cls.model_construct(**dataclasses.asdict(schedule))
+
+
+class GroupSettings(BaseModel):
+    """A param group: the next ``size`` parameters, and the settings it overrides."""
+
+    model_config = _STRICT
+
+    size: PositiveWhole
+    lr: Lr | SkipJsonSchema[None] = None
+    betas: Betas | SkipJsonSchema[None] = None
+    eps: Eps | SkipJsonSchema[None] = None
+    weight_decay: WeightDecay | SkipJsonSchema[None] = None
+    decoupled_weight_decay: bool | SkipJsonSchema[None] = None
+    maximize: bool | SkipJsonSchema[None] = None
+
+    def group(self) -> ParamGroup:
+        """As the optimiser's param group."""
+        return ParamGroup(**self.model_dump())
+
+    @classmethod
+    def of(cls, group: ParamGroup) -> dict[str, Any]:
+        """A group as the API shows it: its size and the fields it sets."""
+        return {"size": group.size, **group.overrides()}
+
+
+class GroupPatch(BaseModel):
+    """Changes to one param group (its size cannot change)."""
+
+    model_config = _STRICT
+
+    lr: Lr | SkipJsonSchema[None] = None
+    betas: Betas | SkipJsonSchema[None] = None
+    eps: Eps | SkipJsonSchema[None] = None
+    weight_decay: WeightDecay | SkipJsonSchema[None] = None
+    decoupled_weight_decay: bool | SkipJsonSchema[None] = None
+    maximize: bool | SkipJsonSchema[None] = None
+
+
+ParamGroups = Annotated[
+    list[GroupSettings],
+    Field(
+        min_length=1,
+        max_length=MAX_PARAM_GROUPS,
+        description="Consecutive segments of the vector, sizes summing to `size`; each "
+        "group's fields override `optimizer`'s.",
+    ),
+]
 
 
 def _as_vector(value: Any) -> FloatArray:
@@ -134,10 +228,17 @@ class OptimizerSettings(BaseModel):
     )
     amsgrad: bool = Field(default=False, description="Fixed when the session is created.")
     maximize: bool = False
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    max_grad_norm: MaxGradNorm | None = None
 
-    def config(self) -> AdamConfig:
-        """As the optimiser's config."""
-        return AdamConfig(**self.model_dump())
+    def config(self, groups: list[GroupSettings] | None = None) -> AdamConfig:
+        """As the optimiser's config, with ``groups``."""
+        fields = self.model_dump(exclude={"schedule"})
+        return AdamConfig(
+            **fields,
+            schedule=self.schedule.schedule(),
+            param_groups=tuple(group.group() for group in groups or ()),
+        )
 
     @classmethod
     def of(cls, config: AdamConfig) -> OptimizerSettings:
@@ -150,6 +251,8 @@ class OptimizerSettings(BaseModel):
             decoupled_weight_decay=config.decoupled_weight_decay,
             amsgrad=config.amsgrad,
             maximize=config.maximize,
+            schedule=ScheduleSettings.of(config.schedule),
+            max_grad_norm=config.max_grad_norm,
         )
 
 
@@ -164,10 +267,20 @@ class OptimizerPatch(BaseModel):
     weight_decay: WeightDecay | None = None
     decoupled_weight_decay: bool | None = None
     maximize: bool | None = None
+    schedule: ScheduleSettings | None = None
+    max_grad_norm: MaxGradNorm | None = Field(
+        default=None, description="A number; null switches clipping off."
+    )
 
     def changes(self) -> dict[str, Any]:
-        """The fields given, as ``AdamConfig`` fields."""
-        return self.model_dump(exclude_none=True)
+        """The fields given, as ``AdamConfig`` fields (``max_grad_norm: null`` included:
+        it switches clipping off)."""
+        changes = self.model_dump(exclude_none=True, exclude={"schedule"})
+        if self.schedule is not None:
+            changes["schedule"] = self.schedule.schedule()
+        if "max_grad_norm" in self.model_fields_set:
+            changes["max_grad_norm"] = self.max_grad_norm
+        return changes
 
 
 class ZerosInit(BaseModel):
@@ -227,6 +340,7 @@ class SessionCreate(BaseModel):
     name: Name | None = None
     metadata: Metadata = Field(default_factory=dict)
     history_steps: HistorySteps = 0
+    param_groups: ParamGroups | SkipJsonSchema[None] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -245,6 +359,11 @@ class SessionCreate(BaseModel):
             raise ValueError("give exactly one of 'params' and 'size'")
         if self.params is not None and self.init is not None:
             raise ValueError("'init' goes with 'size', not with 'params'")
+        if self.param_groups is not None:
+            covered = sum(group.size for group in self.param_groups)
+            size = self.size if self.params is None else len(self.params)
+            if covered != size:
+                raise ValueError(f"param_groups cover {covered} parameters; the session has {size}")
         return self
 
     def new_session(self) -> NewSession:
@@ -255,7 +374,7 @@ class SessionCreate(BaseModel):
         init = self.init
         return NewSession(
             dtype=self.dtype,
-            optimizer=self.optimizer.config(),
+            optimizer=self.optimizer.config(self.param_groups),
             params=params,
             size=self.size,
             init=NormalInitSpec(init.mean, init.std, init.seed)
@@ -276,6 +395,10 @@ class SessionPatch(BaseModel):
     name: Name | None = None
     metadata: Metadata | None = None
     history_steps: HistorySteps = 0
+    param_groups: Annotated[
+        list[GroupPatch] | SkipJsonSchema[None],
+        Field(max_length=MAX_PARAM_GROUPS, description="One entry per group, in order."),
+    ] = None
 
 
 class RollbackIn(BaseModel):
@@ -297,6 +420,9 @@ class SessionOut(BaseModel):
     optimizer: OptimizerSettings
     metadata: dict[str, Any]
     history_steps: int = Field(description="Steps kept for rollback (at least).")
+    param_groups: list[dict[str, Any]] | None = Field(
+        default=None, description="The param groups, when there are any."
+    )
     created_at: str = Field(description="RFC 3339, UTC.")
     updated_at: str = Field(description="RFC 3339, UTC.")
 
@@ -312,6 +438,7 @@ class SessionOut(BaseModel):
             optimizer=OptimizerSettings.of(record.optimizer),
             metadata=record.metadata,
             history_steps=record.history_steps,
+            param_groups=[GroupSettings.of(g) for g in record.optimizer.param_groups] or None,
             created_at=record.created_at,
             updated_at=record.updated_at,
         )

@@ -149,6 +149,9 @@ async def patch_session(
         rename="name" in given,
         metadata=(patch.metadata or {}) if "metadata" in given else None,
         history_steps=patch.history_steps if "history_steps" in given else None,
+        param_groups=None
+        if patch.param_groups is None
+        else [group.model_dump(exclude_none=True) for group in patch.param_groups],
     )
     record = await services.sessions.update(session_id, changes, caller)
     return Response(render(SessionOut.of(record)), media_type=JSON)

@@ -56,11 +56,83 @@ LR = Bound(ge=0.0)
 BETA = Bound(ge=0.0, lt=1.0)
 EPS = Bound(gt=0.0)
 WEIGHT_DECAY = Bound(ge=0.0)
+MAX_GRAD_NORM = Bound(gt=0.0)
+FINAL_LR_RATIO = Bound(ge=0.0)
+# What torch.nn.utils.clip_grad_norm_ adds to the norm before dividing by it.
+CLIP_EPSILON = 1e-6
+SCHEDULE_KINDS = ("constant", "warmup_cosine", "warmup_linear")
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """The learning rate's factor f(t) for step t = 1, 2, …: constant 1, or a linear
+    warmup over ``warmup_steps`` then a cosine or linear decay to ``final_lr_ratio`` at
+    ``total_steps``, and that ratio after."""
+
+    kind: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int = 0
+    final_lr_ratio: float = 0.0
+
+    def problems(self) -> list[str]:
+        """Every way in which the schedule is invalid."""
+        if self.kind not in SCHEDULE_KINDS:
+            return [f"schedule.kind must be one of {', '.join(SCHEDULE_KINDS)}"]
+        if self.kind == "constant":
+            return []
+        found = []
+        if self.warmup_steps < 0:
+            found.append("schedule.warmup_steps must be >= 0")
+        if self.total_steps <= self.warmup_steps:
+            found.append("schedule.total_steps must be > warmup_steps")
+        ratio = FINAL_LR_RATIO.problem("schedule.final_lr_ratio", self.final_lr_ratio)
+        return found + ([ratio] if ratio else [])
+
+    def factor(self, t: int) -> float:
+        """f(t), the factor of the learning rate at step ``t``."""
+        if self.kind == "constant":
+            return 1.0
+        warmup, total, ratio = self.warmup_steps, self.total_steps, self.final_lr_ratio
+        if t <= warmup:
+            return t / warmup
+        if t >= total:
+            return ratio
+        progress = (t - warmup) / (total - warmup)
+        if self.kind == "warmup_cosine":
+            return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return ratio + (1 - ratio) * (1 - progress)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamGroup:
+    """A consecutive segment of ``size`` parameters with its own hyperparameters; a
+    field left None takes the session's value (torch's param groups)."""
+
+    size: int
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    decoupled_weight_decay: bool | None = None
+    maximize: bool | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields this group sets."""
+        return {
+            name: getattr(self, name) for name in GROUP_FIELDS if getattr(self, name) is not None
+        }
+
+
+# The hyperparameters a param group may set (amsgrad, the schedule and clipping are the
+# session's).
+GROUP_FIELDS = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
 
 
 @dataclass(frozen=True, slots=True)
 class AdamConfig:
-    """Hyperparameters of Adam, named as in torch, with the paper's and torch's defaults."""
+    """Hyperparameters of Adam, named as in torch, with the paper's and torch's defaults;
+    plus a learning-rate ``schedule``, gradient clipping by global norm
+    (``max_grad_norm``, as ``torch.nn.utils.clip_grad_norm_``) and ``param_groups``."""
 
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
@@ -69,6 +141,9 @@ class AdamConfig:
     decoupled_weight_decay: bool = False
     amsgrad: bool = False
     maximize: bool = False
+    schedule: Schedule = Schedule()
+    max_grad_norm: float | None = None
+    param_groups: tuple[ParamGroup, ...] = ()
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -77,18 +152,55 @@ class AdamConfig:
 
     def problems(self) -> list[str]:
         """Every way in which these values are out of range (empty when valid)."""
-        checks = [
-            LR.problem("lr", self.lr),
-            BETA.problem("betas[0]", self.betas[0]),
-            BETA.problem("betas[1]", self.betas[1]),
-            EPS.problem("eps", self.eps),
-            WEIGHT_DECAY.problem("weight_decay", self.weight_decay),
-        ]
-        return [problem for problem in checks if problem is not None]
+        found = _bound_problems("", vars_of(self))
+        if self.max_grad_norm is not None:
+            found += _bound_problems("", {"max_grad_norm": self.max_grad_norm})
+        found += self.schedule.problems()
+        for index, group in enumerate(self.param_groups):
+            prefix = f"param_groups[{index}]."
+            if group.size < 1:
+                found.append(f"{prefix}size must be >= 1")
+            found += _bound_problems(prefix, group.overrides())
+        return found
 
     def evolve(self, **changes: Any) -> AdamConfig:
         """A copy with some fields changed (checked like a new one)."""
         return replace(self, **changes)
+
+    def segments(self, size: int) -> list[tuple[int, int, AdamConfig]]:
+        """Each param group as (start, stop, its hyperparameters); the whole vector when
+        there are no groups."""
+        if not self.param_groups:
+            return [(0, size, self)]
+        segments, start = [], 0
+        for group in self.param_groups:
+            stop = start + group.size
+            segments.append((start, stop, replace(self, param_groups=(), **group.overrides())))
+            start = stop
+        if start != size:
+            raise ValueError(f"param_groups cover {start} parameters; the session has {size}")
+        return segments
+
+
+def vars_of(config: AdamConfig) -> dict[str, Any]:
+    """The bounded hyperparameters of a config, by name."""
+    return {name: getattr(config, name) for name in ("lr", "betas", "eps", "weight_decay")}
+
+
+_BOUNDS = {"lr": LR, "eps": EPS, "weight_decay": WEIGHT_DECAY, "max_grad_norm": MAX_GRAD_NORM}
+
+
+def _bound_problems(prefix: str, values: dict[str, Any]) -> list[str]:
+    found = []
+    for name, value in values.items():
+        if name == "betas":
+            checks = [BETA.problem(f"{prefix}betas[{i}]", value[i]) for i in (0, 1)]
+        elif name in _BOUNDS:
+            checks = [_BOUNDS[name].problem(prefix + name, value)]
+        else:
+            continue
+        found += [problem for problem in checks if problem is not None]
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,28 +246,32 @@ def adam_step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamSta
     ``grad`` must have the state's size and dtype. The input state is not modified.
     Raises ``NonFiniteUpdate`` when a new parameter or moment would be NaN or infinite.
 
-    The arithmetic is one fused pass (``kernel``) doing, per element and in the state's
-    dtype, what torch's single-tensor Adam does with whole tensors::
+    With ``max_grad_norm``, the gradient is first scaled by max_norm / (‖g‖₂ + 1e-6)
+    when that is below 1 (``clip_grad_norm_``); each param group's learning rate is
+    its ``lr`` times the schedule's f(t). The arithmetic is one fused pass
+    (``kernel``) per group doing, per element and in the state's dtype, what torch's
+    single-tensor Adam does with whole tensors::
 
         g ← −g (maximize);  g ← g + λθ (weight decay) or θ ← θ(1 − αλ) (decoupled)
         m ← m + (1 − β₁)(g − m);  v ← β₂v + (1 − β₂)g²;  v̂ ← max(v̂, v) (AMSGrad)
         θ ← θ − α/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
     """
     dtype = state.dtype
-    scalar = dtype.type
     step = state.step + 1
-    beta1, beta2 = config.betas
-    decay_mode, decay = kernel.NO_DECAY, scalar(0)
-    if config.weight_decay != 0:
-        if config.decoupled_weight_decay:
-            decay_mode, decay = kernel.DECOUPLED_DECAY, scalar(1 - config.lr * config.weight_decay)
-        else:
-            decay_mode, decay = kernel.COUPLED_DECAY, scalar(config.weight_decay)
-    step_size = config.lr / (1 - beta1**step)
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-
-    params = np.ascontiguousarray(state.params)
     grad = np.ascontiguousarray(grad, dtype=dtype)
+    if config.max_grad_norm is not None:
+        norm = math.sqrt(kernel.squared_norm(grad))
+        coefficient = config.max_grad_norm / (norm + CLIP_EPSILON)
+        if coefficient < 1:
+            grad = grad * dtype.type(coefficient)
+    params = np.ascontiguousarray(state.params)
+    exp_avg = np.ascontiguousarray(state.exp_avg)
+    exp_avg_sq = np.ascontiguousarray(state.exp_avg_sq)
+    previous_max = state.max_exp_avg_sq
+    if config.amsgrad:
+        previous_max = (
+            np.zeros_like(params) if previous_max is None else np.ascontiguousarray(previous_max)
+        )
     out = AdamState(
         params=np.empty_like(params),
         exp_avg=np.empty_like(params),
@@ -164,35 +280,52 @@ def adam_step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamSta
         step=step,
     )
     no_max = np.empty(0, dtype)
-    previous_max = state.max_exp_avg_sq
-    if config.amsgrad and previous_max is None:
-        previous_max = np.zeros_like(params)
-    not_finite = kernel.fused_update(
-        params,
-        np.ascontiguousarray(state.exp_avg),
-        np.ascontiguousarray(state.exp_avg_sq),
-        no_max if previous_max is None else np.ascontiguousarray(previous_max),
-        grad,
-        out.params,
-        out.exp_avg,
-        out.exp_avg_sq,
-        no_max if out.max_exp_avg_sq is None else out.max_exp_avg_sq,
-        scalars=(
-            config.maximize,
-            decay_mode,
-            decay,
-            scalar(1 - beta1),
-            scalar(beta2),
-            scalar(1 - beta2),
-            scalar(bias_correction2_sqrt),
-            scalar(config.eps),
-            scalar(-step_size),
-            config.amsgrad,
-        ),
-    )
+    factor = config.schedule.factor(step)
+    not_finite = 0
+    for start, stop, group in config.segments(state.size):
+        part = slice(start, stop)
+        not_finite += kernel.fused_update(
+            params[part],
+            exp_avg[part],
+            exp_avg_sq[part],
+            no_max if previous_max is None else previous_max[part],
+            grad[part],
+            out.params[part],
+            out.exp_avg[part],
+            out.exp_avg_sq[part],
+            no_max if out.max_exp_avg_sq is None else out.max_exp_avg_sq[part],
+            scalars=_scalars(group, step, group.lr * factor, dtype),
+        )
     if not_finite:
         _require_finite(out)
     return out
+
+
+def _scalars(config: AdamConfig, step: int, lr: float, dtype: np.dtype[Any]) -> tuple[Any, ...]:
+    """The kernel's flags and coefficients for one group at ``step``, rounded to the
+    state's dtype as torch rounds them to the tensor's."""
+    scalar = dtype.type
+    beta1, beta2 = config.betas
+    decay_mode, decay = kernel.NO_DECAY, scalar(0)
+    if config.weight_decay != 0:
+        if config.decoupled_weight_decay:
+            decay_mode, decay = kernel.DECOUPLED_DECAY, scalar(1 - lr * config.weight_decay)
+        else:
+            decay_mode, decay = kernel.COUPLED_DECAY, scalar(config.weight_decay)
+    step_size = lr / (1 - beta1**step)
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    return (
+        config.maximize,
+        decay_mode,
+        decay,
+        scalar(1 - beta1),
+        scalar(beta2),
+        scalar(1 - beta2),
+        scalar(bias_correction2_sqrt),
+        scalar(config.eps),
+        scalar(-step_size),
+        config.amsgrad,
+    )
 
 
 def _require_finite(state: AdamState) -> None:

@@ -87,6 +87,30 @@ def _update(
     return not_finite
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _block_sums_of_squares(grad: Any, block: int) -> Any:
+    blocks = (grad.size + block - 1) // block
+    sums = np.empty(blocks, np.float64)
+    for b in numba.prange(blocks):
+        total = 0.0
+        for i in range(b * block, min(grad.size, (b + 1) * block)):
+            x = np.float64(grad[i])
+            total += x * x
+        sums[b] = total
+    return sums
+
+
+def squared_norm(grad: Any) -> float:
+    """Σ g², in float64, summed in one fixed order (blocks of 2^16 in sequence, then
+    the blocks in sequence) whatever the cores: a replayed step clips the same."""
+    with _launch:
+        sums = _block_sums_of_squares(grad, 1 << 16)
+    total = 0.0
+    for value in sums.tolist():
+        total += value
+    return total
+
+
 def fused_update(*arrays: Any, scalars: tuple[Any, ...]) -> int:
     """Run the kernel; the number of elements with a non-finite result.
 

@@ -6,6 +6,7 @@ Every change is a compare-and-set on the session's ``rev`` through the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,28 @@ class SessionChanges:
     rename: bool = False
     metadata: dict[str, Any] | None = None
     history_steps: int | None = None
+    param_groups: list[dict[str, Any]] | None = None
+
+
+def changed_optimizer(config: AdamConfig, changes: SessionChanges) -> AdamConfig:
+    """The optimizer config with a PATCH's changes (422 when they do not fit it)."""
+    updates = dict(changes.optimizer)
+    if changes.param_groups is not None:
+        groups = config.param_groups
+        if len(changes.param_groups) != len(groups):
+            raise errors.ValidationFailed(
+                f"param_groups has {len(changes.param_groups)} entries; the session has "
+                f"{len(groups)} groups (their number and sizes are fixed at creation)",
+                errors=[{"loc": ["param_groups"], "msg": f"{len(groups)} entries expected"}],
+            )
+        updates["param_groups"] = tuple(
+            dataclasses.replace(group, **change)
+            for group, change in zip(groups, changes.param_groups, strict=True)
+        )
+    try:
+        return config.evolve(**updates)
+    except ValueError as exc:  # a bound of optim; the API checks most of them first
+        raise errors.ValidationFailed(str(exc)) from exc
 
 
 def initial_params(size: int, dtype: str, init: NormalInitSpec | None) -> FloatArray:
@@ -240,11 +263,8 @@ class SessionService:
         async def attempt() -> SessionRecord | None:
             current = await self._store.record(session_id)
             new = current.evolve(updated_at=utc_now())
-            if changes.optimizer:
-                try:
-                    new = new.evolve(optimizer=current.optimizer.evolve(**changes.optimizer))
-                except ValueError as exc:  # a bound of optim; the API checks them first
-                    raise errors.ValidationFailed(str(exc)) from exc
+            if changes.optimizer or changes.param_groups is not None:
+                new = new.evolve(optimizer=changed_optimizer(current.optimizer, changes))
             if changes.rename:
                 new = new.evolve(name=changes.name)
             if changes.metadata is not None:

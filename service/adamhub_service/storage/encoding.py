@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from adamhub_service.optim import AdamConfig, AdamState, FloatArray
+from adamhub_service.optim import AdamConfig, AdamState, FloatArray, ParamGroup, Schedule
 from adamhub_service.sessions.records import SessionRecord
 
 # The vectors of a session's state, by their short stored names.
@@ -96,6 +96,14 @@ def optimizer_from_json(values: dict[str, Any]) -> AdamConfig:
     if "beta1" in values:
         values["betas"] = (values.pop("beta1"), values.pop("beta2"))
     values["betas"] = tuple(values["betas"])
+    if "schedule" in values:
+        values["schedule"] = Schedule(**values["schedule"])
+    groups = []
+    for group in values.get("param_groups", ()):
+        if group.get("betas") is not None:
+            group["betas"] = tuple(group["betas"])
+        groups.append(ParamGroup(**group))
+    values["param_groups"] = tuple(groups)
     return AdamConfig(**values)
 
 

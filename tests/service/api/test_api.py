@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from adamhub_service.app import create_app
 from adamhub_service.config import Settings
-from adamhub_service.optim import AdamConfig, adam_step, init_state
+from adamhub_service.optim import AdamConfig, ParamGroup, Schedule, adam_step, init_state
 from adamhub_service.testing import LOOPBACK
 
 BINARY = "application/octet-stream"
@@ -67,7 +67,11 @@ def test_create_with_params_fills_defaults(client: TestClient) -> None:
     assert body["optimizer"] == {
         "lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
         "decoupled_weight_decay": False, "amsgrad": False, "maximize": False,
+        "schedule": {"kind": "constant", "warmup_steps": 0, "total_steps": 0,
+                     "final_lr_ratio": 0.0},
+        "max_grad_norm": None,
     }  # fmt: skip
+    assert body["param_groups"] is None
     assert client.get(f"/v1/sessions/{body['id']}").json() == body
     assert params_of(client, body["id"]).tolist() == [0.5, -1.0, 2.0]
 
@@ -644,3 +648,60 @@ def test_rollback_over_http_and_what_it_refuses(
     assert client.patch(f"/v1/sessions/{sid}", json={"history_steps": None}).status_code == 422
     missing = client.post(f"/v1/sessions/s_{'0' * 32}/rollback", json={"t": 0})
     assert missing.status_code == 404
+
+
+# -- param groups, schedules, clipping --------------------------------------------------
+
+
+def test_param_groups_schedule_and_clipping_over_http(client: TestClient) -> None:
+    optimizer = {
+        "lr": 0.1,
+        "weight_decay": 0.01,
+        "decoupled_weight_decay": True,
+        "schedule": {"kind": "warmup_linear", "warmup_steps": 2, "total_steps": 10,
+                     "final_lr_ratio": 0.1},
+        "max_grad_norm": 0.5,
+    }  # fmt: skip
+    groups = [{"size": 3}, {"size": 2, "lr": 0.01, "weight_decay": 0.0}]
+    session = create(client, params=[1.0, 2.0, 3.0, 4.0, 5.0], optimizer=optimizer,
+                     param_groups=groups)  # fmt: skip
+    assert session["param_groups"] == groups
+    assert session["optimizer"]["schedule"]["kind"] == "warmup_linear"
+    sid = session["id"]
+    config = AdamConfig(
+        lr=0.1, weight_decay=0.01, decoupled_weight_decay=True,
+        schedule=Schedule("warmup_linear", 2, 10, 0.1), max_grad_norm=0.5,
+        param_groups=(ParamGroup(3), ParamGroup(2, lr=0.01, weight_decay=0.0)),
+    )  # fmt: skip
+    expected = init_state(np.arange(1.0, 6.0, dtype=np.float32), config)
+    for n in range(4):
+        grad = np.full(5, n + 1.0, np.float32)
+        step = client.post(f"/v1/sessions/{sid}/step", content=grad.tobytes(),
+                           headers={"Content-Type": BINARY, "Accept": BINARY})  # fmt: skip
+        expected = adam_step(expected, grad, config)
+        assert step.content == expected.params.tobytes()
+    patched = client.patch(f"/v1/sessions/{sid}", json={
+        "param_groups": [{}, {"lr": 0.5}], "optimizer": {"max_grad_norm": None}})  # fmt: skip
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["param_groups"][1] == {"size": 2, "lr": 0.5, "weight_decay": 0.0}
+    assert patched.json()["optimizer"]["max_grad_norm"] is None
+    config = config.evolve(
+        max_grad_norm=None, param_groups=(ParamGroup(3), ParamGroup(2, lr=0.5, weight_decay=0.0))
+    )
+    grad = np.full(5, 2.0, np.float32)
+    step = client.post(f"/v1/sessions/{sid}/step", content=grad.tobytes(),
+                       headers={"Content-Type": BINARY, "Accept": BINARY})  # fmt: skip
+    assert step.content == adam_step(expected, grad, config).params.tobytes()
+    for body in (
+        {"size": 5, "param_groups": [{"size": 2}, {"size": 2}]},
+        {"size": 5, "param_groups": []},
+        {"size": 5, "param_groups": [{"size": 5, "amsgrad": True}]},
+        {"size": 5, "optimizer": {"schedule": {"kind": "warmup_cosine", "warmup_steps": 5,
+                                               "total_steps": 5}}},
+        {"size": 5, "optimizer": {"max_grad_norm": 0}},
+    ):  # fmt: skip
+        refused = client.post("/v1/sessions", json=body)
+        assert refused.status_code == 422, body
+    wrong = client.patch(f"/v1/sessions/{sid}", json={"param_groups": [{}]})
+    assert wrong.status_code == 422
+    assert wrong.json()["type"].endswith("/validation-error")
