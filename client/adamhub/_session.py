@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -107,6 +110,14 @@ class SessionBase:
             body["optimizer"] = optimizer
         return RequestSpec("PATCH", self._path, json=body)
 
+    def _checkpoint_spec(self) -> RequestSpec:
+        return RequestSpec("GET", f"{self._path}/checkpoint")
+
+    def _fork_spec(self, name: str | None) -> RequestSpec:
+        # Repeated only when surely not sent: a second fork would be a second session.
+        body = {} if name is None else {"name": name}
+        return RequestSpec("POST", f"{self._path}/fork", json=body, retry="unsent")
+
     def _rollback_spec(self, t: int) -> RequestSpec:
         # Safe to repeat: a second rollback to the same step finds the session there.
         return RequestSpec("POST", f"{self._path}/rollback", json={"t": t})
@@ -170,6 +181,20 @@ class Session(SessionBase):
         """Read the session's fields again."""
         self._apply(self._client.request(RequestSpec("GET", self._path)).json())
 
+    def checkpoint(self) -> bytes:
+        """The session's state at its current step as a safetensors file (θ, m, v, the
+        settings): ``client.import_session`` goes on from it bit for bit."""
+        return self._client.request(self._checkpoint_spec()).content
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``checkpoint()`` to ``path``."""
+        Path(path).write_bytes(self.checkpoint())
+
+    def fork(self, *, name: str | None = None) -> Session:
+        """A new session with this one's state and settings (and ``name``)."""
+        resource = self._client.request(self._fork_spec(name)).json()
+        return Session(self._client, resource, gradient_dtype=self.gradient_dtype)
+
     def delete(self) -> None:
         """Delete the session and all its state."""
         self._client.request(RequestSpec("DELETE", self._path))
@@ -218,6 +243,20 @@ class AsyncSession(SessionBase):
     async def refresh(self) -> None:
         """Read the session's fields again."""
         self._apply((await self._client.request(RequestSpec("GET", self._path))).json())
+
+    async def checkpoint(self) -> bytes:
+        """The session's state as a safetensors file (see ``Session.checkpoint``)."""
+        return (await self._client.request(self._checkpoint_spec())).content
+
+    async def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``checkpoint()`` to ``path``."""
+        data = await self.checkpoint()
+        await asyncio.to_thread(Path(path).write_bytes, data)
+
+    async def fork(self, *, name: str | None = None) -> AsyncSession:
+        """A new session with this one's state and settings (and ``name``)."""
+        resource = (await self._client.request(self._fork_spec(name))).json()
+        return AsyncSession(self._client, resource, gradient_dtype=self.gradient_dtype)
 
     async def delete(self) -> None:
         """Delete the session and all its state."""

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from adamhub_service import __version__
-from adamhub_service.api import keys, operations, params, sessions, steps
+from adamhub_service.api import checkpoints, keys, operations, params, sessions, steps
 from adamhub_service.api.budget import InflightBudget
 from adamhub_service.api.deps import Services
 from adamhub_service.api.middleware import FrontDoor
@@ -94,7 +94,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(FrontDoor, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_problem_handlers(app)
-    for router in (sessions.router, params.router, steps.router, keys.router, operations.router):
+    for router in (
+        sessions.router,
+        params.router,
+        steps.router,
+        checkpoints.router,
+        keys.router,
+        operations.router,
+    ):
         app.include_router(router)
     operations.install_docs(app)
 

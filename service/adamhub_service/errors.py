@@ -152,6 +152,13 @@ class ValidationFailed(Unprocessable):
     title = "Validation error"
 
 
+class InvalidCheckpoint(Unprocessable):
+    """An imported file that is not an adamhub checkpoint (or not a consistent one)."""
+
+    slug = "invalid-checkpoint"
+    title = "Invalid checkpoint"
+
+
 class IdempotencyKeyReused(Unprocessable):
     """An Idempotency-Key already used with a different gradient."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -210,3 +211,20 @@ def test_a_key_is_not_made_twice_when_the_outcome_is_unknown() -> None:
     with pytest.raises(adamhub.ServiceUnavailableError):
         client.keys.create(tenant="acme")
     assert len(seen) == 1
+
+
+def test_checkpoint_save_import_and_fork(client: adamhub.Client, tmp_path: Path) -> None:
+    with client:
+        session = client.create_session(size=5, optimizer={"lr": 0.1}, name="first")
+        rng = np.random.default_rng(3)
+        for _ in range(3):
+            session.step(rng.normal(size=5).astype(np.float32))
+        session.save(tmp_path / "run.safetensors")
+        from_file = client.import_session(tmp_path / "run.safetensors", name="from-file")
+        from_bytes = client.import_session(session.checkpoint())
+        fork = session.fork(name="fork")
+        assert (from_file.t, from_bytes.t, fork.t) == (3, 3, 3)
+        assert from_file.name == "from-file" and fork.name == "fork"
+        grad = rng.normal(size=5).astype(np.float32)
+        results = {s.step(grad).tobytes() for s in (session, from_file, from_bytes, fork)}
+        assert len(results) == 1

@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from adamhub_service.api.negotiation import BINARY, JSON, PROBLEM_JSON
 from adamhub_service.api.schemas import (
+    ForkIn,
     KeyCreate,
     ParamsIn,
     Problem,
@@ -31,6 +32,7 @@ BODY_MODELS: tuple[type[BaseModel], ...] = (
     SessionCreate,
     SessionPatch,
     RollbackIn,
+    ForkIn,
     ParamsIn,
     StepIn,
     KeyCreate,

@@ -401,6 +401,14 @@ class SessionPatch(BaseModel):
     ] = None
 
 
+class ForkIn(BaseModel):
+    """Body of ``POST /v1/sessions/{id}/fork`` (optional)."""
+
+    model_config = _STRICT
+
+    name: Name | None = Field(default=None, description="Default: the original's name.")
+
+
 class RollbackIn(BaseModel):
     """Body of ``POST /v1/sessions/{id}/rollback``."""
 

@@ -24,7 +24,7 @@ from adamhub_service.api.schemas import (
     render,
 )
 from adamhub_service.sessions.records import SESSION_ID_PATTERN
-from adamhub_service.sessions.service import SessionChanges
+from adamhub_service.sessions.service import Created, SessionChanges
 from adamhub_service.steps.idempotency import checked_key
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
@@ -78,6 +78,11 @@ async def create_session(
             idempotency_key=idempotency_key,
             request_digest=hashlib.blake2b(body, digest_size=16).hexdigest(),
         )
+    return created_response(created)
+
+
+def created_response(created: Created) -> Response:
+    """201 with the new session, its Location, and whether a retry found it made."""
     headers = {"Location": f"/v1/sessions/{created.record.id}"}
     if created.replayed:
         headers[REPLAYED_HEADER] = "true"

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from adamhub_service import errors
-from adamhub_service.optim import AdamConfig, FloatArray, init_state
+from adamhub_service.optim import AdamConfig, AdamState, FloatArray, init_state
+from adamhub_service.sessions import checkpoints
+from adamhub_service.sessions.checkpoints import Checkpoint
 from adamhub_service.sessions.records import (
     SessionRecord,
     is_session_id,
@@ -37,7 +39,8 @@ class NormalInitSpec:
 
 @dataclass(frozen=True, slots=True)
 class NewSession:
-    """A request for a session: initial ``params``, or a ``size`` (zeros, or ``init``)."""
+    """A request for a session: initial ``params``, or a ``size`` (zeros, or ``init``),
+    or a whole ``state`` to go on from (an imported checkpoint, a fork)."""
 
     dtype: str
     optimizer: AdamConfig
@@ -47,6 +50,7 @@ class NewSession:
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     history_steps: int = 0
+    state: AdamState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +153,11 @@ class SessionService:
         key is refused.
         """
         principal.require("sessions.create")
-        size = spec.size if spec.params is None else int(spec.params.size)
-        assert size is not None, "a NewSession has params or a size"
+        if spec.state is not None:
+            size: int | None = spec.state.size
+        else:
+            size = spec.size if spec.params is None else int(spec.params.size)
+        assert size is not None, "a NewSession has params, a size or a state"
         max_size = self._limits.max_size
         if size > max_size:
             raise errors.ValidationFailed(
@@ -179,7 +186,7 @@ class SessionService:
             dtype=spec.dtype,
             chunk_elements=self._chunk_elements,
             optimizer=spec.optimizer,
-            t=0,
+            t=0 if spec.state is None else spec.state.step,
             rev=1,
             head=new_write_id(),
             created_at=now,
@@ -189,9 +196,13 @@ class SessionService:
             tenant=principal.tenant,
             history_steps=spec.history_steps,
         )
-        params = (
-            spec.params if spec.params is not None else initial_params(size, spec.dtype, spec.init)
-        )
+        if spec.state is not None:
+            state = spec.state
+        else:
+            params = spec.params
+            if params is None:
+                params = initial_params(size, spec.dtype, spec.init)
+            state = init_state(params, spec.optimizer)
         refusal = await self._store.reserve(
             record,
             max_sessions=self._limits.tenant_max_sessions,
@@ -211,7 +222,7 @@ class SessionService:
                 current=refusal.current,
             )
         try:
-            status = await self._store.create(record, init_state(params, spec.optimizer))
+            status = await self._store.create(record, state)
         except errors.StoreUnavailable:
             await self._store.release(record)  # surely not created
             raise
@@ -319,6 +330,55 @@ class SessionService:
             return new.evolve(rev=outcome.rev) if outcome.status is WriteStatus.COMMITTED else None
 
         return await self._store.until_committed(attempt)
+
+    async def checkpoint(
+        self, session_id: str, principal: Principal
+    ) -> tuple[SessionRecord, bytes]:
+        """The session's state at its current step as a checkpoint file."""
+        await self.get(session_id, principal, "params.read", fresh=False)
+        current = await self._store.state(session_id)
+        record = current.record
+        file = checkpoints.encode(Checkpoint(current.state, record.optimizer, record.dtype))
+        return record, file
+
+    async def import_checkpoint(
+        self,
+        data: bytes,
+        principal: Principal,
+        *,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        request_digest: str = "",
+    ) -> Created:
+        """A new session of the caller's tenant that goes on from a checkpoint file."""
+        principal.require("sessions.create")
+        checkpoint = checkpoints.decode(data, max_size=self._limits.max_size)
+        spec = NewSession(
+            dtype=checkpoint.dtype,
+            optimizer=checkpoint.config,
+            state=checkpoint.state,
+            name=name,
+        )
+        return await self.create(
+            spec, principal, idempotency_key=idempotency_key, request_digest=request_digest
+        )
+
+    async def fork(
+        self, session_id: str, principal: Principal, *, name: str | None = None
+    ) -> Created:
+        """A new session with this one's state, settings and metadata (and ``name``)."""
+        await self.get(session_id, principal, "params.read", fresh=False)
+        current = await self._store.state(session_id)
+        record = current.record
+        spec = NewSession(
+            dtype=record.dtype,
+            optimizer=record.optimizer,
+            state=current.state,
+            name=record.name if name is None else name,
+            metadata=record.metadata,
+            history_steps=record.history_steps,
+        )
+        return await self.create(spec, principal)
 
     async def delete(self, session_id: str, principal: Principal) -> None:
         """Delete the session and all its state."""

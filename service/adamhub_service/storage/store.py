@@ -281,7 +281,8 @@ class RedisStore:
         return text(recorded)
 
     async def create(self, record: SessionRecord, state: AdamState) -> WriteStatus:
-        """Store a new session, its state as the snapshot of step 0: COMMITTED or ID_TAKEN."""
+        """Store a new session, its state as the snapshot of step ``record.t``: COMMITTED
+        or ID_TAKEN."""
         outcome = await self._commit_snapshot(
             record, expected_rev=None, state=state, changes=record_to_hash(record)
         )

@@ -205,6 +205,18 @@ class SessionStore:
 
         return await self.until_committed(attempt)
 
+    async def state(self, session_id: str) -> CachedSession:
+        """The current state, verified against the store (one step's, never a mix)."""
+
+        async def attempt() -> CachedSession | None:
+            record = await self.record(session_id)
+            entry = self._cache.get(session_id)
+            if entry is not None and entry.record.rev == record.rev:
+                return entry
+            return await self._rebuild(session_id)
+
+        return await self.until_committed(attempt)
+
     async def read_idempotency(self, session_id: str, key: str) -> IdempotencyRecord | None:
         """What ``key`` produced on this session, if it is recorded."""
         return await self._store.read_idempotency(session_id, key)

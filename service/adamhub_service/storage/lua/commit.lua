@@ -7,7 +7,8 @@
 --          for a change of the record alone
 -- ARGV[3 ..] field, value pairs to set on the meta hash
 --
--- A new snapshot replaces every snapshot and log entry: the session is at step 0.
+-- A new snapshot replaces every snapshot and log entry: it is the state at the
+-- session's t (0 for a new session or a reset; an imported checkpoint's t).
 -- Replies {1, new rev} committed; {3} the rev is not the expected one; {4} no such
 -- session; {5} a new session's id is taken; {6} a new chunk has expired.
 local meta = KEYS[1]
@@ -42,7 +43,8 @@ if ARGV[2] ~= '' then
     end
     redis.call('DEL', log, snaps)
   end
-  redis.call('HSET', snaps, '0', ARGV[2])
-  redis.call('HSET', meta, 'snap', snapshot_parts(ARGV[2]), 'snap_t', 0, 'log_bytes', 0)
+  local t = redis.call('HGET', meta, 't')
+  redis.call('HSET', snaps, t, ARGV[2])
+  redis.call('HSET', meta, 'snap', snapshot_parts(ARGV[2]), 'snap_t', t, 'log_bytes', 0)
 end
 return {COMMITTED, redis.call('HINCRBY', meta, 'rev', 1)}
