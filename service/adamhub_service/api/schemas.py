@@ -41,6 +41,7 @@ from adamhub_service.optim import (
 )
 from adamhub_service.sessions.records import SESSION_ID_PATTERN, SessionRecord
 from adamhub_service.sessions.service import NewSession, NormalInitSpec
+from adamhub_service.steps.service import StepSettings
 from adamhub_service.tenancy.principal import TENANT_PATTERN, Action
 from adamhub_service.tenancy.records import ApiKey
 
@@ -399,6 +400,28 @@ class SessionPatch(BaseModel):
         list[GroupPatch] | SkipJsonSchema[None],
         Field(max_length=MAX_PARAM_GROUPS, description="One entry per group, in order."),
     ] = None
+
+
+class StepSettingsIn(BaseModel):
+    """The ``Adamhub-Optimizer`` header of a step: settings from this step on."""
+
+    model_config = _STRICT
+
+    optimizer: OptimizerPatch | None = None
+    param_groups: Annotated[
+        list[GroupPatch] | SkipJsonSchema[None],
+        Field(max_length=MAX_PARAM_GROUPS, description="One entry per group, in order."),
+    ] = None
+
+    def settings(self) -> StepSettings:
+        """As the steps' domain takes them."""
+        groups = self.param_groups
+        return StepSettings(
+            optimizer=self.optimizer.changes() if self.optimizer else {},
+            param_groups=None
+            if groups is None
+            else [group.model_dump(exclude_none=True) for group in groups],
+        )
 
 
 class ForkIn(BaseModel):

@@ -7,8 +7,10 @@ those parameters by hand.
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from adamhub_service import errors
 from adamhub_service.api import negotiation, openapi
@@ -25,8 +27,10 @@ from adamhub_service.api.negotiation import (
     etag,
 )
 from adamhub_service.api.params import vector_request_budget
-from adamhub_service.api.schemas import WIRE_DTYPES, StepIn, StepOut, render
+from adamhub_service.api.problems import validation_problem
+from adamhub_service.api.schemas import WIRE_DTYPES, StepIn, StepOut, StepSettingsIn, render
 from adamhub_service.steps.idempotency import checked_key
+from adamhub_service.steps.service import SETTINGS_HEADER, StepSettings
 
 router = APIRouter(prefix="/v1", tags=["steps"])
 
@@ -50,6 +54,14 @@ _PARAMETERS = [
         "header",
         {"type": "string", "enum": list(WIRE_DTYPES)},
         openapi.DTYPE_PARAMETER_DESCRIPTION,
+    ),
+    openapi.parameter(
+        SETTINGS_HEADER.lower(),
+        "header",
+        {"type": "string"},
+        'JSON `{"optimizer": {…}, "param_groups": [{…}, …]}`, as in PATCH: '
+        "hyperparameters for this step and the ones after it, committed with it "
+        "(schedulers need no extra request).",
     ),
     openapi.parameter(
         "idempotency-key",
@@ -91,8 +103,11 @@ async def step(request: Request) -> Response:
     headers = request.headers
     dtype_header = headers.get(DTYPE_HEADER)
     idempotency_key = checked_key(headers.get("idempotency-key"))
+    step_settings = _step_settings(headers.get(SETTINGS_HEADER))
     settings = services.settings
     record = await services.sessions.get(session_id, caller, "steps.create", fresh=False)
+    if step_settings is not None:
+        step_settings.applied_to(record.optimizer)  # 422 before the body is read
     async with services.budget.hold(vector_request_budget(services, record, dtype_header)):
         received = await received_vector(
             request,
@@ -112,6 +127,7 @@ async def step(request: Request) -> Response:
             gradient,
             logged=received if narrower else None,
             idempotency_key=idempotency_key,
+            settings=step_settings,
         )
     answer_headers = {
         STEP_HEADER: str(result.record.t),
@@ -130,3 +146,21 @@ async def step(request: Request) -> Response:
         params=result.params if return_ == "params" else None,
     )
     return Response(render(body, exclude_none=True), media_type=JSON, headers=answer_headers)
+
+
+def _step_settings(header: str | None) -> StepSettings | None:
+    """The settings a step carries, or 422 naming the header."""
+    if header is None:
+        return None
+    try:
+        document = orjson.loads(header)
+        return StepSettingsIn.model_validate(document).settings()
+    except orjson.JSONDecodeError as exc:
+        raise errors.InvalidHeader(
+            f"{SETTINGS_HEADER} must be a JSON object: {exc}", header=SETTINGS_HEADER
+        ) from exc
+    except ValidationError as exc:
+        problem = validation_problem(exc.errors())
+        raise errors.InvalidHeader(
+            f"{SETTINGS_HEADER}: {problem.detail}", header=SETTINGS_HEADER
+        ) from exc

@@ -17,6 +17,7 @@ from adamhub_service.optim.adam import (
     Schedule,
     adam_step,
     init_state,
+    with_changes,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "Schedule",
     "adam_step",
     "init_state",
+    "with_changes",
 ]

@@ -182,6 +182,26 @@ class AdamConfig:
         return segments
 
 
+def with_changes(
+    config: AdamConfig, changes: dict[str, Any], group_changes: list[dict[str, Any]] | None
+) -> AdamConfig:
+    """``config`` with ``changes`` to its fields and, per param group in order,
+    ``group_changes`` (ValueError when they do not fit: another number of groups, or a
+    value out of range)."""
+    updates = dict(changes)
+    if group_changes is not None:
+        groups = config.param_groups
+        if len(group_changes) != len(groups):
+            raise ValueError(
+                f"param_groups has {len(group_changes)} entries; the session has "
+                f"{len(groups)} groups (their number and sizes are fixed at creation)"
+            )
+        updates["param_groups"] = tuple(
+            replace(group, **change) for group, change in zip(groups, group_changes, strict=True)
+        )
+    return config.evolve(**updates)
+
+
 def vars_of(config: AdamConfig) -> dict[str, Any]:
     """The bounded hyperparameters of a config, by name."""
     return {name: getattr(config, name) for name in ("lr", "betas", "eps", "weight_decay")}

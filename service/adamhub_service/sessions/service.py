@@ -6,14 +6,13 @@ Every change is a compare-and-set on the session's ``rev`` through the
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from adamhub_service import errors
-from adamhub_service.optim import AdamConfig, AdamState, FloatArray, init_state
+from adamhub_service.optim import AdamConfig, AdamState, FloatArray, init_state, with_changes
 from adamhub_service.sessions import checkpoints
 from adamhub_service.sessions.checkpoints import Checkpoint
 from adamhub_service.sessions.records import (
@@ -84,23 +83,12 @@ class SessionChanges:
 
 def changed_optimizer(config: AdamConfig, changes: SessionChanges) -> AdamConfig:
     """The optimizer config with a PATCH's changes (422 when they do not fit it)."""
-    updates = dict(changes.optimizer)
-    if changes.param_groups is not None:
-        groups = config.param_groups
-        if len(changes.param_groups) != len(groups):
-            raise errors.ValidationFailed(
-                f"param_groups has {len(changes.param_groups)} entries; the session has "
-                f"{len(groups)} groups (their number and sizes are fixed at creation)",
-                errors=[{"loc": ["param_groups"], "msg": f"{len(groups)} entries expected"}],
-            )
-        updates["param_groups"] = tuple(
-            dataclasses.replace(group, **change)
-            for group, change in zip(groups, changes.param_groups, strict=True)
-        )
     try:
-        return config.evolve(**updates)
-    except ValueError as exc:  # a bound of optim; the API checks most of them first
-        raise errors.ValidationFailed(str(exc)) from exc
+        return with_changes(config, changes.optimizer, changes.param_groups)
+    except ValueError as exc:  # the API checks most of them first
+        raise errors.ValidationFailed(
+            str(exc), errors=[{"loc": ["body"], "msg": str(exc)}]
+        ) from exc
 
 
 def initial_params(size: int, dtype: str, init: NormalInitSpec | None) -> FloatArray:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from adamhub_service import errors, optim
 from adamhub_service.observability.metrics import Metrics
-from adamhub_service.optim import AdamConfig, AdamState, FloatArray
+from adamhub_service.optim import AdamConfig, AdamState, FloatArray, with_changes
 from adamhub_service.sessions.records import SessionRecord, new_write_id, utc_now
 from adamhub_service.steps.idempotency import gradient_digest
 from adamhub_service.storage.cache import CachedSession
@@ -28,6 +29,8 @@ from adamhub_service.storage.versions import SessionStore
 # Above this many elements the arithmetic runs in a worker thread (the kernel releases
 # the GIL), so that one large session does not stall every other request of the process.
 THREAD_THRESHOLD = 1 << 16
+# The request header of a step's settings (documented with the route).
+SETTINGS_HEADER = "Adamhub-Optimizer"
 # At most this many steps, and this many gradient bytes, go in one commit.
 MAX_GROUP_STEPS = 64
 MAX_GROUP_BYTES = 64 << 20
@@ -43,6 +46,24 @@ class StepResult:
     replayed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class StepSettings:
+    """Hyperparameters a step carries for itself and the steps after it: changes to
+    the optimizer's fields, and per param group in order."""
+
+    optimizer: dict[str, Any]
+    param_groups: list[dict[str, Any]] | None = None
+
+    def applied_to(self, config: AdamConfig) -> AdamConfig:
+        """``config`` with these changes; 422 when they do not fit it."""
+        try:
+            return with_changes(config, self.optimizer, self.param_groups)
+        except ValueError as exc:
+            raise errors.ValidationFailed(
+                str(exc), errors=[{"loc": ["header", SETTINGS_HEADER], "msg": str(exc)}]
+            ) from exc
+
+
 @dataclass(slots=True)
 class _Queued:
     """A step waiting for its group: the gradient in the session dtype, the same
@@ -52,6 +73,7 @@ class _Queued:
     logged: FloatArray
     idempotency_key: str | None
     digest: str
+    settings: StepSettings | None
     answer: asyncio.Future[StepResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -80,14 +102,18 @@ class StepService:
         *,
         logged: FloatArray | None = None,
         idempotency_key: str | None = None,
+        settings: StepSettings | None = None,
     ) -> StepResult:
         """Apply ``gradient`` (already validated: the session's size, dtype, finite).
 
         ``logged`` is the gradient as it arrived, when that is narrower than the session
         dtype (it converts to ``gradient`` exactly); the log keeps it instead.
+        ``settings`` change the hyperparameters from this step on, in the same commit.
         """
         digest = gradient_digest(gradient) if idempotency_key is not None else ""
-        queued = _Queued(gradient, gradient if logged is None else logged, idempotency_key, digest)
+        queued = _Queued(
+            gradient, gradient if logged is None else logged, idempotency_key, digest, settings
+        )
         self._queues.setdefault(session_id, deque()).append(queued)
         if session_id not in self._drains:
             self._drains[session_id] = asyncio.create_task(self._drain(session_id))
@@ -139,10 +165,18 @@ class StepService:
         current = await self._store.load(session_id)
         record = current.record
         state, config = current.state, current.config
+        optimizer = record.optimizer
         applied: list[tuple[_Queued, LoggedStep, AdamState]] = []
         for queued in group:
             try:
-                new_state = await _compute(state, queued.gradient, record.optimizer)
+                step_optimizer = (
+                    optimizer if queued.settings is None else queued.settings.applied_to(optimizer)
+                )
+            except errors.ValidationFailed as exc:
+                queued.answer.set_exception(exc)
+                continue
+            try:
+                new_state = await _compute(state, queued.gradient, step_optimizer)
             except errors.NonFiniteUpdate as exc:
                 # A retry of a step that was applied can no longer be applied: answer it.
                 recorded = None
@@ -159,14 +193,20 @@ class StepService:
                 new_write_id(),
                 queued.logged.dtype.name,
                 queued.logged.nbytes,
-                None if record.optimizer == config else record.optimizer,
+                None if step_optimizer == config else step_optimizer,
             )
-            config, state = record.optimizer, new_state
+            config = optimizer = step_optimizer
+            state = new_state
             step = LoggedStep(entry, queued.logged, self._claim(queued, state))
             applied.append((queued, step, state))
         if not applied:
             return True
-        new = record.evolve(t=state.step, head=applied[-1][1].entry.write_id, updated_at=utc_now())
+        new = record.evolve(
+            t=state.step,
+            head=applied[-1][1].entry.write_id,
+            updated_at=utc_now(),
+            optimizer=optimizer,
+        )
         outcome = await self._store.append(
             current,
             new,

@@ -357,7 +357,7 @@ class RedisStore:
             sum(step.entry.nbytes for step in steps),
             *(step.entry.encode() for step in steps),
             *(step.idempotency.record.encode() if step.idempotency else "" for step in steps),
-            *_pairs(record_changes(t=new.t, head=new.head, updated_at=new.updated_at)),
+            *_pairs(record_changes(**_step_changes(current, new))),
         ]
         reply = await self._write_then_run(
             self._append, [meta, idempotency_index_key(current.id), *idem_keys], chunks, args
@@ -486,6 +486,15 @@ class RedisStore:
         with contextlib.suppress(RedisError, OSError, StoreUnavailable):
             for first in range(0, len(keys), 1000):  # if not, they expire on their own
                 await self._redis.unlink(*keys[first : first + 1000])
+
+
+def _step_changes(current: SessionRecord, new: SessionRecord) -> dict[str, Any]:
+    """The record fields a group of steps changes: t, head, the time, and the optimizer
+    when a step carried new settings."""
+    changes: dict[str, Any] = {"t": new.t, "head": new.head, "updated_at": new.updated_at}
+    if new.optimizer != current.optimizer:
+        changes["optimizer"] = new.optimizer
+    return changes
 
 
 def _pairs(changes: MetaFields) -> list[Any]:

@@ -705,3 +705,39 @@ def test_param_groups_schedule_and_clipping_over_http(client: TestClient) -> Non
     wrong = client.patch(f"/v1/sessions/{sid}", json={"param_groups": [{}]})
     assert wrong.status_code == 422
     assert wrong.json()["type"].endswith("/validation-error")
+
+
+def test_a_step_carries_settings_for_itself_and_the_steps_after(
+    client: TestClient, redis_url: str
+) -> None:
+    session = create(client, params=[1.0, 2.0, 3.0, 4.0], param_groups=[{"size": 2}, {"size": 2}])
+    sid = session["id"]
+    config = AdamConfig(param_groups=(ParamGroup(2), ParamGroup(2)))
+    expected = init_state(np.arange(1.0, 5.0, dtype=np.float32), config)
+    headers = {"Content-Type": BINARY, "Accept": BINARY}
+    for n in range(4):
+        grad = np.full(4, n + 0.5, np.float32)
+        carried = {}
+        if n == 1:
+            carried = {"Adamhub-Optimizer": '{"optimizer": {"lr": 0.05}}'}
+            config = config.evolve(lr=0.05)
+        if n == 3:
+            carried = {"Adamhub-Optimizer": '{"param_groups": [{"lr": 0.2}, {}]}'}
+            config = config.evolve(param_groups=(ParamGroup(2, lr=0.2), ParamGroup(2)))
+        answer = client.post(f"/v1/sessions/{sid}/step", content=grad.tobytes(),
+                             headers=headers | carried)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        expected = adam_step(expected, grad, config)
+        assert answer.content == expected.params.tobytes()
+    stored = client.get(f"/v1/sessions/{sid}").json()
+    assert stored["optimizer"]["lr"] == 0.05
+    assert stored["param_groups"] == [{"size": 2, "lr": 0.2}, {"size": 2}]
+    # A process that never held the state rebuilds it from the log, settings included.
+    with TestClient(create_app(Settings(redis_url=redis_url)), client=LOOPBACK) as other:
+        rebuilt = other.get(f"/v1/sessions/{sid}/params", headers={"Accept": BINARY})
+        assert rebuilt.content == expected.params.tobytes()
+    for bad in ("not json", '{"optimizer": {"lr": -1}}', '{"param_groups": [{}]}', "[]"):
+        refused = client.post(f"/v1/sessions/{sid}/step", content=grad.tobytes(),
+                              headers=headers | {"Adamhub-Optimizer": bad})  # fmt: skip
+        assert refused.status_code == 422, bad
+    assert client.get(f"/v1/sessions/{sid}").json()["t"] == 4
