@@ -34,6 +34,7 @@ def _create_specs(
     name: str | None,
     metadata: dict[str, Any] | None,
     history_steps: int | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
 ) -> tuple[RequestSpec, bytes | None]:
     """The create request, and the raw parameters to PUT after it (for large ones)."""
     if (params is None) == (size is None):
@@ -49,6 +50,8 @@ def _create_specs(
         body["metadata"] = metadata
     if history_steps is not None:
         body["history_steps"] = history_steps
+    if param_groups is not None:
+        body["param_groups"] = param_groups
     raw = None
     if params is not None:
         vector = np.asarray(params, dtype=dtype).reshape(-1)
@@ -136,11 +139,13 @@ class Client(BaseClient):
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
         history_steps: int | None = None,
+        param_groups: list[dict[str, Any]] | None = None,
     ) -> Session:
         """Create a session from initial ``params``, or of ``size`` (zeros, or ``init``);
-        it keeps what rolling back to any of its last ``history_steps`` steps needs."""
+        it keeps what rolling back to any of its last ``history_steps`` steps needs.
+        ``param_groups`` (``[{"size": n, "lr": …}, …]``) split it as torch's do."""
         spec, raw = _create_specs(
-            params, size, init, dtype, optimizer, name, metadata, history_steps
+            params, size, init, dtype, optimizer, name, metadata, history_steps, param_groups
         )
         resource = self.request(spec).json()
         if raw is not None:
@@ -240,10 +245,11 @@ class AsyncClient(BaseClient):
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
         history_steps: int | None = None,
+        param_groups: list[dict[str, Any]] | None = None,
     ) -> AsyncSession:
         """Create a session (see ``Client.create_session``)."""
         spec, raw = _create_specs(
-            params, size, init, dtype, optimizer, name, metadata, history_steps
+            params, size, init, dtype, optimizer, name, metadata, history_steps, param_groups
         )
         resource = (await self.request(spec)).json()
         if raw is not None:

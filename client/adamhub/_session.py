@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from pathlib import Path
@@ -34,6 +35,8 @@ class AsyncRequester(Protocol):
 
 BINARY = "application/octet-stream"
 WIRE_DTYPES = ("float16", "float32", "float64")
+FLOAT16_MAX = 65504.0
+SETTINGS_HEADER = "Adamhub-Optimizer"
 
 
 class SessionBase:
@@ -54,6 +57,7 @@ class SessionBase:
         self.name: str | None = resource.get("name")
         self.metadata: dict[str, Any] = resource.get("metadata") or {}
         self.history_steps: int = resource.get("history_steps", 0)
+        self.param_groups: list[dict[str, Any]] | None = resource.get("param_groups")
         self.optimizer = AdamConfig.from_dict(resource["optimizer"])
         self.created_at: str | None = resource.get("created_at")
         self.updated_at: str | None = resource.get("updated_at")
@@ -65,20 +69,31 @@ class SessionBase:
     def _path(self) -> str:
         return f"/v1/sessions/{self.id}"
 
-    def _step_spec(self, gradient: npt.ArrayLike, idempotency_key: str | None) -> RequestSpec:
+    def _step_spec(
+        self,
+        gradient: npt.ArrayLike,
+        idempotency_key: str | None,
+        settings: dict[str, Any] | None = None,
+    ) -> RequestSpec:
         wire = self.gradient_dtype or self.dtype
         vector = flat_vector(gradient, self.size, "the gradient")
+        if wire == "float16" and vector.size and np.abs(vector).max() > FLOAT16_MAX:
+            # It would not survive the narrowing: the exact values go instead.
+            wire = self.dtype
+        headers = {
+            "Content-Type": BINARY,
+            "Accept": BINARY,
+            "Adamhub-Dtype": wire,
+            # Made once, before any retry: a step whose answer was lost is applied once.
+            "Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4().hex}",
+        }
+        if settings:
+            headers[SETTINGS_HEADER] = json.dumps(settings)
         return RequestSpec(
             "POST",
             f"{self._path}/step",
             content=vector.astype(np.dtype(wire).newbyteorder("<"), copy=False).tobytes(),
-            headers={
-                "Content-Type": BINARY,
-                "Accept": BINARY,
-                "Adamhub-Dtype": wire,
-                # Made once, before any retry: a step whose answer was lost is applied once.
-                "Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4().hex}",
-            },
+            headers=headers,
         )
 
     def _step_result(self, response: httpx.Response) -> npt.NDArray[np.floating]:
@@ -140,14 +155,21 @@ class Session(SessionBase):
         self._client = client
 
     def step(
-        self, gradient: npt.ArrayLike, *, idempotency_key: str | None = None
+        self,
+        gradient: npt.ArrayLike,
+        *,
+        idempotency_key: str | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> npt.NDArray[np.floating]:
         """Apply one gradient (any shape, ``size`` elements); return the new parameters.
 
-        Sent as raw bytes in the session dtype (or ``gradient_dtype``), with an
-        Idempotency-Key, so that retries after lost answers apply it exactly once.
+        Sent as raw bytes in the session dtype (or ``gradient_dtype``; as the session
+        dtype when a value is beyond float16), with an Idempotency-Key, so that retries
+        after lost answers apply it exactly once. ``settings`` (``{"optimizer": {…},
+        "param_groups": [{…}, …]}``, as ``update`` takes them) change the
+        hyperparameters from this step on, in the same request.
         """
-        response = self._client.request(self._step_spec(gradient, idempotency_key))
+        response = self._client.request(self._step_spec(gradient, idempotency_key, settings))
         return self._step_result(response)
 
     def params(self) -> npt.NDArray[np.floating]:
@@ -164,11 +186,14 @@ class Session(SessionBase):
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
         history_steps: int | None = None,
+        param_groups: list[dict[str, Any]] | None = None,
         **optimizer: Any,
     ) -> None:
-        """Change optimizer settings (``lr=…``, ``betas=…``, …), ``name``, ``metadata``
-        or ``history_steps``."""
-        extra = _given(name=name, metadata=metadata, history_steps=history_steps)
+        """Change optimizer settings (``lr=…``, ``betas=…``, …), ``name``, ``metadata``,
+        ``history_steps``, or the param groups' settings (one dict per group, in order)."""
+        extra = _given(
+            name=name, metadata=metadata, history_steps=history_steps, param_groups=param_groups
+        )
         self._apply(self._client.request(self._update_spec(optimizer, extra)).json())
 
     def rollback(self, t: int) -> None:
@@ -210,11 +235,15 @@ class AsyncSession(SessionBase):
         self._client = client
 
     async def step(
-        self, gradient: npt.ArrayLike, *, idempotency_key: str | None = None
+        self,
+        gradient: npt.ArrayLike,
+        *,
+        idempotency_key: str | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> npt.NDArray[np.floating]:
         """Apply one gradient; return the new parameters (see ``Session.step``)."""
-        response = await self._client.request(self._step_spec(gradient, idempotency_key))
-        return self._step_result(response)
+        spec = self._step_spec(gradient, idempotency_key, settings)
+        return self._step_result(await self._client.request(spec))
 
     async def params(self) -> npt.NDArray[np.floating]:
         """The current parameters (``t`` is updated too)."""
@@ -230,10 +259,13 @@ class AsyncSession(SessionBase):
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
         history_steps: int | None = None,
+        param_groups: list[dict[str, Any]] | None = None,
         **optimizer: Any,
     ) -> None:
-        """Change optimizer settings, ``name``, ``metadata`` or ``history_steps``."""
-        extra = _given(name=name, metadata=metadata, history_steps=history_steps)
+        """Change settings (see ``Session.update``)."""
+        extra = _given(
+            name=name, metadata=metadata, history_steps=history_steps, param_groups=param_groups
+        )
         self._apply((await self._client.request(self._update_spec(optimizer, extra))).json())
 
     async def rollback(self, t: int) -> None:

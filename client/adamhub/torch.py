@@ -1,6 +1,7 @@
-"""``RemoteAdam``: a ``torch.optim.Optimizer`` whose state lives in an adamhub session.
+"""``RemoteAdam`` and ``RemoteAdamW``: torch optimizers whose state lives in an adamhub
+session. Porting a training script means changing the optimizer's constructor::
 
-    opt = RemoteAdam(model.parameters(), client=client, lr=1e-3)
+    opt = RemoteAdamW(model.parameters(), lr=1e-3)   # was torch.optim.AdamW(...)
     for batch in data:
         opt.zero_grad()
         loss(model, batch).backward()
@@ -11,106 +12,163 @@ Needs ``adamhub[torch]``.
 
 from __future__ import annotations
 
+import json
+import struct
+import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import safetensors.numpy
 import torch
 
 from adamhub._client import Client
-from adamhub._config import AdamConfig
+from adamhub._errors import UnprocessableEntityError
 from adamhub._session import Session
 
-_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
-_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+# The hyperparameters of a torch param group that a session's param group holds.
+_GROUP_FIELDS = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
+# Model dtypes and the session dtype that keeps their master weights.
+_SESSION_DTYPES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.float16: "float32",
+    torch.bfloat16: "float32",
+}
+_CHECKPOINT_FORMAT = "adamhub-checkpoint/1"
 
 
 class RemoteAdam(torch.optim.Optimizer):
-    """Adam (or AdamW) computed by an adamhub service, as a drop-in torch optimizer.
+    """``torch.optim.Adam`` computed by an adamhub service: the same arguments, the same
+    results (to float rounding), the state in a session that outlives the process.
 
-    Without ``session``, a new session is created from the current parameters. With
-    ``session`` (an id or a ``Session``), the optimizer attaches to it and the model's
-    parameters are overwritten with the session's. Every ``step()`` sends all gradients
-    as one vector (with an Idempotency-Key, so retries are applied once) and writes the
-    returned parameters back in place. Changing ``param_groups[0]["lr"]`` (as learning
-    rate schedulers do) changes the session's settings before the next step.
+    Every param group becomes a param group of one session; each ``step()`` is one
+    request carrying every gradient, and any hyperparameters changed since the last step
+    (as schedulers do). Parameters in float16 or bfloat16 train on float32 master weights
+    kept by the session; the model receives them rounded. Parameters that do not require
+    gradients are left out, as torch leaves them untouched.
 
-    All parameters form one session: one param group, one dtype (float32 or float64).
+    ``client`` defaults to ``adamhub.Client()`` (``$ADAMHUB_BASE_URL``,
+    ``$ADAMHUB_API_KEY``). ``session`` (an id or a ``Session``) attaches to an existing
+    session, whose parameters are copied into the model. ``on_nonfinite``: ``"raise"``
+    (a gradient with NaN or infinity raises ``FloatingPointError``) or ``"skip"`` (the
+    step is skipped, as ``GradScaler`` does, and counted in ``skipped_steps``).
+    ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are accepted and
+    ignored: the service decides how to compute.
     """
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        *,
-        client: Client,
-        session: Session | str | None = None,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-        decoupled_weight_decay: bool = False,
         amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        client: Client | None = None,
+        session: Session | str | None = None,
         name: str | None = None,
+        on_nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
         defaults = {
             "lr": lr,
             "betas": betas,
             "eps": eps,
             "weight_decay": weight_decay,
-            "decoupled_weight_decay": decoupled_weight_decay,
             "amsgrad": amsgrad,
             "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
         }
         super().__init__(params, defaults)
-        if len(self.param_groups) != 1:
-            raise ValueError("RemoteAdam keeps one session: pass a single param group")
-        tensors = self._tensors()
-        dtypes = {p.dtype for p in tensors}
-        if len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPES:
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', not {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.skipped_steps = 0
+        self._client = client if client is not None else Client()
+        if len({bool(group["amsgrad"]) for group in self.param_groups}) != 1:
+            raise ValueError("amsgrad is per session: give every param group the same")
+        self._size = sum(p.numel() for p in self._trainable())
+        if self._size == 0:
+            raise ValueError("RemoteAdam got no parameters that require gradients")
+        kinds = {p.dtype for p in self._trainable()}
+        dtypes = {_SESSION_DTYPES[kind] for kind in kinds if kind in _SESSION_DTYPES}
+        if len(dtypes) != 1 or not kinds <= _SESSION_DTYPES.keys():
             raise TypeError(
-                f"RemoteAdam needs parameters of one dtype, float32 or float64; got {dtypes}"
+                f"RemoteAdam needs float32, float16 and bfloat16 parameters, or float64 ones "
+                f"alone; got {sorted(str(kind) for kind in kinds)}"
             )
-        self._dtype = _DTYPES[next(iter(dtypes))]
-        self._size = sum(p.numel() for p in tensors)
+        self._dtype = dtypes.pop()
         if session is None:
-            self.session = client.create_session(
-                self._flat(p.detach() for p in tensors),
+            base = self.param_groups[0]
+            self.session = self._client.create_session(
+                self._flat(p.detach() for p in self._trainable()),
                 dtype=self._dtype,
-                optimizer=AdamConfig(
-                    **{k: self.param_groups[0][k] for k in (*_HYPERPARAMETERS, "amsgrad")}
-                ),
+                optimizer={**_fields(base), "amsgrad": bool(base["amsgrad"])},
+                param_groups=self._session_groups(),
                 name=name,
             )
         else:
-            self.session = client.session(session) if isinstance(session, str) else session
+            self.session = self._client.session(session) if isinstance(session, str) else session
             if self.session.size != self._size:
                 raise ValueError(
                     f"the session has {self.session.size} parameters; the model has {self._size}"
                 )
-            self._write_back(self.session.params())
-        self._sent = self._hyperparameters()
+            self.pull()
+        self._sent = self._settings()
 
-    def _tensors(self) -> list[torch.Tensor]:
-        return list(self.param_groups[0]["params"])
+    # -- what the session sees ------------------------------------------------------
 
-    def _hyperparameters(self) -> dict[str, Any]:
-        group = self.param_groups[0]
-        return {
-            key: tuple(group[key]) if key == "betas" else group[key] for key in _HYPERPARAMETERS
-        }
+    def _groups(self) -> list[list[torch.Tensor]]:
+        return [[p for p in group["params"] if p.requires_grad] for group in self.param_groups]
+
+    def _trainable(self) -> list[torch.Tensor]:
+        return [p for params in self._groups() for p in params]
+
+    def _session_groups(self) -> list[dict[str, Any]]:
+        """One session group per torch group that has trainable parameters."""
+        return [
+            {"size": sum(p.numel() for p in params), **_fields(group)}
+            for group, params in zip(self.param_groups, self._groups(), strict=True)
+            if params
+        ]
+
+    def _settings(self) -> list[dict[str, Any]]:
+        return [
+            _fields(group)
+            for group, params in zip(self.param_groups, self._groups(), strict=True)
+            if params
+        ]
 
     def _flat(self, tensors: Iterable[torch.Tensor]) -> np.ndarray:
-        return torch.cat([t.reshape(-1).to("cpu") for t in tensors]).numpy()
+        dtype = torch.float64 if self._dtype == "float64" else torch.float32
+        return torch.cat([t.reshape(-1).to("cpu", dtype) for t in tensors]).numpy()
 
     @torch.no_grad()
     def _write_back(self, flat: np.ndarray) -> None:
-        values = torch.from_numpy(flat)
+        values = torch.from_numpy(np.ascontiguousarray(flat))
         offset = 0
-        for param in self._tensors():
+        for param in self._trainable():
             count = param.numel()
-            param.copy_(values[offset : offset + count].view_as(param))
+            param.copy_(values[offset : offset + count].view_as(param))  # rounds to its dtype
             offset += count
+
+    def pull(self) -> None:
+        """Copy the session's newest parameters into the model (another worker's steps
+        included)."""
+        self._write_back(self.session.params())
+
+    # -- stepping -------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -119,23 +177,155 @@ class RemoteAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        gradients = []
-        for index, param in enumerate(self._tensors()):
-            if param.grad is None:
-                raise RuntimeError(
-                    f"parameter {index} has no gradient: RemoteAdam steps every parameter "
-                    "of its session (call backward() first, or leave frozen parameters out)"
-                )
-            if param.grad.is_sparse:
-                raise RuntimeError(
-                    "RemoteAdam does not support sparse gradients, "
-                    "please consider SparseAdam instead"
-                )
-            gradients.append(param.grad)
-        current = self._hyperparameters()
+        params = self._trainable()
+        missing = [i for i, p in enumerate(params) if p.grad is None]
+        if len(missing) == len(params):
+            return loss  # torch steps nothing either
+        if missing:
+            raise RuntimeError(
+                f"parameters {missing} have no gradient at this step: torch would skip only "
+                "them, but a session steps its parameters together. Freeze them "
+                "(requires_grad=False) before making the optimizer, or give them a gradient"
+            )
+        if any(p.grad is not None and p.grad.is_sparse for p in params):
+            raise RuntimeError(
+                "RemoteAdam does not support sparse gradients, please consider SparseAdam instead"
+            )
+        gradient = self._flat(p.grad for p in params if p.grad is not None)
+        current = self._settings()
+        settings = None
         if current != self._sent:
-            changed = {k: v for k, v in current.items() if self._sent.get(k) != v}
-            self.session.update(**changed)
-            self._sent = current
-        self._write_back(self.session.step(self._flat(gradients)))
+            changed = [
+                {k: v for k, v in now.items() if sent.get(k) != v}
+                for now, sent in zip(current, self._sent, strict=True)
+            ]
+            settings = {"param_groups": changed}
+        try:
+            new = self.session.step(gradient, settings=settings)
+        except UnprocessableEntityError as exc:
+            if exc.type is None or not exc.type.endswith("/non-finite-value"):
+                raise
+            if self.on_nonfinite == "skip":
+                self.skipped_steps += 1
+                return loss
+            raise FloatingPointError(
+                f"a gradient is not finite ({exc.problem.get('detail')}); nothing was "
+                "applied. on_nonfinite='skip' skips such steps"
+            ) from exc
+        self._sent = current
+        self._write_back(new)
         return loss
+
+    # -- state dicts ----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim.Adam``'s format (``state[i]``: ``step``, ``exp_avg``,
+        ``exp_avg_sq``, and ``max_exp_avg_sq`` with AMSGrad; ``param_groups``), read
+        from the session, plus ``adamhub``: the session id and t."""
+        file = self.session.checkpoint()
+        tensors = safetensors.numpy.load(file)
+        t = int(_metadata(file)["t"])
+        offset = 0
+        for param in self._trainable():
+            count = param.numel()
+            part = slice(offset, offset + count)
+            state = {
+                "step": torch.tensor(float(t)),
+                **{
+                    name: torch.from_numpy(tensor[part].copy()).view_as(param)
+                    for name, tensor in tensors.items()
+                    if name != "params"
+                },
+            }
+            self.state[param] = state
+            offset += count
+        document = super().state_dict()
+        document["adamhub"] = {"session": self.session.id, "t": t}
+        return document
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of ``state_dict()``, or of ``torch.optim.Adam``/``AdamW``;
+        training then goes on exactly from that state. When the session has moved on
+        from it (or it came from elsewhere), a new session is made from it, with a
+        warning; the model's parameters are taken as they are now (load the model's own
+        state dict first, as with torch)."""
+        mark = state_dict.get("adamhub")
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "adamhub"})
+        self.session.refresh()
+        if mark is not None and mark["session"] == self.session.id:
+            if mark["t"] == self.session.t:
+                self._sent = self._settings()
+                self.session.update(param_groups=self._settings())
+                return
+            warnings.warn(
+                f"session {self.session.id} has moved on to t={self.session.t} since this "
+                f"state (t={mark['t']}); going on from the state in a new session",
+                stacklevel=2,
+            )
+        self.session = self._client.import_session(self._checkpoint_of_state())
+        self._sent = self._settings()
+
+    def _checkpoint_of_state(self) -> bytes:
+        """A checkpoint file of the loaded state and the model's current parameters."""
+        params = self._trainable()
+        steps = set()
+        names = ["exp_avg", "exp_avg_sq"]
+        if self.param_groups[0]["amsgrad"]:
+            names.append("max_exp_avg_sq")
+        vectors: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        for param in params:
+            state = self.state.get(param, {})
+            steps.add(int(state["step"]) if "step" in state else 0)
+            for name in names:
+                vectors[name].append(state.get(name, torch.zeros_like(param)))
+        if len(steps) != 1:
+            raise ValueError(
+                f"the state has parameters at steps {sorted(steps)}; a session has one t"
+            )
+        tensors = {"params": self._flat(p.detach() for p in params)}
+        for name in names:
+            tensors[name] = self._flat(vectors[name])
+        base = self.param_groups[0]
+        metadata: dict[str, str] = {
+            "format": _CHECKPOINT_FORMAT,
+            "t": str(steps.pop()),
+            "dtype": self._dtype,
+            "optimizer": json.dumps({**_fields(base), "amsgrad": bool(base["amsgrad"])}),
+            "param_groups": json.dumps(self._session_groups()),
+        }
+        return safetensors.numpy.save(tensors, metadata=metadata)
+
+
+class RemoteAdamW(RemoteAdam):
+    """``torch.optim.AdamW`` computed by an adamhub service (see ``RemoteAdam``)."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        **options: Any,
+    ) -> None:
+        options.setdefault("decoupled_weight_decay", True)
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **options)
+
+
+def _fields(group: dict[str, Any]) -> dict[str, Any]:
+    """A torch param group's hyperparameters as a session's group takes them."""
+    values = {name: group.get(name, False) for name in _GROUP_FIELDS}
+    values["lr"] = float(values["lr"])  # a scheduler may leave a tensor or an int
+    values["betas"] = [float(b) for b in values["betas"]]
+    values["eps"] = float(values["eps"])
+    values["weight_decay"] = float(values["weight_decay"])
+    values["decoupled_weight_decay"] = bool(values["decoupled_weight_decay"])
+    values["maximize"] = bool(values["maximize"])
+    return values
+
+
+def _metadata(file: bytes) -> dict[str, str]:
+    (length,) = struct.unpack("<Q", file[:8])
+    metadata: dict[str, str] = json.loads(file[8 : 8 + length])["__metadata__"]
+    return metadata
