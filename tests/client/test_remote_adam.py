@@ -15,7 +15,7 @@ import torch
 from adamhub.torch import RemoteAdam
 
 
-def mlp(seed: int) -> torch.nn.Module:
+def mlp(seed: int) -> torch.nn.Sequential:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
 
@@ -102,7 +102,9 @@ def test_missing_and_sparse_gradients_are_refused(service_url: str) -> None:
     with adamhub.Client(service_url) as client:
         optimizer = RemoteAdam(model.parameters(), client=client)
         optimizer.step()  # no gradient at all: torch steps nothing, and so does this
-        model[0].weight.grad = torch.zeros_like(model[0].weight)
+        first = model[0]
+        assert isinstance(first, torch.nn.Linear)
+        first.weight.grad = torch.zeros_like(first.weight)
         with pytest.raises(RuntimeError, match="have no gradient"):
             optimizer.step()
         embedding = torch.nn.Embedding(10, 3, sparse=True)

@@ -84,3 +84,18 @@ def test_demo_trains_and_exits_0() -> None:
     progress = re.findall(r"^\s+(\d+)%\s+steps\s+(\d+)\s+loss ([\d.]+)$", out, re.MULTILINE)
     assert [int(percent) for percent, _, _ in progress] == list(range(0, 101, 10)), out
     assert float(progress[-1][2]) < float(progress[0][2]) / 2
+
+
+def test_resume_from_checkpoint_example(service_url: str) -> None:
+    out = run(sys.executable, str(EXAMPLES / "resume_from_checkpoint.py"), "--base-url",
+              service_url)  # fmt: skip
+    assert "resumed session" in out and "at t=50" in out
+    assert "the resumed run matches: True" in out, out
+
+
+def test_torch_move_run_example(service_url: str) -> None:
+    pytest.importorskip("torch", reason="the PyTorch example needs torch")
+    out = run(sys.executable, str(EXAMPLES / "torch_move_run.py"), "--base-url", service_url)
+    worst = float(re.findall(r"never moved: ([\d.e+-]+)", out)[0])
+    assert worst <= 1e-5, out
+    assert "t=60" in out
