@@ -31,7 +31,7 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: range
         x = torch.randn(64, 4, generator=generator)
         optimizer.zero_grad()
         loss = torch.nn.functional.mse_loss(model(x), (x**2).sum(dim=1, keepdim=True))
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
         optimizer.step()
     return float(loss.detach())
 
