@@ -24,7 +24,9 @@ def allow_table(document: dict[str, Any]) -> list[tuple[re.Pattern[str], str]]:
     """Each documented path as a pattern, with every method it takes (the framework
     would name only those of the first route that matches a path)."""
     table = []
-    for template, item in document.get("paths", {}).items():
+    # Literal paths first: /v1/sessions/import before /v1/sessions/{session_id}.
+    paths = sorted(document.get("paths", {}).items(), key=lambda path: path[0].count("{"))
+    for template, item in paths:
         methods = {method.upper() for method in item if method != "parameters"}
         if "GET" in methods:
             methods.add("HEAD")

@@ -124,10 +124,23 @@ class ScheduleSettings(BaseModel):
         return cls.model_construct(**dataclasses.asdict(schedule))
 
 
-class GroupSettings(BaseModel):
-    """A param group: the next ``size`` parameters, and the settings it overrides."""
+class _GroupFields(BaseModel):
+    """A group's fields may be left out, but not given as null (the schema says so)."""
 
     model_config = _STRICT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            nulls = sorted(key for key, value in values.items() if value is None)
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)} may be left out but not null")
+        return values
+
+
+class GroupSettings(_GroupFields):
+    """A param group: the next ``size`` parameters, and the settings it overrides."""
 
     size: PositiveWhole
     lr: Lr | SkipJsonSchema[None] = None
@@ -147,10 +160,8 @@ class GroupSettings(BaseModel):
         return {"size": group.size, **group.overrides()}
 
 
-class GroupPatch(BaseModel):
+class GroupPatch(_GroupFields):
     """Changes to one param group (its size cannot change)."""
-
-    model_config = _STRICT
 
     lr: Lr | SkipJsonSchema[None] = None
     betas: Betas | SkipJsonSchema[None] = None
@@ -348,7 +359,9 @@ class SessionCreate(BaseModel):
     def _no_nulls(cls, values: Any) -> Any:
         if isinstance(values, dict):
             nulls = sorted(
-                k for k in ("params", "size", "init") if k in values and values[k] is None
+                k
+                for k in ("params", "size", "init", "param_groups")
+                if k in values and values[k] is None
             )
             if nulls:
                 raise ValueError(f"{', '.join(nulls)} may be left out but not null")
@@ -396,10 +409,13 @@ class SessionPatch(BaseModel):
     name: Name | None = None
     metadata: Metadata | None = None
     history_steps: HistorySteps = 0
-    param_groups: Annotated[
-        list[GroupPatch] | SkipJsonSchema[None],
-        Field(max_length=MAX_PARAM_GROUPS, description="One entry per group, in order."),
-    ] = None
+    param_groups: (
+        Annotated[
+            list[GroupPatch],
+            Field(max_length=MAX_PARAM_GROUPS, description="One entry per group, in order."),
+        ]
+        | None
+    ) = None
 
 
 class StepSettingsIn(BaseModel):
@@ -408,10 +424,13 @@ class StepSettingsIn(BaseModel):
     model_config = _STRICT
 
     optimizer: OptimizerPatch | None = None
-    param_groups: Annotated[
-        list[GroupPatch] | SkipJsonSchema[None],
-        Field(max_length=MAX_PARAM_GROUPS, description="One entry per group, in order."),
-    ] = None
+    param_groups: (
+        Annotated[
+            list[GroupPatch],
+            Field(max_length=MAX_PARAM_GROUPS, description="One entry per group, in order."),
+        ]
+        | None
+    ) = None
 
     def settings(self) -> StepSettings:
         """As the steps' domain takes them."""
