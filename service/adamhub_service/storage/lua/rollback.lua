@@ -36,15 +36,17 @@ for _, step in ipairs(snapshot_steps) do
     base = step
   end
 end
-local log_bytes = 0
-for _, step in ipairs(sorted_steps(log)) do
+-- The log is contiguous from the oldest snapshot to t: walk only the steps concerned.
+for step = k + 1, t do
   local entry = redis.call('HGET', log, tostring(step))
-  if step > k then
+  if entry then
     unlink_chunks(prefix, entry_write_id(entry), 'g', count)
     redis.call('HDEL', log, tostring(step))
-  elseif step > base then
-    log_bytes = log_bytes + entry_bytes(entry)
   end
+end
+local log_bytes = 0
+for step = base + 1, k do
+  log_bytes = log_bytes + entry_bytes(redis.call('HGET', log, tostring(step)))
 end
 local base_id = snapshot_parts(redis.call('HGET', snaps, tostring(base)))
 redis.call('HSET', meta, 't', k, 'snap', base_id, 'snap_t', base, 'log_bytes', log_bytes)

@@ -45,7 +45,10 @@ for _, step in ipairs(snapshot_steps) do
   end
 end
 if base then
+  -- The log is contiguous from the oldest snapshot kept to t: retire it up to base,
+  -- entry by entry (a few per snapshot), never by listing a long history.
   local count = chunk_count(meta)
+  local oldest = snapshot_steps[1]
   for _, step in ipairs(snapshot_steps) do
     if step < base then
       local old_id, vectors = snapshot_parts(redis.call('HGET', snaps, tostring(step)))
@@ -53,9 +56,10 @@ if base then
       redis.call('HDEL', snaps, tostring(step))
     end
   end
-  for _, step in ipairs(sorted_steps(log)) do
-    if step <= base then
-      unlink_chunks(prefix, entry_write_id(redis.call('HGET', log, tostring(step))), 'g', count)
+  for step = oldest + 1, base do
+    local entry = redis.call('HGET', log, tostring(step))
+    if entry then
+      unlink_chunks(prefix, entry_write_id(entry), 'g', count)
       redis.call('HDEL', log, tostring(step))
     end
   end
