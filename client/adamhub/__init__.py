@@ -26,6 +26,7 @@ from adamhub._errors import (
     PermissionDeniedError,
     RateLimitError,
     ServiceUnavailableError,
+    StaleGradientError,
     UnprocessableEntityError,
     UnsupportedMediaTypeError,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "RateLimitError",
     "ServiceUnavailableError",
     "Session",
+    "StaleGradientError",
     "UnprocessableEntityError",
     "UnsupportedMediaTypeError",
     "__version__",

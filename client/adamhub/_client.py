@@ -35,6 +35,7 @@ def _create_specs(
     metadata: dict[str, Any] | None,
     history_steps: int | None = None,
     param_groups: list[dict[str, Any]] | None = None,
+    max_staleness: int | None = None,
 ) -> tuple[RequestSpec, bytes | None]:
     """The create request, and the raw parameters to PUT after it (for large ones)."""
     if (params is None) == (size is None):
@@ -52,6 +53,8 @@ def _create_specs(
         body["history_steps"] = history_steps
     if param_groups is not None:
         body["param_groups"] = param_groups
+    if max_staleness is not None:
+        body["max_staleness"] = max_staleness
     raw = None
     if params is not None:
         vector = np.asarray(params, dtype=dtype).reshape(-1)
@@ -140,12 +143,24 @@ class Client(BaseClient):
         metadata: dict[str, Any] | None = None,
         history_steps: int | None = None,
         param_groups: list[dict[str, Any]] | None = None,
+        max_staleness: int | None = None,
     ) -> Session:
         """Create a session from initial ``params``, or of ``size`` (zeros, or ``init``);
         it keeps what rolling back to any of its last ``history_steps`` steps needs.
-        ``param_groups`` (``[{"size": n, "lr": …}, …]``) split it as torch's do."""
+        ``param_groups`` (``[{"size": n, "lr": …}, …]``) split it as torch's do; with
+        ``max_staleness``, a gradient computed more than that many steps behind is refused
+        (``StaleGradientError``)."""
         spec, raw = _create_specs(
-            params, size, init, dtype, optimizer, name, metadata, history_steps, param_groups
+            params,
+            size,
+            init,
+            dtype,
+            optimizer,
+            name,
+            metadata,
+            history_steps,
+            param_groups,
+            max_staleness,
         )
         resource = self.request(spec).json()
         if raw is not None:
@@ -246,10 +261,20 @@ class AsyncClient(BaseClient):
         metadata: dict[str, Any] | None = None,
         history_steps: int | None = None,
         param_groups: list[dict[str, Any]] | None = None,
+        max_staleness: int | None = None,
     ) -> AsyncSession:
         """Create a session (see ``Client.create_session``)."""
         spec, raw = _create_specs(
-            params, size, init, dtype, optimizer, name, metadata, history_steps, param_groups
+            params,
+            size,
+            init,
+            dtype,
+            optimizer,
+            name,
+            metadata,
+            history_steps,
+            param_groups,
+            max_staleness,
         )
         resource = (await self.request(spec)).json()
         if raw is not None:

@@ -21,6 +21,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "ServiceUnavailableError",
+    "StaleGradientError",
     "UnprocessableEntityError",
     "UnsupportedMediaTypeError",
 ]
@@ -94,6 +95,14 @@ class HistoryUnavailableError(ConflictError):
     ``problem["oldest_t"]`` is the oldest it keeps."""
 
 
+class StaleGradientError(ConflictError):
+    """409 ``stale-gradient``: the gradient was computed at parameters the session is past
+    by more than its ``max_staleness`` (or never had). ``params`` holds the newest
+    parameters, fetched for the next gradient; ``problem["t"]`` is the session's t."""
+
+    params: Any = None
+
+
 class PayloadTooLargeError(APIStatusError):
     """413: the body is over the service's limit."""
 
@@ -132,7 +141,10 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 # Problems with an exception of their own, by the last part of their type URI.
-_BY_SLUG: dict[str, type[APIStatusError]] = {"history-unavailable": HistoryUnavailableError}
+_BY_SLUG: dict[str, type[APIStatusError]] = {
+    "history-unavailable": HistoryUnavailableError,
+    "stale-gradient": StaleGradientError,
+}
 
 
 def status_error(response: httpx.Response) -> APIStatusError:

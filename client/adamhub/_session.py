@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from adamhub._base_client import RequestSpec
 from adamhub._config import AdamConfig
+from adamhub._errors import StaleGradientError
 
 
 class Requester(Protocol):
@@ -37,6 +38,7 @@ BINARY = "application/octet-stream"
 WIRE_DTYPES = ("float16", "float32", "float64")
 FLOAT16_MAX = 65504.0
 SETTINGS_HEADER = "Adamhub-Optimizer"
+BASE_STEP_HEADER = "Adamhub-Base-Step"
 
 
 class SessionBase:
@@ -58,6 +60,7 @@ class SessionBase:
         self.metadata: dict[str, Any] = resource.get("metadata") or {}
         self.history_steps: int = resource.get("history_steps", 0)
         self.param_groups: list[dict[str, Any]] | None = resource.get("param_groups")
+        self.max_staleness: int | None = resource.get("max_staleness")
         self.optimizer = AdamConfig.from_dict(resource["optimizer"])
         self.created_at: str | None = resource.get("created_at")
         self.updated_at: str | None = resource.get("updated_at")
@@ -86,6 +89,8 @@ class SessionBase:
             "Adamhub-Dtype": wire,
             # Made once, before any retry: a step whose answer was lost is applied once.
             "Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4().hex}",
+            # The parameters this gradient was computed at, for a staleness bound.
+            BASE_STEP_HEADER: str(self.t),
         }
         if settings:
             headers[SETTINGS_HEADER] = json.dumps(settings)
@@ -169,7 +174,12 @@ class Session(SessionBase):
         "param_groups": [{…}, …]}``, as ``update`` takes them) change the
         hyperparameters from this step on, in the same request.
         """
-        response = self._client.request(self._step_spec(gradient, idempotency_key, settings))
+        spec = self._step_spec(gradient, idempotency_key, settings)
+        try:
+            response = self._client.request(spec)
+        except StaleGradientError as exc:
+            exc.params = self.params()  # the newest, for the next gradient
+            raise
         return self._step_result(response)
 
     def params(self) -> npt.NDArray[np.floating]:
@@ -243,7 +253,12 @@ class AsyncSession(SessionBase):
     ) -> npt.NDArray[np.floating]:
         """Apply one gradient; return the new parameters (see ``Session.step``)."""
         spec = self._step_spec(gradient, idempotency_key, settings)
-        return self._step_result(await self._client.request(spec))
+        try:
+            response = await self._client.request(spec)
+        except StaleGradientError as exc:
+            exc.params = await self.params()  # the newest, for the next gradient
+            raise
+        return self._step_result(response)
 
     async def params(self) -> npt.NDArray[np.floating]:
         """The current parameters (``t`` is updated too)."""

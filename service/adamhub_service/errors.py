@@ -80,6 +80,13 @@ class HistoryUnavailable(AdamhubError):
     title = "That step is not kept"
 
 
+class StaleGradient(AdamhubError):
+    """A gradient computed at parameters this session is past (or never had)."""
+
+    slug = "stale-gradient"
+    title = "Stale gradient"
+
+
 class PayloadTooLarge(AdamhubError):
     """The body is over the configured limit."""
 

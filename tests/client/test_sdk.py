@@ -228,3 +228,25 @@ def test_checkpoint_save_import_and_fork(client: adamhub.Client, tmp_path: Path)
         grad = rng.normal(size=5).astype(np.float32)
         results = {s.step(grad).tobytes() for s in (session, from_file, from_bytes, fork)}
         assert len(results) == 1
+
+
+def test_a_gradient_beyond_max_staleness_is_refused_with_the_newest_params(
+    client: adamhub.Client,
+) -> None:
+    with client:
+        fast = client.create_session(size=3, max_staleness=1)
+        assert fast.max_staleness == 1
+        slow = client.session(fast.id)  # a second worker, at t = 0
+        fast.step(np.ones(3, np.float32))
+        slow.step(np.ones(3, np.float32))  # one step behind: accepted
+        for _ in range(2):
+            fast.step(np.ones(3, np.float32))
+        assert slow.t == 2 and fast.t == 4
+        with pytest.raises(adamhub.StaleGradientError) as caught:
+            slow.step(np.ones(3, np.float32))  # computed at t=2, two steps behind t=4
+        assert isinstance(caught.value, adamhub.ConflictError)
+        assert caught.value.problem["t"] == 4
+        assert np.array_equal(caught.value.params, fast.params())
+        assert slow.t == 4  # fetched: the next gradient is fresh
+        slow.step(np.ones(3, np.float32))
+        assert slow.t == 5

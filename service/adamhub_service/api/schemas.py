@@ -64,6 +64,13 @@ def _whole(value: Any) -> Any:
 PositiveWhole = Annotated[int, Strict(), Field(ge=1), BeforeValidator(_whole)]
 NonNegativeWhole = Annotated[int, Strict(), Field(ge=0), BeforeValidator(_whole)]
 MAX_HISTORY_STEPS = 1_000_000
+MaxStaleness = Annotated[
+    NonNegativeWhole,
+    Field(
+        description="Refuse a gradient whose Adamhub-Base-Step is more than this many steps "
+        "behind t (409 stale-gradient); null: no bound.",
+    ),
+]
 HistorySteps = Annotated[
     int,
     Strict(),
@@ -352,6 +359,7 @@ class SessionCreate(BaseModel):
     name: Name | None = None
     metadata: Metadata = Field(default_factory=dict)
     history_steps: HistorySteps = 0
+    max_staleness: MaxStaleness | None = None
     param_groups: ParamGroups | SkipJsonSchema[None] = None
 
     @model_validator(mode="before")
@@ -397,6 +405,7 @@ class SessionCreate(BaseModel):
             name=self.name,
             metadata=self.metadata,
             history_steps=self.history_steps,
+            max_staleness=self.max_staleness,
         )
 
 
@@ -409,6 +418,7 @@ class SessionPatch(BaseModel):
     name: Name | None = None
     metadata: Metadata | None = None
     history_steps: HistorySteps = 0
+    max_staleness: MaxStaleness | None = None
     param_groups: (
         Annotated[
             list[GroupPatch],
@@ -470,6 +480,7 @@ class SessionOut(BaseModel):
     optimizer: OptimizerSettings
     metadata: dict[str, Any]
     history_steps: int = Field(description="Steps kept for rollback (at least).")
+    max_staleness: int | None = Field(description="The staleness bound; null: none.")
     param_groups: list[dict[str, Any]] | None = Field(
         default=None, description="The param groups, when there are any."
     )
@@ -488,6 +499,7 @@ class SessionOut(BaseModel):
             optimizer=OptimizerSettings.of(record.optimizer),
             metadata=record.metadata,
             history_steps=record.history_steps,
+            max_staleness=record.max_staleness,
             param_groups=[GroupSettings.of(g) for g in record.optimizer.param_groups] or None,
             created_at=record.created_at,
             updated_at=record.updated_at,

@@ -154,6 +154,8 @@ async def patch_session(
         rename="name" in given,
         metadata=(patch.metadata or {}) if "metadata" in given else None,
         history_steps=patch.history_steps if "history_steps" in given else None,
+        max_staleness=patch.max_staleness,
+        set_max_staleness="max_staleness" in given,
         param_groups=None
         if patch.param_groups is None
         else [group.model_dump(exclude_none=True) for group in patch.param_groups],

@@ -34,6 +34,8 @@ from adamhub_service.steps.service import SETTINGS_HEADER, StepSettings
 
 router = APIRouter(prefix="/v1", tags=["steps"])
 
+BASE_STEP_HEADER = "Adamhub-Base-Step"
+
 RETURN_CHOICES = ("params", "none")
 _PARAMETERS = [
     openapi.SESSION_ID_PARAMETER,
@@ -62,6 +64,13 @@ _PARAMETERS = [
         'JSON `{"optimizer": {…}, "param_groups": [{…}, …]}`, as in PATCH: '
         "hyperparameters for this step and the ones after it, committed with it "
         "(schedulers need no extra request).",
+    ),
+    openapi.parameter(
+        BASE_STEP_HEADER.lower(),
+        "header",
+        {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        "The t of the parameters the gradient was computed at; refused with 409 "
+        "stale-gradient beyond the session's max_staleness, or when not reached.",
     ),
     openapi.parameter(
         "idempotency-key",
@@ -104,6 +113,7 @@ async def step(request: Request) -> Response:
     dtype_header = headers.get(DTYPE_HEADER)
     idempotency_key = checked_key(headers.get("idempotency-key"))
     step_settings = _step_settings(headers.get(SETTINGS_HEADER))
+    base_step = _base_step(headers.get(BASE_STEP_HEADER))
     settings = services.settings
     record = await services.sessions.get(session_id, caller, "steps.create", fresh=False)
     if step_settings is not None:
@@ -128,6 +138,7 @@ async def step(request: Request) -> Response:
             logged=received if narrower else None,
             idempotency_key=idempotency_key,
             settings=step_settings,
+            base_step=base_step,
         )
     answer_headers = {
         STEP_HEADER: str(result.record.t),
@@ -146,6 +157,19 @@ async def step(request: Request) -> Response:
         params=result.params if return_ == "params" else None,
     )
     return Response(render(body, exclude_none=True), media_type=JSON, headers=answer_headers)
+
+
+def _base_step(header: str | None) -> int | None:
+    """The Adamhub-Base-Step header as a step number, or 422 naming it."""
+    if header is None:
+        return None
+    value = header.strip()
+    if not value.isdigit() or len(value) > 18:
+        raise errors.InvalidHeader(
+            f"{BASE_STEP_HEADER} must be a step number (t ≥ 0), not {header!r}",
+            header=BASE_STEP_HEADER,
+        )
+    return int(value)
 
 
 def _step_settings(header: str | None) -> StepSettings | None:

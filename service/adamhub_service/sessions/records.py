@@ -50,7 +50,8 @@ class SessionRecord:
     changes) and is the fencing token of every write; ``head`` names the vectors' version
     (the ETag); ``t`` is Adam's step counter; ``chunk_elements`` is how the vectors are
     split in the store; ``tenant`` owns the session; the store keeps what returning to
-    any of the last ``history_steps`` steps needs.
+    any of the last ``history_steps`` steps needs; a gradient computed at parameters more
+    than ``max_staleness`` steps old is refused.
     """
 
     id: str
@@ -67,6 +68,7 @@ class SessionRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     tenant: str = DEFAULT_TENANT
     history_steps: int = 0
+    max_staleness: int | None = None
 
     def evolve(self, **changes: Any) -> SessionRecord:
         """A copy with some fields changed."""

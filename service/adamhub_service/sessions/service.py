@@ -49,6 +49,7 @@ class NewSession:
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     history_steps: int = 0
+    max_staleness: int | None = None
     state: AdamState | None = None
 
 
@@ -79,6 +80,8 @@ class SessionChanges:
     metadata: dict[str, Any] | None = None
     history_steps: int | None = None
     param_groups: list[dict[str, Any]] | None = None
+    max_staleness: int | None = None
+    set_max_staleness: bool = False
 
 
 def changed_optimizer(config: AdamConfig, changes: SessionChanges) -> AdamConfig:
@@ -183,6 +186,7 @@ class SessionService:
             metadata=spec.metadata,
             tenant=principal.tenant,
             history_steps=spec.history_steps,
+            max_staleness=spec.max_staleness,
         )
         if spec.state is not None:
             state = spec.state
@@ -270,6 +274,8 @@ class SessionService:
                 new = new.evolve(metadata=changes.metadata)
             if changes.history_steps is not None:
                 new = new.evolve(history_steps=changes.history_steps)
+            if changes.set_max_staleness:
+                new = new.evolve(max_staleness=changes.max_staleness)
             outcome = await self._store.commit_record(current, new)
             if outcome.status is WriteStatus.GONE:
                 raise errors.SessionNotFound(session_id)
@@ -365,6 +371,7 @@ class SessionService:
             name=record.name if name is None else name,
             metadata=record.metadata,
             history_steps=record.history_steps,
+            max_staleness=record.max_staleness,
         )
         return await self.create(spec, principal)
 

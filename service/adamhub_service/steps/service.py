@@ -74,6 +74,7 @@ class _Queued:
     idempotency_key: str | None
     digest: str
     settings: StepSettings | None
+    base_step: int | None
     answer: asyncio.Future[StepResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -103,16 +104,25 @@ class StepService:
         logged: FloatArray | None = None,
         idempotency_key: str | None = None,
         settings: StepSettings | None = None,
+        base_step: int | None = None,
     ) -> StepResult:
         """Apply ``gradient`` (already validated: the session's size, dtype, finite).
 
         ``logged`` is the gradient as it arrived, when that is narrower than the session
         dtype (it converts to ``gradient`` exactly); the log keeps it instead.
         ``settings`` change the hyperparameters from this step on, in the same commit.
+        ``base_step`` is the t of the parameters the gradient was computed at: one the
+        session is past by more than its ``max_staleness``, or has never reached, is
+        refused (409 ``stale-gradient``).
         """
         digest = gradient_digest(gradient) if idempotency_key is not None else ""
         queued = _Queued(
-            gradient, gradient if logged is None else logged, idempotency_key, digest, settings
+            gradient,
+            gradient if logged is None else logged,
+            idempotency_key,
+            digest,
+            settings,
+            base_step,
         )
         self._queues.setdefault(session_id, deque()).append(queued)
         if session_id not in self._drains:
@@ -168,6 +178,11 @@ class StepService:
         optimizer = record.optimizer
         applied: list[tuple[_Queued, LoggedStep, AdamState]] = []
         for queued in group:
+            stale = _staleness(queued.base_step, state.step, record.max_staleness)
+            if stale is not None:
+                # A retry of a step that was applied is stale by its own step: answer it.
+                await self._refuse_unless_applied(session_id, queued, stale)
+                continue
             try:
                 step_optimizer = (
                     optimizer if queued.settings is None else queued.settings.applied_to(optimizer)
@@ -179,15 +194,7 @@ class StepService:
                 new_state = await _compute(state, queued.gradient, step_optimizer)
             except errors.NonFiniteUpdate as exc:
                 # A retry of a step that was applied can no longer be applied: answer it.
-                recorded = None
-                if queued.idempotency_key is not None:
-                    recorded = await self._store.read_idempotency(
-                        session_id, queued.idempotency_key
-                    )
-                if recorded is None:
-                    queued.answer.set_exception(exc)
-                else:
-                    await self._answer_replay(session_id, queued, recorded)
+                await self._refuse_unless_applied(session_id, queued, exc)
                 continue
             entry = LogEntry(
                 new_write_id(),
@@ -229,6 +236,19 @@ class StepService:
         self._metrics.conflicts.inc()
         return None
 
+    async def _refuse_unless_applied(
+        self, session_id: str, queued: _Queued, refusal: errors.AdamhubError
+    ) -> None:
+        """Answer ``refusal``, unless the step's key is recorded: then it was applied
+        before (this is its retry), and the answer is its replay."""
+        recorded = None
+        if queued.idempotency_key is not None:
+            recorded = await self._store.read_idempotency(session_id, queued.idempotency_key)
+        if recorded is None:
+            queued.answer.set_exception(refusal)
+        else:
+            await self._answer_replay(session_id, queued, recorded)
+
     def _claim(self, queued: _Queued, state: AdamState) -> IdempotencyClaim | None:
         if queued.idempotency_key is None:
             return None
@@ -250,6 +270,28 @@ class StepService:
         assert params is not None, "params are read unless an ETag matched"
         self._metrics.steps.labels("replayed").inc()
         queued.answer.set_result(StepResult(current, params, recorded.applied_t, replayed=True))
+
+
+def _staleness(
+    base_step: int | None, t: int, max_staleness: int | None
+) -> errors.StaleGradient | None:
+    """Why a gradient computed at step ``base_step`` may not be applied at ``t``."""
+    if base_step is None:
+        return None
+    if base_step > t:
+        return errors.StaleGradient(
+            f"the gradient was computed at t={base_step}; the session is at t={t} (rolled "
+            "back or reset since?): fetch the parameters and compute it again",
+            t=t,
+        )
+    if max_staleness is not None and t - base_step > max_staleness:
+        return errors.StaleGradient(
+            f"the gradient was computed at t={base_step}, {t - base_step} steps behind "
+            f"t={t}; this session takes at most {max_staleness}: fetch the parameters "
+            "and compute it again",
+            t=t,
+        )
+    return None
 
 
 def _fail(group: list[_Queued], exc: BaseException) -> None:

@@ -17,7 +17,7 @@ PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "p", "m", "v", "x"
 _INT_FIELDS = ("size", "chunk_elements", "t", "rev", "history_steps")
 # Fields of the meta hash that describe the storage, not the session (lua/common.lua).
 _STORAGE_FIELDS = ("snap", "snap_t", "log_bytes")
-_JSON_FIELDS = ("optimizer", "metadata", "name")
+_JSON_FIELDS = ("optimizer", "metadata", "name", "max_staleness")
 _TEXT_FIELDS = ("id", "dtype", "head", "created_at", "updated_at", "tenant")
 
 MetaFields = dict[str, bytes | str | int]
@@ -83,7 +83,8 @@ def record_from_hash(raw: Mapping[Any, Any]) -> SessionRecord:
         if name in doc:  # records of 0.1.0 have no history_steps
             doc[name] = int(doc[name])
     for name in _JSON_FIELDS:
-        doc[name] = orjson.loads(doc[name])
+        if name in doc:  # records before max_staleness have none: no bound
+            doc[name] = orjson.loads(doc[name])
     for name in _TEXT_FIELDS:
         if name in doc:  # records of 0.1.0 have no tenant: theirs is the default
             doc[name] = text(doc[name])

@@ -302,7 +302,14 @@ class SessionStore:
         """Change the record's settings (not its vectors) if nothing moved."""
         changes = {
             name: getattr(new, name)
-            for name in ("optimizer", "name", "metadata", "history_steps", "updated_at")
+            for name in (
+                "optimizer",
+                "name",
+                "metadata",
+                "history_steps",
+                "max_staleness",
+                "updated_at",
+            )
             if getattr(new, name) != getattr(current, name)
         }
         outcome = await self._store.update_record(current, record_changes(**changes))

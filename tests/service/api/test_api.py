@@ -741,3 +741,29 @@ def test_a_step_carries_settings_for_itself_and_the_steps_after(
                               headers=headers | {"Adamhub-Optimizer": bad})  # fmt: skip
         assert refused.status_code == 422, bad
     assert client.get(f"/v1/sessions/{sid}").json()["t"] == 4
+
+
+def test_base_steps_are_checked_and_a_retry_of_an_applied_step_is_not_stale(
+    client: TestClient,
+) -> None:
+    sid = create(client, size=2, max_staleness=0)["id"]
+    body = {"gradient": [1.0, 1.0]}
+    first = client.post(f"/v1/sessions/{sid}/step", json=body,
+                        headers={"Adamhub-Base-Step": "0", "Idempotency-Key": "k0"})  # fmt: skip
+    assert first.status_code == 200
+    # The same request again (its answer lost): answered as applied, not as stale.
+    retry = client.post(f"/v1/sessions/{sid}/step", json=body,
+                        headers={"Adamhub-Base-Step": "0", "Idempotency-Key": "k0"})  # fmt: skip
+    assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
+    for base, status in (("0", 409), ("5", 409), ("x", 422), ("-1", 422), ("1", 200)):
+        answer = client.post(f"/v1/sessions/{sid}/step", json=body,
+                             headers={"Adamhub-Base-Step": base})  # fmt: skip
+        assert answer.status_code == status, (base, answer.text)
+        if status == 409:
+            assert answer.json()["type"].endswith("/stale-gradient")
+            assert answer.json()["t"] == 1
+    assert client.get(f"/v1/sessions/{sid}").json()["t"] == 2
+    patched = client.patch(f"/v1/sessions/{sid}", json={"max_staleness": None})
+    assert patched.status_code == 200 and patched.json()["max_staleness"] is None
+    old = client.post(f"/v1/sessions/{sid}/step", json=body, headers={"Adamhub-Base-Step": "0"})
+    assert old.status_code == 200
