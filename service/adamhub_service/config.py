@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     round_trip_bytes: int = Field(
         default=64 << 20, ge=1, description="Bytes of chunks written per store round trip."
     )
+    max_wait_seconds: float = Field(
+        default=300.0, ge=0, description="The longest a long-poll waits, whatever it asks."
+    )
 
 
 class ServerOptions(BaseSettings):

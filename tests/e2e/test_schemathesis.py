@@ -17,7 +17,12 @@ def test_schemathesis_finds_no_failure(store_url: str, tmp_path: Path) -> None:
     service = ServiceProcess(
         "--redis-url",
         store_url,
-        env={"ADAMHUB_MASTER_KEY": MASTER, "ADAMHUB_MAX_SIZE": "100000"},
+        # Long-polls wait 1 s at most here, whatever the generated `wait`.
+        env={
+            "ADAMHUB_MASTER_KEY": MASTER,
+            "ADAMHUB_MAX_SIZE": "100000",
+            "ADAMHUB_MAX_WAIT_SECONDS": "1",
+        },
         log_path=tmp_path / "service.log",
     ).start()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
 from adamhub_service.api import negotiation, openapi
@@ -18,6 +18,9 @@ from adamhub_service.api.schemas import WIRE_DTYPES, ParamsIn, ParamsOut, Sessio
 from adamhub_service.sessions.records import SessionRecord
 
 router = APIRouter(prefix="/v1", tags=["parameters"])
+
+# The longest a params request may wait for a step.
+MAX_WAIT_SECONDS = 300
 
 DtypeHeader = Annotated[
     str | None,
@@ -54,7 +57,7 @@ def vector_request_budget(
             "content": {BINARY: openapi.BINARY_VECTOR},
         },
         304: {"description": "Not modified: `If-None-Match` names the current version."},
-        **openapi.problems(404),
+        **openapi.problems(404, 422),
     },
     summary="Read the parameters",
 )
@@ -64,10 +67,28 @@ async def get_params(
     caller: PrincipalDep,
     accept: Annotated[str | None, Header()] = None,
     if_none_match: Annotated[str | None, Header()] = None,
+    min_step: Annotated[
+        int | None, Query(ge=0, description="Answer once t reaches this step (see `wait`).")
+    ] = None,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="Seconds to wait for `min_step`; then the current parameters.",
+        ),
+    ] = 0.0,
 ) -> Response:
-    """The current parameters, as JSON or raw bytes (`Accept: application/octet-stream`)."""
+    """The current parameters, as JSON or raw bytes (`Accept: application/octet-stream`).
+
+    With `min_step` and `wait`, a long-poll: the answer comes as soon as t ≥ `min_step`,
+    or after `wait` seconds with the parameters as they are then.
+    """
     unless = negotiation.if_none_match_heads(if_none_match)
-    record, params = await services.sessions.params(session_id, caller, unless_heads=unless)
+    wait = min(wait, services.settings.max_wait_seconds)
+    record, params = await services.sessions.params(
+        session_id, caller, unless_heads=unless, min_step=min_step, wait_seconds=wait
+    )
     headers = {STEP_HEADER: str(record.t), "ETag": etag(record.head)}
     if params is None:
         return Response(status_code=304, headers=headers)

@@ -63,13 +63,20 @@ def _whole(value: Any) -> Any:
 
 PositiveWhole = Annotated[int, Strict(), Field(ge=1), BeforeValidator(_whole)]
 NonNegativeWhole = Annotated[int, Strict(), Field(ge=0), BeforeValidator(_whole)]
+# Step counts: a trillion steps is beyond any run, and within what JSON stores exactly.
+MAX_STEP = 10**12
+StepCount = Annotated[int, Strict(), Field(ge=0, le=MAX_STEP), BeforeValidator(_whole)]
 MAX_HISTORY_STEPS = 1_000_000
 MaxStaleness = Annotated[
-    NonNegativeWhole,
+    int,
+    Strict(),
     Field(
+        ge=0,
+        le=MAX_STEP,
         description="Refuse a gradient whose Adamhub-Base-Step is more than this many steps "
         "behind t (409 stale-gradient); null: no bound.",
     ),
+    BeforeValidator(_whole),
 ]
 HistorySteps = Annotated[
     int,
@@ -110,8 +117,8 @@ class ScheduleSettings(BaseModel):
     model_config = _STRICT
 
     kind: Literal["constant", "warmup_cosine", "warmup_linear"] = "constant"
-    warmup_steps: NonNegativeWhole = 0
-    total_steps: NonNegativeWhole = 0
+    warmup_steps: StepCount = 0
+    total_steps: StepCount = 0
     final_lr_ratio: Annotated[Finite, Field(**FINAL_LR_RATIO.as_field())] = 0.0
 
     @model_validator(mode="after")
@@ -466,7 +473,7 @@ class RollbackIn(BaseModel):
 
     model_config = _STRICT
 
-    t: NonNegativeWhole = Field(description="The step to return to.")
+    t: StepCount = Field(description="The step to return to.")
 
 
 class SessionOut(BaseModel):

@@ -252,9 +252,14 @@ class SessionService:
         principal: Principal,
         *,
         unless_heads: frozenset[str] = frozenset(),
+        min_step: int | None = None,
+        wait_seconds: float = 0.0,
     ) -> tuple[SessionRecord, FloatArray | None]:
-        """The current record and parameters (None when the head is in ``unless_heads``)."""
+        """The current record and parameters (None when the head is in ``unless_heads``);
+        with ``min_step``, once t reaches it or after ``wait_seconds`` (a long-poll)."""
         await self.get(session_id, principal, "params.read", fresh=False)
+        if min_step is not None and wait_seconds > 0:
+            await self._store.wait_for_step(session_id, min_step, wait_seconds)
         return await self._store.params(session_id, unless_heads=unless_heads)
 
     async def update(

@@ -26,6 +26,7 @@ from adamhub_service.sessions.records import SessionRecord, is_session_id
 from adamhub_service.storage.cache import CachedSession, StateCache
 from adamhub_service.storage.encoding import record_changes, state_of
 from adamhub_service.storage.log import LogEntry
+from adamhub_service.storage.notifier import StepNotifier
 from adamhub_service.storage.outcomes import (
     AppendOutcome,
     IdempotencyRecord,
@@ -91,6 +92,7 @@ class SessionStore:
         self._commit_attempts = commit_attempts
         self._snapshot_bytes = snapshot_bytes
         self._snapshots: dict[str, asyncio.Task[None]] = {}
+        self._notifier = StepNotifier(store.client)
 
     @property
     def cached_bytes(self) -> int:
@@ -104,6 +106,7 @@ class SessionStore:
     async def close(self) -> None:
         """Wait for the snapshots being written (they are only an optimisation: a
         snapshot cut short leaves chunks that expire)."""
+        await self._notifier.close()
         tasks = list(self._snapshots.values())
         if tasks:
             await asyncio.wait(tasks, timeout=10)
@@ -204,6 +207,16 @@ class SessionStore:
             return None if rebuilt is None else (rebuilt.record, rebuilt.state.params)
 
         return await self.until_committed(attempt)
+
+    async def wait_for_step(self, session_id: str, min_step: int, seconds: float) -> None:
+        """Return once the session's t is at least ``min_step``, or after ``seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (await self.record(session_id)).t < min_step:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await self._notifier.wait(session_id, remaining)
 
     async def state(self, session_id: str) -> CachedSession:
         """The current state, verified against the store (one step's, never a mix)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -767,3 +769,33 @@ def test_base_steps_are_checked_and_a_retry_of_an_applied_step_is_not_stale(
     assert patched.status_code == 200 and patched.json()["max_staleness"] is None
     old = client.post(f"/v1/sessions/{sid}/step", json=body, headers={"Adamhub-Base-Step": "0"})
     assert old.status_code == 200
+
+
+def test_params_long_poll_answers_when_t_arrives_not_at_its_timeout(
+    client: TestClient, redis_url: str
+) -> None:
+    sid = create(client, size=2)["id"]
+
+    # Another process steps the session 0.3 s from now: the waiter must wake then.
+    def step_elsewhere() -> None:
+        time.sleep(0.3)
+        with TestClient(create_app(Settings(redis_url=redis_url)), client=LOOPBACK) as other:
+            other.post(f"/v1/sessions/{sid}/step", json={"gradient": [1.0, 1.0]})
+
+    thread = threading.Thread(target=step_elsewhere)
+    start = time.monotonic()
+    thread.start()
+    answer = client.get(f"/v1/sessions/{sid}/params?min_step=1&wait=20")
+    waited = time.monotonic() - start
+    thread.join()
+    assert answer.status_code == 200 and answer.json()["t"] == 1
+    assert 0.25 <= waited < 5, waited
+    # Not reached within the wait: the current parameters, after it.
+    start = time.monotonic()
+    late = client.get(f"/v1/sessions/{sid}/params?min_step=5&wait=0.5")
+    assert late.status_code == 200 and late.json()["t"] == 1
+    assert 0.45 <= time.monotonic() - start < 3
+    # Already reached: at once.
+    assert client.get(f"/v1/sessions/{sid}/params?min_step=1&wait=60").json()["t"] == 1
+    for query in ("min_step=-1&wait=1", "min_step=1&wait=-1", "min_step=1&wait=301"):
+        assert client.get(f"/v1/sessions/{sid}/params?{query}").status_code == 422, query

@@ -52,4 +52,5 @@ for j = 1, n do
     record_idempotency(index, KEYS[2 + j], ARGV[5 + n + j], ttl)
   end
 end
+publish_t(meta)
 return {COMMITTED, new_rev, log_bytes}

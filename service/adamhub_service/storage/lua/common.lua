@@ -76,6 +76,11 @@ local function persist(first, last)
   return true
 end
 
+-- Tell the waiters of a session (storage/notifier.py) its new t.
+local function publish_t(meta)
+  redis.call('PUBLISH', prefix_of(meta) .. 't', redis.call('HGET', meta, 't'))
+end
+
 -- Record idempotency keys with their TTL, indexed by expiry so a delete finds them.
 local function record_idempotency(index, key, value, ttl)
   redis.call('SET', key, value, 'PX', ttl)

@@ -53,4 +53,5 @@ redis.call('HSET', meta, 't', k, 'snap', base_id, 'snap_t', base, 'log_bytes', l
 if #ARGV > 2 then
   redis.call('HSET', meta, unpack(ARGV, 3))
 end
+publish_t(meta)
 return {COMMITTED, redis.call('HINCRBY', meta, 'rev', 1)}

@@ -1,0 +1,76 @@
+"""News of sessions' steps, for requests that wait for one (long-polls).
+
+The session scripts publish a session's new t on ``adamhub:{<id>}:t`` (``common.lua``);
+one subscription per process, on the pattern, wakes the requests waiting on that
+session, whichever replica committed. A waiter also re-reads the record at least once a
+second, so a lost message or a store restart costs at most that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from adamhub_service.storage.encoding import text
+
+CHANNEL_PATTERN = "adamhub:{*}:t"
+RECHECK_SECONDS = 1.0
+logger = logging.getLogger("adamhub.storage")
+
+
+class StepNotifier:
+    """Wakes the waiters of a session when one of its steps is published."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._listener: asyncio.Task[None] | None = None
+
+    def changed(self, session_id: str) -> None:
+        """Wake the waiters of ``session_id`` (a commit of this process, or news)."""
+        for event in self._waiters.get(session_id, ()):
+            event.set()
+
+    async def wait(self, session_id: str, seconds: float) -> None:
+        """Return when the session may have changed, or after ``seconds`` at most."""
+        self._ensure_listening()
+        event = asyncio.Event()
+        self._waiters.setdefault(session_id, set()).add(event)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(seconds, RECHECK_SECONDS))
+        finally:
+            waiters = self._waiters[session_id]
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters[session_id]
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    def _ensure_listening(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.psubscribe(CHANNEL_PATTERN)
+            async for message in pubsub.listen():
+                channel = text(message["channel"])
+                # adamhub:{<id>}:t
+                self.changed(channel[len("adamhub:{") : -len("}:t")])
+        except (RedisError, OSError) as exc:
+            # Waiters fall back to re-reading each second; the next wait listens again.
+            logger.warning("step notifications stopped: %s", exc)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
