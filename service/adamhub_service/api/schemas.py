@@ -153,27 +153,6 @@ class _GroupFields(BaseModel):
         return values
 
 
-class GroupSettings(_GroupFields):
-    """A param group: the next ``size`` parameters, and the settings it overrides."""
-
-    size: PositiveWhole
-    lr: Lr | SkipJsonSchema[None] = None
-    betas: Betas | SkipJsonSchema[None] = None
-    eps: Eps | SkipJsonSchema[None] = None
-    weight_decay: WeightDecay | SkipJsonSchema[None] = None
-    decoupled_weight_decay: bool | SkipJsonSchema[None] = None
-    maximize: bool | SkipJsonSchema[None] = None
-
-    def group(self) -> ParamGroup:
-        """As the optimiser's param group."""
-        return ParamGroup(**self.model_dump())
-
-    @classmethod
-    def of(cls, group: ParamGroup) -> dict[str, Any]:
-        """A group as the API shows it: its size and the fields it sets."""
-        return {"size": group.size, **group.overrides()}
-
-
 class GroupPatch(_GroupFields):
     """Changes to one param group (its size cannot change)."""
 
@@ -183,6 +162,21 @@ class GroupPatch(_GroupFields):
     weight_decay: WeightDecay | SkipJsonSchema[None] = None
     decoupled_weight_decay: bool | SkipJsonSchema[None] = None
     maximize: bool | SkipJsonSchema[None] = None
+
+
+class GroupSettings(GroupPatch):
+    """A param group: the next ``size`` parameters, and the settings it overrides."""
+
+    size: PositiveWhole
+
+    def group(self) -> ParamGroup:
+        """As the optimiser's param group."""
+        return ParamGroup(**self.model_dump())
+
+    @classmethod
+    def of(cls, group: ParamGroup) -> dict[str, Any]:
+        """A group as the API shows it: its size and the fields it sets."""
+        return {"size": group.size, **group.overrides()}
 
 
 ParamGroups = Annotated[

@@ -26,12 +26,9 @@ for j = 1, n do
     end
   end
 end
-local rev = redis.call('HGET', meta, 'rev')
-if not rev then
-  return {GONE}
-end
-if rev ~= ARGV[1] then
-  return {CONFLICT}
+local refused = refusal(meta, ARGV[1])
+if refused then
+  return {refused}
 end
 if not persist(3 + n, #KEYS) then
   return {EXPIRED}

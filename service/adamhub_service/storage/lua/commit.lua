@@ -29,22 +29,12 @@ if #ARGV > 2 then
   redis.call('HSET', meta, unpack(ARGV, 3))
 end
 if ARGV[2] ~= '' then
-  local prefix = prefix_of(meta)
-  local log, snaps = prefix .. 'log', prefix .. 'snaps'
   if rev then
     migrate(meta)
-    local count = chunk_count(meta)
-    for _, value in ipairs(redis.call('HVALS', snaps)) do
-      local old_id, vectors = snapshot_parts(value)
-      unlink_chunks(prefix, old_id, vectors, count)
-    end
-    for _, entry in ipairs(redis.call('HVALS', log)) do
-      unlink_chunks(prefix, entry_write_id(entry), 'g', count)
-    end
-    redis.call('DEL', log, snaps)
+    unlink_history(meta)
   end
   local t = redis.call('HGET', meta, 't')
-  redis.call('HSET', snaps, t, ARGV[2])
+  redis.call('HSET', prefix_of(meta) .. 'snaps', t, ARGV[2])
   redis.call('HSET', meta, 'snap', snapshot_parts(ARGV[2]), 'snap_t', t, 'log_bytes', 0)
 end
 return {COMMITTED, redis.call('HINCRBY', meta, 'rev', 1)}

@@ -53,6 +53,46 @@ local function migrate(meta)
   redis.call('HSET', meta, 'snap', head, 'snap_t', t, 'log_bytes', 0)
 end
 
+-- The status that refuses a write to a session not at `expected` rev, or nil.
+local function refusal(meta, expected)
+  local rev = redis.call('HGET', meta, 'rev')
+  if not rev then
+    return GONE
+  end
+  if rev ~= expected then
+    return CONFLICT
+  end
+  return nil
+end
+
+-- Unlink the gradients of the log entries `first` to `last` (those present) and drop
+-- the entries.
+local function retire_log(prefix, first, last, count)
+  local log = prefix .. 'log'
+  for step = first, last do
+    local entry = redis.call('HGET', log, tostring(step))
+    if entry then
+      unlink_chunks(prefix, entry_write_id(entry), 'g', count)
+      redis.call('HDEL', log, tostring(step))
+    end
+  end
+end
+
+-- Unlink every snapshot and log entry of a session, and their hashes.
+local function unlink_history(meta)
+  local prefix = prefix_of(meta)
+  local log, snaps = prefix .. 'log', prefix .. 'snaps'
+  local count = chunk_count(meta)
+  for _, value in ipairs(redis.call('HVALS', snaps)) do
+    local old_id, vectors = snapshot_parts(value)
+    unlink_chunks(prefix, old_id, vectors, count)
+  end
+  for _, entry in ipairs(redis.call('HVALS', log)) do
+    unlink_chunks(prefix, entry_write_id(entry), 'g', count)
+  end
+  redis.call('DEL', log, snaps)
+end
+
 -- Every step of the log and of the snapshots, as sorted numbers.
 local function sorted_steps(hash)
   local steps = {}

@@ -9,12 +9,9 @@
 -- not kept (or not reached); {3} the rev moved on; {4} no such session.
 local meta = KEYS[1]
 local k = tonumber(ARGV[2])
-local rev = redis.call('HGET', meta, 'rev')
-if not rev then
-  return {GONE}
-end
-if rev ~= ARGV[1] then
-  return {CONFLICT}
+local refused = refusal(meta, ARGV[1])
+if refused then
+  return {refused}
 end
 migrate(meta)
 local prefix = prefix_of(meta)
@@ -37,13 +34,7 @@ for _, step in ipairs(snapshot_steps) do
   end
 end
 -- The log is contiguous from the oldest snapshot to t: walk only the steps concerned.
-for step = k + 1, t do
-  local entry = redis.call('HGET', log, tostring(step))
-  if entry then
-    unlink_chunks(prefix, entry_write_id(entry), 'g', count)
-    redis.call('HDEL', log, tostring(step))
-  end
-end
+retire_log(prefix, k + 1, t, count)
 local log_bytes = 0
 for step = base + 1, k do
   log_bytes = log_bytes + entry_bytes(redis.call('HGET', log, tostring(step)))

@@ -56,12 +56,6 @@ if base then
       redis.call('HDEL', snaps, tostring(step))
     end
   end
-  for step = oldest + 1, base do
-    local entry = redis.call('HGET', log, tostring(step))
-    if entry then
-      unlink_chunks(prefix, entry_write_id(entry), 'g', count)
-      redis.call('HDEL', log, tostring(step))
-    end
-  end
+  retire_log(prefix, oldest + 1, base, count)
 end
 return {COMMITTED, log_bytes}
