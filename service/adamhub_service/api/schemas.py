@@ -179,6 +179,10 @@ class GroupSettings(GroupPatch):
         return {"size": group.size, **group.overrides()}
 
 
+GroupPatches = Annotated[
+    list[GroupPatch],
+    Field(max_length=MAX_PARAM_GROUPS, description="One entry per group, in order."),
+]
 ParamGroups = Annotated[
     list[GroupSettings],
     Field(
@@ -420,13 +424,7 @@ class SessionPatch(BaseModel):
     metadata: Metadata | None = None
     history_steps: HistorySteps = 0
     max_staleness: MaxStaleness | None = None
-    param_groups: (
-        Annotated[
-            list[GroupPatch],
-            Field(max_length=MAX_PARAM_GROUPS, description="One entry per group, in order."),
-        ]
-        | None
-    ) = None
+    param_groups: GroupPatches | None = None
 
 
 class StepSettingsIn(BaseModel):
@@ -435,13 +433,7 @@ class StepSettingsIn(BaseModel):
     model_config = _STRICT
 
     optimizer: OptimizerPatch | None = None
-    param_groups: (
-        Annotated[
-            list[GroupPatch],
-            Field(max_length=MAX_PARAM_GROUPS, description="One entry per group, in order."),
-        ]
-        | None
-    ) = None
+    param_groups: GroupPatches | None = None
 
     def settings(self) -> StepSettings:
         """As the steps' domain takes them."""
