@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 import xxhash
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -53,7 +54,12 @@ async def export_checkpoint(
     session_id: SessionId, services: ServicesDep, caller: PrincipalDep
 ) -> Response:
     """θ, m, v (and max v) and the settings, one step's, as a safetensors file."""
-    record, file = await services.sessions.checkpoint(session_id, caller)
+    known = await services.sessions.get(session_id, caller, "params.read", fresh=False)
+    vectors = 4 if known.optimizer.amsgrad else 3
+    # The file, and a state rebuilt to make it when this process does not hold it.
+    state_bytes = known.size * np.dtype(known.dtype).itemsize * vectors
+    async with services.budget.hold(2 * state_bytes):
+        record, file = await services.sessions.checkpoint(session_id, caller)
     headers = {
         STEP_HEADER: str(record.t),
         "ETag": etag(record.head),

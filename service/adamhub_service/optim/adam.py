@@ -152,7 +152,7 @@ class AdamConfig:
 
     def problems(self) -> list[str]:
         """Every way in which these values are out of range (empty when valid)."""
-        found = _bound_problems("", vars_of(self))
+        found = _bound_problems("", _bounded_fields(self))
         if self.max_grad_norm is not None:
             found += _bound_problems("", {"max_grad_norm": self.max_grad_norm})
         found += self.schedule.problems()
@@ -202,7 +202,7 @@ def with_changes(
     return config.evolve(**updates)
 
 
-def vars_of(config: AdamConfig) -> dict[str, Any]:
+def _bounded_fields(config: AdamConfig) -> dict[str, Any]:
     """The bounded hyperparameters of a config, by name."""
     return {name: getattr(config, name) for name in ("lr", "betas", "eps", "weight_decay")}
 

@@ -200,11 +200,8 @@ class SessionStore:
             record = await self.record(session_id)
             if record.head in unless_heads or "*" in unless_heads:
                 return record, None
-            entry = self._cache.get(session_id)
-            if entry is not None and entry.record.rev == record.rev:
-                return record, entry.state.params
-            rebuilt = await self._rebuild(session_id)
-            return None if rebuilt is None else (rebuilt.record, rebuilt.state.params)
+            current = await self._current(record)
+            return None if current is None else (current.record, current.state.params)
 
         return await self.until_committed(attempt)
 
@@ -222,13 +219,17 @@ class SessionStore:
         """The current state, verified against the store (one step's, never a mix)."""
 
         async def attempt() -> CachedSession | None:
-            record = await self.record(session_id)
-            entry = self._cache.get(session_id)
-            if entry is not None and entry.record.rev == record.rev:
-                return entry
-            return await self._rebuild(session_id)
+            return await self._current(await self.record(session_id))
 
         return await self.until_committed(attempt)
+
+    async def _current(self, record: SessionRecord) -> CachedSession | None:
+        """The state of ``record``'s version: the cached one when it is that version,
+        else rebuilt (None when a concurrent change retired what was read)."""
+        entry = self._cache.get(record.id)
+        if entry is not None and entry.record.rev == record.rev:
+            return entry
+        return await self._rebuild(record.id)
 
     async def read_idempotency(self, session_id: str, key: str) -> IdempotencyRecord | None:
         """What ``key`` produced on this session, if it is recorded."""
