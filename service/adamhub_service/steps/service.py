@@ -173,6 +173,10 @@ class StepService:
         if not group:
             return True
         current = await self._store.load(session_id)
+        if any(q.base_step is not None and q.base_step > current.state.step for q in group):
+            # A cached state is only a hint: another process may have stepped past it, and
+            # a base step is judged against the session as it is, not as cached here.
+            current = await self._store.state(session_id)
         record = current.record
         state, config = current.state, current.config
         optimizer = record.optimizer

@@ -239,3 +239,26 @@ def test_a_bad_step_in_a_group_is_refused_alone(redis_url: str) -> None:
         await one.close()
 
     asyncio.run(scenario())
+
+
+def test_a_base_step_is_judged_against_the_session_not_a_stale_cache(redis_url: str) -> None:
+    """A worker's base step comes from another replica's answer; this replica's cache
+    is behind it, and must not call the gradient stale."""
+
+    async def scenario() -> None:
+        behind, ahead = replica(redis_url), replica(redis_url)
+        spec = NewSession(
+            dtype="float32", optimizer=AdamConfig(), params=np.zeros(SIZE, np.float32)
+        )
+        record = (await behind.sessions.create(spec, LOCAL)).record
+        await behind.store.load(record.id)  # cached at t = 0
+        answered = await ahead.steps.step(record.id, np.ones(SIZE, np.float32), base_step=0)
+        assert answered.applied_t == 1
+        result = await behind.steps.step(record.id, np.ones(SIZE, np.float32), base_step=1)
+        assert result.applied_t == 2
+        with pytest.raises(errors.StaleGradient):
+            await behind.steps.step(record.id, np.ones(SIZE, np.float32), base_step=9)
+        await behind.close()
+        await ahead.close()
+
+    asyncio.run(scenario())
