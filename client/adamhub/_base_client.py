@@ -26,6 +26,7 @@ DEFAULT_MAX_RETRIES = 3
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0
+ROUND_WAIT_SECONDS = 30.0
 
 # Statuses after which the same request may be sent again. A 409 is retried only when
 # the service says a concurrent update won (the request changed nothing).
@@ -86,6 +87,12 @@ class BaseClient:
         self.initial_retry_delay = options.get("initial_retry_delay", INITIAL_RETRY_DELAY)
         self.max_retry_delay = options.get("max_retry_delay", MAX_RETRY_DELAY)
         self.gradient_dtype = options.get("gradient_dtype")
+        # A contribution or long-poll waits on the server at most this long, so that
+        # it answers before the read timeout.
+        read = self.timeout.read if isinstance(self.timeout, httpx.Timeout) else self.timeout
+        self.round_wait_seconds = (
+            ROUND_WAIT_SECONDS if read is None else min(ROUND_WAIT_SECONDS, read / 2)
+        )
 
     def _default_headers(self) -> dict[str, str]:
         headers = {"User-Agent": f"adamhub-python/{__version__}"}

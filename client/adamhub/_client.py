@@ -36,6 +36,7 @@ def _create_specs(
     history_steps: int | None = None,
     param_groups: list[dict[str, Any]] | None = None,
     max_staleness: int | None = None,
+    rounds: dict[str, Any] | None = None,
 ) -> tuple[RequestSpec, bytes | None]:
     """The create request, and the raw parameters to PUT after it (for large ones)."""
     if (params is None) == (size is None):
@@ -55,6 +56,8 @@ def _create_specs(
         body["param_groups"] = param_groups
     if max_staleness is not None:
         body["max_staleness"] = max_staleness
+    if rounds is not None:
+        body["rounds"] = rounds
     raw = None
     if params is not None:
         vector = np.asarray(params, dtype=dtype).reshape(-1)
@@ -144,12 +147,16 @@ class Client(BaseClient):
         history_steps: int | None = None,
         param_groups: list[dict[str, Any]] | None = None,
         max_staleness: int | None = None,
+        rounds: dict[str, Any] | None = None,
     ) -> Session:
         """Create a session from initial ``params``, or of ``size`` (zeros, or ``init``);
         it keeps what rolling back to any of its last ``history_steps`` steps needs.
         ``param_groups`` (``[{"size": n, "lr": …}, …]``) split it as torch's do; with
         ``max_staleness``, a gradient computed more than that many steps behind is refused
-        (``StaleGradientError``)."""
+        (``StaleGradientError``). ``rounds`` (``{"contributions": K}`` or
+        ``{"target_samples": B}``, with ``timeout_seconds`` and ``min_contributions``)
+        makes each step the samples-weighted mean of a round's contributions, as DDP
+        does."""
         spec, raw = _create_specs(
             params,
             size,
@@ -161,6 +168,7 @@ class Client(BaseClient):
             history_steps,
             param_groups,
             max_staleness,
+            rounds,
         )
         resource = self.request(spec).json()
         if raw is not None:
@@ -262,6 +270,7 @@ class AsyncClient(BaseClient):
         history_steps: int | None = None,
         param_groups: list[dict[str, Any]] | None = None,
         max_staleness: int | None = None,
+        rounds: dict[str, Any] | None = None,
     ) -> AsyncSession:
         """Create a session (see ``Client.create_session``)."""
         spec, raw = _create_specs(
@@ -275,6 +284,7 @@ class AsyncClient(BaseClient):
             history_steps,
             param_groups,
             max_staleness,
+            rounds,
         )
         resource = (await self.request(spec)).json()
         if raw is not None:

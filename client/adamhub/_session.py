@@ -21,6 +21,8 @@ from adamhub._errors import StaleGradientError
 class Requester(Protocol):
     """What a ``Session`` sends its calls through (a ``Client``)."""
 
+    round_wait_seconds: float
+
     def request(self, spec: RequestSpec) -> httpx.Response:
         """Send one API call with retries."""
         ...
@@ -28,6 +30,8 @@ class Requester(Protocol):
 
 class AsyncRequester(Protocol):
     """What an ``AsyncSession`` sends its calls through (an ``AsyncClient``)."""
+
+    round_wait_seconds: float
 
     async def request(self, spec: RequestSpec) -> httpx.Response:
         """Send one API call with retries."""
@@ -39,6 +43,7 @@ WIRE_DTYPES = ("float16", "float32", "float64")
 FLOAT16_MAX = 65504.0
 SETTINGS_HEADER = "Adamhub-Optimizer"
 BASE_STEP_HEADER = "Adamhub-Base-Step"
+SAMPLES_HEADER = "Adamhub-Samples"
 
 
 class SessionBase:
@@ -61,6 +66,7 @@ class SessionBase:
         self.history_steps: int = resource.get("history_steps", 0)
         self.param_groups: list[dict[str, Any]] | None = resource.get("param_groups")
         self.max_staleness: int | None = resource.get("max_staleness")
+        self.rounds: dict[str, Any] | None = resource.get("rounds")
         self.optimizer = AdamConfig.from_dict(resource["optimizer"])
         self.created_at: str | None = resource.get("created_at")
         self.updated_at: str | None = resource.get("updated_at")
@@ -77,6 +83,8 @@ class SessionBase:
         gradient: npt.ArrayLike,
         idempotency_key: str | None,
         settings: dict[str, Any] | None = None,
+        samples: int | None = None,
+        wait_seconds: float = 0.0,
     ) -> RequestSpec:
         wire = self.gradient_dtype or self.dtype
         vector = flat_vector(gradient, self.size, "the gradient")
@@ -94,6 +102,13 @@ class SessionBase:
         }
         if settings:
             headers[SETTINGS_HEADER] = json.dumps(settings)
+        if samples is not None:
+            if samples < 1:
+                raise ValueError(f"samples must be at least 1, not {samples}")
+            headers[SAMPLES_HEADER] = str(int(samples))
+        if self.rounds is not None:
+            # Answer before the client's read timeout; a 202 is followed by long-polls.
+            headers["Prefer"] = f"wait={wait_seconds:g}"
         return RequestSpec(
             "POST",
             f"{self._path}/step",
@@ -106,8 +121,17 @@ class SessionBase:
         self.last_applied_t = int(response.headers["adamhub-applied-step"])
         return self._vector(response)
 
-    def _params_spec(self) -> RequestSpec:
-        return RequestSpec("GET", f"{self._path}/params", headers={"Accept": BINARY})
+    def _pending_round(self, response: httpx.Response) -> int | None:
+        """The step a 202's open round will produce; None for a 200."""
+        if response.status_code != 202:
+            return None
+        pending = response.json()
+        self.t = int(pending["t"])
+        return int(pending["round"])
+
+    def _params_spec(self, min_step: int | None = None, wait_seconds: float = 0.0) -> RequestSpec:
+        query = {} if min_step is None else {"min_step": str(min_step), "wait": f"{wait_seconds:g}"}
+        return RequestSpec("GET", f"{self._path}/params", headers={"Accept": BINARY}, params=query)
 
     def _params_result(self, response: httpx.Response) -> npt.NDArray[np.floating]:
         self.t = int(response.headers["adamhub-step"])
@@ -165,6 +189,7 @@ class Session(SessionBase):
         *,
         idempotency_key: str | None = None,
         settings: dict[str, Any] | None = None,
+        samples: int | None = None,
     ) -> npt.NDArray[np.floating]:
         """Apply one gradient (any shape, ``size`` elements); return the new parameters.
 
@@ -173,18 +198,35 @@ class Session(SessionBase):
         after lost answers apply it exactly once. ``settings`` (``{"optimizer": {…},
         "param_groups": [{…}, …]}``, as ``update`` takes them) change the
         hyperparameters from this step on, in the same request.
+
+        In a rounds session the gradient is a contribution, weighted by ``samples``
+        (default 1): this returns when its round closes, with the round's parameters
+        (every worker of the round gets the same). A gradient computed at parameters
+        the round is not at raises ``StaleGradientError``, carrying the newest ones.
         """
-        spec = self._step_spec(gradient, idempotency_key, settings)
+        wait = self._client.round_wait_seconds
+        spec = self._step_spec(gradient, idempotency_key, settings, samples, wait)
         try:
             response = self._client.request(spec)
         except StaleGradientError as exc:
             exc.params = self.params()  # the newest, for the next gradient
             raise
-        return self._step_result(response)
+        round_step = self._pending_round(response)
+        if round_step is None:
+            return self._step_result(response)
+        while True:  # the contribution is in: wait for its round
+            params = self.params(min_step=round_step, wait_seconds=wait)
+            if self.t >= round_step:
+                self.last_applied_t = round_step
+                return params
 
-    def params(self) -> npt.NDArray[np.floating]:
-        """The current parameters (``t`` is updated too)."""
-        return self._params_result(self._client.request(self._params_spec()))
+    def params(
+        self, *, min_step: int | None = None, wait_seconds: float = 0.0
+    ) -> npt.NDArray[np.floating]:
+        """The current parameters (``t`` is updated too); with ``min_step``, as soon as
+        t reaches it, or after ``wait_seconds`` as they are then (a long-poll)."""
+        spec = self._params_spec(min_step, wait_seconds)
+        return self._params_result(self._client.request(spec))
 
     def set_params(self, params: npt.ArrayLike) -> None:
         """Start over from ``params``: the moments and ``t`` go back to zero."""
@@ -250,19 +292,32 @@ class AsyncSession(SessionBase):
         *,
         idempotency_key: str | None = None,
         settings: dict[str, Any] | None = None,
+        samples: int | None = None,
     ) -> npt.NDArray[np.floating]:
-        """Apply one gradient; return the new parameters (see ``Session.step``)."""
-        spec = self._step_spec(gradient, idempotency_key, settings)
+        """Apply one gradient, or contribute it to a round; return the new parameters
+        (see ``Session.step``)."""
+        wait = self._client.round_wait_seconds
+        spec = self._step_spec(gradient, idempotency_key, settings, samples, wait)
         try:
             response = await self._client.request(spec)
         except StaleGradientError as exc:
             exc.params = await self.params()  # the newest, for the next gradient
             raise
-        return self._step_result(response)
+        round_step = self._pending_round(response)
+        if round_step is None:
+            return self._step_result(response)
+        while True:  # the contribution is in: wait for its round
+            params = await self.params(min_step=round_step, wait_seconds=wait)
+            if self.t >= round_step:
+                self.last_applied_t = round_step
+                return params
 
-    async def params(self) -> npt.NDArray[np.floating]:
-        """The current parameters (``t`` is updated too)."""
-        return self._params_result(await self._client.request(self._params_spec()))
+    async def params(
+        self, *, min_step: int | None = None, wait_seconds: float = 0.0
+    ) -> npt.NDArray[np.floating]:
+        """The current parameters (see ``Session.params``)."""
+        spec = self._params_spec(min_step, wait_seconds)
+        return self._params_result(await self._client.request(spec))
 
     async def set_params(self, params: npt.ArrayLike) -> None:
         """Start over from ``params``: the moments and ``t`` go back to zero."""

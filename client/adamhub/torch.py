@@ -23,7 +23,7 @@ import safetensors.numpy
 import torch
 
 from adamhub._client import Client
-from adamhub._errors import UnprocessableEntityError
+from adamhub._errors import StaleGradientError, UnprocessableEntityError
 from adamhub._session import Session
 
 # The hyperparameters of a torch param group that a session's param group holds.
@@ -53,6 +53,14 @@ class RemoteAdam(torch.optim.Optimizer):
     session, whose parameters are copied into the model. ``on_nonfinite``: ``"raise"``
     (a gradient with NaN or infinity raises ``FloatingPointError``) or ``"skip"`` (the
     step is skipped, as ``GradScaler`` does, and counted in ``skipped_steps``).
+
+    Data parallel, as DDP: ``rounds=K`` makes a session whose every step is the mean of
+    K workers' gradients (or pass ``rounds={"target_samples": B, …}``); the other
+    workers attach with ``session=<its id>``. Each worker's ``step()`` returns when its
+    round closes, every worker then holding the same parameters. ``step(samples=n)``
+    weights a worker's gradient by its batch size. A gradient computed at parameters the
+    session has left (``StaleGradientError``) is skipped, the newest parameters are
+    copied in, and it is counted in ``stale_steps``.
     ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are accepted and
     ignored: the service decides how to compute.
     """
@@ -76,6 +84,7 @@ class RemoteAdam(torch.optim.Optimizer):
         session: Session | str | None = None,
         name: str | None = None,
         on_nonfinite: Literal["raise", "skip"] = "raise",
+        rounds: int | dict[str, Any] | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -95,6 +104,7 @@ class RemoteAdam(torch.optim.Optimizer):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', not {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
+        self.stale_steps = 0
         self._client = client if client is not None else Client()
         if len({bool(group["amsgrad"]) for group in self.param_groups}) != 1:
             raise ValueError("amsgrad is per session: give every param group the same")
@@ -117,8 +127,11 @@ class RemoteAdam(torch.optim.Optimizer):
                 optimizer={**_fields(base), "amsgrad": bool(base["amsgrad"])},
                 param_groups=self._session_groups(),
                 name=name,
+                rounds={"contributions": rounds} if isinstance(rounds, int) else rounds,
             )
         else:
+            if rounds is not None:
+                raise ValueError("rounds is set when a session is made, not when attaching")
             self.session = self._client.session(session) if isinstance(session, str) else session
             if self.session.size != self._size:
                 raise ValueError(
@@ -171,8 +184,11 @@ class RemoteAdam(torch.optim.Optimizer):
     # -- stepping -------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Send the gradients, apply the update remotely, copy the new parameters in."""
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], float] | None = None, *, samples: int | None = None
+    ) -> float | None:
+        """Send the gradients, apply the update remotely, copy the new parameters in.
+        ``samples``: the batch size behind these gradients, their weight in a round."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -201,7 +217,13 @@ class RemoteAdam(torch.optim.Optimizer):
             ]
             settings = {"param_groups": changed}
         try:
-            new = self.session.step(gradient, settings=settings)
+            new = self.session.step(gradient, settings=settings, samples=samples)
+        except StaleGradientError as exc:
+            # Computed at parameters the session has left: go on from the newest.
+            self.stale_steps += 1
+            if exc.params is not None:
+                self._write_back(exc.params)
+            return loss
         except UnprocessableEntityError as exc:
             if exc.type is None or not exc.type.endswith("/non-finite-value"):
                 raise

@@ -18,6 +18,7 @@ from adamhub_service.api.problems import install_problem_handlers
 from adamhub_service.config import Settings
 from adamhub_service.observability.metrics import Metrics, MetricsMiddleware
 from adamhub_service.sessions.service import SessionLimits, SessionService
+from adamhub_service.steps.rounds import RoundService
 from adamhub_service.steps.service import StepService
 from adamhub_service.storage.api_keys import KeyStore
 from adamhub_service.storage.cache import StateCache
@@ -67,6 +68,9 @@ def create_app(settings: Settings) -> FastAPI:
                 store,
                 metrics,
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+            ),
+            rounds=RoundService(
+                store, metrics, idempotency_ttl_seconds=settings.idempotency_ttl_seconds
             ),
             metrics=metrics,
             keys=KeyService(KeyStore(redis_store.client), master_key=settings.master_key),

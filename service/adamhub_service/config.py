@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     max_wait_seconds: float = Field(
         default=300.0, ge=0, description="The longest a long-poll waits, whatever it asks."
     )
+    round_wait_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a contribution waits for its round to close before 202 "
+        "(a request's `Prefer: wait=N` asks for another, up to max_wait_seconds).",
+    )
 
 
 class ServerOptions(BaseSettings):

@@ -11,6 +11,7 @@ from adamhub_service.api.budget import InflightBudget
 from adamhub_service.config import Settings
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.sessions.service import SessionService
+from adamhub_service.steps.rounds import RoundService
 from adamhub_service.steps.service import StepService
 from adamhub_service.storage.versions import SessionStore
 from adamhub_service.tenancy.keys import KeyService
@@ -25,6 +26,7 @@ class Services:
     store: SessionStore
     sessions: SessionService
     steps: StepService
+    rounds: RoundService
     metrics: Metrics
     keys: KeyService
     limiter: RateLimiter

@@ -86,9 +86,11 @@ async def get_params(
     """
     unless = negotiation.if_none_match_heads(if_none_match)
     wait = min(wait, services.settings.max_wait_seconds)
-    record, params = await services.sessions.params(
-        session_id, caller, unless_heads=unless, min_step=min_step, wait_seconds=wait
-    )
+    if min_step is not None and wait > 0:
+        await services.sessions.get(session_id, caller, "params.read", fresh=False)
+        # In a rounds session, a waiter also closes the rounds that come due.
+        await services.rounds.wait_for_step(session_id, min_step, wait)
+    record, params = await services.sessions.params(session_id, caller, unless_heads=unless)
     headers = {STEP_HEADER: str(record.t), "ETag": etag(record.head)}
     if params is None:
         return Response(status_code=304, headers=headers)

@@ -39,7 +39,7 @@ from adamhub_service.optim import (
     ParamGroup,
     Schedule,
 )
-from adamhub_service.sessions.records import SESSION_ID_PATTERN, SessionRecord
+from adamhub_service.sessions.records import SESSION_ID_PATTERN, RoundRule, SessionRecord
 from adamhub_service.sessions.service import NewSession, NormalInitSpec
 from adamhub_service.steps.service import StepSettings
 from adamhub_service.tenancy.principal import TENANT_PATTERN, Action
@@ -88,6 +88,62 @@ HistorySteps = Annotated[
     ),
     BeforeValidator(_whole),
 ]
+
+# Contributions per round: far beyond any data-parallel job's workers.
+MAX_CONTRIBUTIONS = 100_000
+Contributions = Annotated[int, Strict(), Field(ge=1, le=MAX_CONTRIBUTIONS), BeforeValidator(_whole)]
+MAX_ROUND_TIMEOUT_SECONDS = 86_400.0
+# Samples a contribution stands for (the Adamhub-Samples header), and a round's target.
+MAX_SAMPLES = MAX_STEP
+
+
+class RoundsSettings(BaseModel):
+    """Synchronous rounds: one Adam step per round, on the samples-weighted mean
+    Σ nᵢ·gᵢ / Σ nᵢ of its contributions. Exactly one of `contributions` and
+    `target_samples`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["contributions"], "not": {"required": ["target_samples"]}},
+                {"required": ["target_samples"], "not": {"required": ["contributions"]}},
+            ]
+        },
+    )
+
+    contributions: Contributions | SkipJsonSchema[None] = Field(
+        default=None, description="Close a round at this many contributions (K workers)."
+    )
+    target_samples: (
+        Annotated[int, Strict(), Field(ge=1, le=MAX_SAMPLES), BeforeValidator(_whole)]
+        | SkipJsonSchema[None]
+    ) = Field(default=None, description="Close a round once its samples reach this many.")
+    timeout_seconds: (
+        Annotated[Finite, Field(gt=0, le=MAX_ROUND_TIMEOUT_SECONDS)] | SkipJsonSchema[None]
+    ) = Field(
+        default=None,
+        description="Close a round this long after its first contribution, when "
+        "min_contributions are in (else at the one that makes them).",
+    )
+    min_contributions: Contributions = Field(
+        default=1, description="The fewest contributions a round closes with at its timeout."
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RoundsSettings:
+        if (self.contributions is None) == (self.target_samples is None):
+            raise ValueError("rounds need exactly one of 'contributions' and 'target_samples'")
+        if self.contributions is not None and self.min_contributions > self.contributions:
+            raise ValueError("rounds.min_contributions may not exceed contributions")
+        return self
+
+    def rule(self) -> RoundRule:
+        """As the session domain takes it."""
+        return RoundRule(
+            self.contributions, self.target_samples, self.timeout_seconds, self.min_contributions
+        )
 
 
 Lr = Annotated[Finite, Field(**LR.as_field(), description="Learning rate α.")]
@@ -365,6 +421,10 @@ class SessionCreate(BaseModel):
     metadata: Metadata = Field(default_factory=dict)
     history_steps: HistorySteps = 0
     max_staleness: MaxStaleness | None = None
+    rounds: RoundsSettings | None = Field(
+        default=None,
+        description="Synchronous rounds (fixed at creation); null: every gradient is a step.",
+    )
     param_groups: ParamGroups | SkipJsonSchema[None] = None
 
     @model_validator(mode="before")
@@ -411,6 +471,7 @@ class SessionCreate(BaseModel):
             metadata=self.metadata,
             history_steps=self.history_steps,
             max_staleness=self.max_staleness,
+            rounds=None if self.rounds is None else self.rounds.rule(),
         )
 
 
@@ -474,6 +535,9 @@ class SessionOut(BaseModel):
     metadata: dict[str, Any]
     history_steps: int = Field(description="Steps kept for rollback (at least).")
     max_staleness: int | None = Field(description="The staleness bound; null: none.")
+    rounds: dict[str, Any] | None = Field(
+        default=None, description="The rounds' rule; null: every gradient is a step."
+    )
     param_groups: list[dict[str, Any]] | None = Field(
         default=None, description="The param groups, when there are any."
     )
@@ -493,6 +557,7 @@ class SessionOut(BaseModel):
             metadata=record.metadata,
             history_steps=record.history_steps,
             max_staleness=record.max_staleness,
+            rounds=None if record.rounds is None else record.rounds.as_dict(),
             param_groups=[GroupSettings.of(g) for g in record.optimizer.param_groups] or None,
             created_at=record.created_at,
             updated_at=record.updated_at,
@@ -525,6 +590,18 @@ class StepIn(BaseModel):
 
     model_config = _STRICT
     gradient: JsonVector
+
+
+class RoundPendingOut(BaseModel):
+    """A contribution that is in, in a round still open after the wait (202)."""
+
+    t: int = Field(description="The session's t: the round's base step.")
+    round: int = Field(description="The step the round will produce (t + 1).")
+    contributions: int = Field(description="Contributions the round holds.")
+    needed: int = Field(
+        description="What it still needs to close: contributions, or samples with "
+        "target_samples (it may also close at its timeout)."
+    )
 
 
 class StepOut(BaseModel):

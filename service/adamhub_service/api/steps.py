@@ -7,6 +7,8 @@ those parameters by hand.
 
 from __future__ import annotations
 
+import math
+
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -28,13 +30,23 @@ from adamhub_service.api.negotiation import (
 )
 from adamhub_service.api.params import vector_request_budget
 from adamhub_service.api.problems import validation_problem
-from adamhub_service.api.schemas import WIRE_DTYPES, StepIn, StepOut, StepSettingsIn, render
+from adamhub_service.api.schemas import (
+    MAX_SAMPLES,
+    WIRE_DTYPES,
+    RoundPendingOut,
+    StepIn,
+    StepOut,
+    StepSettingsIn,
+    render,
+)
 from adamhub_service.steps.idempotency import checked_key
+from adamhub_service.steps.rounds import RoundPending
 from adamhub_service.steps.service import SETTINGS_HEADER, StepSettings
 
 router = APIRouter(prefix="/v1", tags=["steps"])
 
 BASE_STEP_HEADER = "Adamhub-Base-Step"
+SAMPLES_HEADER = "Adamhub-Samples"
 
 RETURN_CHOICES = ("params", "none")
 _PARAMETERS = [
@@ -73,6 +85,20 @@ _PARAMETERS = [
         "stale-gradient beyond the session's max_staleness, or when not reached.",
     ),
     openapi.parameter(
+        SAMPLES_HEADER.lower(),
+        "header",
+        {"type": "string", "pattern": "^[0-9]{1,13}$"},
+        "In a rounds session, the samples this gradient stands for: its weight nᵢ in the "
+        "round's mean Σ nᵢ·gᵢ / Σ nᵢ (default 1, at least 1).",
+    ),
+    openapi.parameter(
+        "prefer",
+        "header",
+        {"type": "string"},
+        "`wait=N`: in a rounds session, wait up to N seconds for the round to close "
+        "before answering 202 (default ADAMHUB_ROUND_WAIT_SECONDS).",
+    ),
+    openapi.parameter(
         "idempotency-key",
         "header",
         {"type": "string", "pattern": openapi.IDEMPOTENCY_KEY_PATTERN},
@@ -92,6 +118,11 @@ _PARAMETERS = [
             "`?return=none`.",
             "headers": {**openapi.STEP_HEADERS, **openapi.APPLIED_HEADERS},
             "content": {BINARY: openapi.BINARY_VECTOR},
+        },
+        202: {
+            "description": "Rounds: the contribution is in, and its round did not close "
+            "within the wait. Long-poll `GET …/params?min_step=<round>&wait=S` for it.",
+            "model": RoundPendingOut,
         },
         **openapi.problems(404, 408, 409, 413, 415, 422),
     },
@@ -114,7 +145,10 @@ async def step(request: Request) -> Response:
     idempotency_key = checked_key(headers.get("idempotency-key"))
     step_settings = _step_settings(headers.get(SETTINGS_HEADER))
     base_step = _base_step(headers.get(BASE_STEP_HEADER))
+    samples = _samples(headers.get(SAMPLES_HEADER))
     settings = services.settings
+    wait_seconds = _preferred_wait(headers.get("prefer"), settings.round_wait_seconds)
+    wait_seconds = min(wait_seconds, settings.max_wait_seconds)
     record = await services.sessions.get(session_id, caller, "steps.create", fresh=False)
     if step_settings is not None:
         step_settings.applied_to(record.optimizer)  # 422 before the body is read
@@ -132,14 +166,43 @@ async def step(request: Request) -> Response:
         )
         # The log keeps a narrower wire dtype as it came (it widens exactly).
         narrower = received.dtype.itemsize < gradient.dtype.itemsize
-        result = await services.steps.step(
-            session_id,
-            gradient,
-            logged=received if narrower else None,
-            idempotency_key=idempotency_key,
-            settings=step_settings,
-            base_step=base_step,
-        )
+        if record.rounds is None:
+            result = await services.steps.step(
+                session_id,
+                gradient,
+                logged=received if narrower else None,
+                idempotency_key=idempotency_key,
+                settings=step_settings,
+                base_step=base_step,
+            )
+        else:
+            contributed = await services.rounds.contribute(
+                record,
+                gradient,
+                logged=received if narrower else None,
+                samples=samples,
+                idempotency_key=idempotency_key,
+                settings=step_settings,
+                base_step=base_step,
+                wait_seconds=wait_seconds,
+            )
+    if record.rounds is not None:
+        # The wait holds no memory: the gradient is stored.
+        answer = await services.rounds.answer(contributed, wait_seconds)
+        if isinstance(answer, RoundPending):
+            pending = RoundPendingOut.model_construct(
+                t=answer.t,
+                round=answer.round,
+                contributions=answer.contributions,
+                needed=answer.needed,
+            )
+            return Response(
+                render(pending),
+                status_code=202,
+                media_type=JSON,
+                headers={STEP_HEADER: str(answer.t)},
+            )
+        result = answer
     answer_headers = {
         STEP_HEADER: str(result.record.t),
         APPLIED_STEP_HEADER: str(result.applied_t),
@@ -170,6 +233,36 @@ def _base_step(header: str | None) -> int | None:
             header=BASE_STEP_HEADER,
         )
     return int(value)
+
+
+def _samples(header: str | None) -> int:
+    """The Adamhub-Samples header as a count (default 1), or 422 naming it."""
+    if header is None:
+        return 1
+    value = header.strip()
+    if not value.isdigit() or len(value) > 13 or not 1 <= int(value) <= MAX_SAMPLES:
+        raise errors.InvalidHeader(
+            f"{SAMPLES_HEADER} must be a whole number of samples from 1 to {MAX_SAMPLES}, "
+            f"not {header!r}",
+            header=SAMPLES_HEADER,
+        )
+    return int(value)
+
+
+def _preferred_wait(header: str | None, default: float) -> float:
+    """The seconds a ``Prefer: wait=N`` header asks for (RFC 7240), else ``default``."""
+    if header is None:
+        return default
+    for preference in header.replace(";", ",").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                seconds = float(value.strip().strip('"'))
+            except ValueError:
+                return default  # a preference the server cannot honour is ignored
+            if math.isfinite(seconds) and seconds >= 0:
+                return seconds
+    return default
 
 
 def _step_settings(header: str | None) -> StepSettings | None:

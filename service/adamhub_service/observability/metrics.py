@@ -40,6 +40,18 @@ class Metrics:
             "Commits that lost the compare-and-set to another writer and were retried.",
             registry=self.registry,
         )
+        self.contributions = Counter(
+            "adamhub_round_contributions",
+            "Contributions to rounds: taken, replayed, or refused as stale.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.rounds = Counter(
+            "adamhub_rounds_closed",
+            "Rounds closed by this process: complete, or at their deadline.",
+            ["how"],
+            registry=self.registry,
+        )
         self.cache_bytes = Gauge(
             "adamhub_cache_bytes",
             "Bytes of session state cached in this process.",

@@ -16,6 +16,7 @@ from adamhub_service.optim import AdamConfig, AdamState, FloatArray, init_state,
 from adamhub_service.sessions import checkpoints
 from adamhub_service.sessions.checkpoints import Checkpoint
 from adamhub_service.sessions.records import (
+    RoundRule,
     SessionRecord,
     is_session_id,
     new_session_id,
@@ -50,6 +51,7 @@ class NewSession:
     metadata: dict[str, Any] = field(default_factory=dict)
     history_steps: int = 0
     max_staleness: int | None = None
+    rounds: RoundRule | None = None
     state: AdamState | None = None
 
 
@@ -187,6 +189,7 @@ class SessionService:
             tenant=principal.tenant,
             history_steps=spec.history_steps,
             max_staleness=spec.max_staleness,
+            rounds=spec.rounds,
         )
         if spec.state is not None:
             state = spec.state
@@ -252,14 +255,9 @@ class SessionService:
         principal: Principal,
         *,
         unless_heads: frozenset[str] = frozenset(),
-        min_step: int | None = None,
-        wait_seconds: float = 0.0,
     ) -> tuple[SessionRecord, FloatArray | None]:
-        """The current record and parameters (None when the head is in ``unless_heads``);
-        with ``min_step``, once t reaches it or after ``wait_seconds`` (a long-poll)."""
+        """The current record and parameters (None when the head is in ``unless_heads``)."""
         await self.get(session_id, principal, "params.read", fresh=False)
-        if min_step is not None and wait_seconds > 0:
-            await self._store.wait_for_step(session_id, min_step, wait_seconds)
         return await self._store.params(session_id, unless_heads=unless_heads)
 
     async def update(
@@ -377,6 +375,7 @@ class SessionService:
             metadata=record.metadata,
             history_steps=record.history_steps,
             max_staleness=record.max_staleness,
+            rounds=record.rounds,
         )
         return await self.create(spec, principal)
 

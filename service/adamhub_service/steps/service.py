@@ -195,7 +195,7 @@ class StepService:
                 queued.answer.set_exception(exc)
                 continue
             try:
-                new_state = await _compute(state, queued.gradient, step_optimizer)
+                new_state = await compute_step(state, queued.gradient, step_optimizer)
             except errors.NonFiniteUpdate as exc:
                 # A retry of a step that was applied can no longer be applied: answer it.
                 await self._refuse_unless_applied(session_id, queued, exc)
@@ -304,7 +304,8 @@ def _fail(group: list[_Queued], exc: BaseException) -> None:
             queued.answer.set_exception(exc)
 
 
-async def _compute(state: AdamState, gradient: FloatArray, config: AdamConfig) -> AdamState:
+async def compute_step(state: AdamState, gradient: FloatArray, config: AdamConfig) -> AdamState:
+    """One Adam step; in a worker thread for a large state (the kernel releases the GIL)."""
     if state.size >= THREAD_THRESHOLD:
         return await asyncio.to_thread(optim.adam_step, state, gradient, config)
     return optim.adam_step(state, gradient, config)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray, ParamGroup, Schedule
-from adamhub_service.sessions.records import SessionRecord
+from adamhub_service.sessions.records import RoundRule, SessionRecord
 
 # The vectors of a session's state, by their short stored names.
 PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "p", "m", "v", "x"
@@ -17,7 +17,7 @@ PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "p", "m", "v", "x"
 _INT_FIELDS = ("size", "chunk_elements", "t", "rev", "history_steps")
 # Fields of the meta hash that describe the storage, not the session (lua/common.lua).
 _STORAGE_FIELDS = ("snap", "snap_t", "log_bytes")
-_JSON_FIELDS = ("optimizer", "metadata", "name", "max_staleness")
+_JSON_FIELDS = ("optimizer", "metadata", "name", "max_staleness", "rounds")
 _TEXT_FIELDS = ("id", "dtype", "head", "created_at", "updated_at", "tenant")
 
 MetaFields = dict[str, bytes | str | int]
@@ -67,6 +67,8 @@ def record_changes(**fields: Any) -> MetaFields:
     for key, value in fields.items():
         if key == "optimizer":
             encoded[key] = orjson.dumps(dataclasses.asdict(value))
+        elif key == "rounds":
+            encoded[key] = orjson.dumps(None if value is None else value.as_dict())
         elif key in _JSON_FIELDS:
             encoded[key] = orjson.dumps(value)
         else:
@@ -89,6 +91,8 @@ def record_from_hash(raw: Mapping[Any, Any]) -> SessionRecord:
         if name in doc:  # records of 0.1.0 have no tenant: theirs is the default
             doc[name] = text(doc[name])
     doc["optimizer"] = optimizer_from_json(doc["optimizer"])
+    if doc.get("rounds") is not None:
+        doc["rounds"] = RoundRule(**doc["rounds"])
     return SessionRecord(**doc)
 
 

@@ -4,6 +4,8 @@
 - ``adamhub:{<id>}:c:<write id>:<vector>:<i>``: chunk ``i`` of a stored vector
 - ``adamhub:{<id>}:idem:<key>``: an idempotency record
 - ``adamhub:{<id>}:idems``: the session's idempotency records, by expiry
+- ``adamhub:{<id>}:log``, ``:snaps``, ``:round``: hashes the session scripts keep
+  (``lua/common.lua``)
 - ``adamhub:sessions``: a sorted set of every session id, for listing
 
 The hash tag ``{<id>}`` puts a session in one Redis Cluster slot, so one Lua script
@@ -25,6 +27,11 @@ def session_prefix(session_id: str) -> str:
 def meta_key(session_id: str) -> str:
     """The key of a session's meta hash."""
     return f"{session_prefix(session_id)}meta"
+
+
+def round_key(session_id: str) -> str:
+    """The hash of a rounds session's open round (``lua/common.lua``)."""
+    return f"{session_prefix(session_id)}round"
 
 
 def chunk_keys(

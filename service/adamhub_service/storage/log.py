@@ -60,3 +60,28 @@ class SnapshotRef:
         """From its stored form."""
         write_id, vectors, config = text(raw).split(" ", 2)
         return cls(write_id, vectors, optimizer_from_json(orjson.loads(config)))
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """One contribution to a round: its gradient's write id, dtype and bytes, the
+    samples it stands for, and the optimizer config its settings (``Adamhub-Optimizer``)
+    asked for, if it carried any."""
+
+    write_id: str
+    dtype: str
+    nbytes: int
+    samples: int
+    config: AdamConfig | None = None
+
+    def encode(self) -> str:
+        """As stored: ``<write id> <dtype> <bytes> <samples>[ <optimizer json>]``."""
+        head = f"{self.write_id} {self.dtype} {self.nbytes} {self.samples}"
+        return head if self.config is None else f"{head} {optimizer_json(self.config)}"
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Contribution:
+        """From its stored form."""
+        parts = text(raw).split(" ", 4)
+        config = optimizer_from_json(orjson.loads(parts[4])) if len(parts) > 4 else None
+        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]), config)

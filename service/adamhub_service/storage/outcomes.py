@@ -16,6 +16,8 @@ class WriteStatus(IntEnum):
     ID_TAKEN = 5  # a new session's id exists already
     EXPIRED = 6  # a chunk written for the commit expired before it
     NO_HISTORY = 7  # a rollback's step is not kept (or not reached)
+    STALE = 8  # a contribution computed at another step than the open round's
+    SEALED = 9  # the open round takes no more contributions: it is being closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +68,35 @@ class AppendOutcome:
     log_bytes: int = 0
     replay_index: int | None = None
     replay: IdempotencyRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContributeOutcome:
+    """The outcome of a contribution to a round: when taken, the round's ``base`` (the
+    t it steps from), what it holds, whether this contribution completed it and when
+    it began (the store's clock, ms); the session's ``t`` when refused as ``STALE`` or
+    ``SEALED``; the recorded ``replay`` when the key was taken before."""
+
+    status: WriteStatus
+    base: int = 0
+    contributions: int = 0
+    samples: int = 0
+    complete: bool = False
+    first_ms: int = 0
+    replay: IdempotencyRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoundView:
+    """An open round as a waiter sees it: whether this caller ``sealed`` it (and must
+    close it now), what it holds, when it began and was sealed (0: not yet), and the
+    store's clock, in ms. ``status`` is CONFLICT when the session is past the round,
+    GONE when the session is."""
+
+    status: WriteStatus
+    sealed: bool = False
+    contributions: int = 0
+    samples: int = 0
+    first_ms: int = 0
+    sealed_ms: int = 0
+    now_ms: int = 0

@@ -38,21 +38,33 @@ from adamhub_service.storage.keys import (
     idempotency_key,
     meta_key,
     rate_key,
+    round_key,
     tenant_index_key,
     tenant_sizes_key,
 )
-from adamhub_service.storage.log import GRADIENT, LogEntry, SnapshotRef
+from adamhub_service.storage.log import GRADIENT, Contribution, LogEntry, SnapshotRef
 from adamhub_service.storage.outcomes import (
     AppendOutcome,
+    ContributeOutcome,
     IdempotencyClaim,
     IdempotencyRecord,
+    RoundView,
     WriteOutcome,
     WriteStatus,
 )
 
 _PACKAGE = resources.files("adamhub_service.storage")
 # The session scripts share helpers, prepended to each.
-_SESSION_SCRIPTS = ("append", "snapshot", "commit", "rollback", "delete", "load")
+_SESSION_SCRIPTS = (
+    "append",
+    "snapshot",
+    "commit",
+    "rollback",
+    "delete",
+    "load",
+    "contribute",
+    "seal",
+)
 
 
 def _load_script(name: str) -> str:
@@ -128,6 +140,8 @@ class RedisStore:
         self._rollback = client.register_script(_load_script("rollback"))
         self._delete = client.register_script(_load_script("delete"))
         self._load = client.register_script(_load_script("load"))
+        self._contribute = client.register_script(_load_script("contribute"))
+        self._seal = client.register_script(_load_script("seal"))
         self._reserve = client.register_script(_load_script("reserve"))
         self._rate = client.register_script(_load_script("rate"))
 
@@ -330,10 +344,13 @@ class RedisStore:
         steps: Sequence[LoggedStep],
         *,
         idempotency_ttl_ms: int,
+        round_contributions: int | None = None,
     ) -> AppendOutcome:
         """Log ``steps`` (the steps after ``current.t``, in order) and make ``new`` the
         record, if the session is still at ``current.rev``: one compare-and-set for all.
 
+        With ``round_contributions``, the one step is the close of the open round, which
+        must still hold that many contributions (else ``CONFLICT``); it is dropped.
         A step's idempotency key that is recorded already refuses the whole group as
         ``REPLAYED`` with that step's index. Store failures are as in ``_write_then_run``.
         """
@@ -355,6 +372,7 @@ class RedisStore:
             current.t,
             idempotency_ttl_ms,
             sum(step.entry.nbytes for step in steps),
+            "" if round_contributions is None else round_contributions,
             *(step.entry.encode() for step in steps),
             *(step.idempotency.record.encode() if step.idempotency else "" for step in steps),
             *_pairs(record_changes(**_step_changes(current, new))),
@@ -372,6 +390,81 @@ class RedisStore:
                 replay=IdempotencyRecord.decode(text(reply[2])),
             )
         return AppendOutcome(status)
+
+    async def contribute(
+        self,
+        record: SessionRecord,
+        contribution: Contribution,
+        gradient: FloatArray,
+        *,
+        base_step: int | None,
+        idempotency: IdempotencyClaim | None,
+    ) -> ContributeOutcome:
+        """Add a contribution (``gradient``, in its entry's dtype) to the session's open
+        round, if it is computed at that round's base (``None``: whichever is open).
+        ``idempotency.record``'s step is ignored: the script records the round's."""
+        meta = meta_key(record.id)
+        idem = meta if idempotency is None else idempotency_key(record.id, idempotency.key)
+        chunks = _chunked(
+            chunk_keys(record.id, contribution.write_id, (GRADIENT,), chunk_count(record)),
+            gradient,
+            record.chunk_elements,
+        )
+        args: list[Any] = [
+            "" if base_step is None else base_step,
+            contribution.encode(),
+            contribution.samples,
+            "" if idempotency is None else idempotency.record.digest,
+            0 if idempotency is None else idempotency.ttl_ms,
+        ]
+        reply = await self._write_then_run(
+            self._contribute, [meta, idempotency_index_key(record.id), idem], chunks, args
+        )
+        status = WriteStatus(int(reply[0]))
+        if status is WriteStatus.COMMITTED:
+            base, n, samples, complete, first_ms = (int(part) for part in reply[1:6])
+            return ContributeOutcome(status, base, n, samples, complete == 1, first_ms)
+        if status is WriteStatus.REPLAYED:
+            return ContributeOutcome(status, replay=IdempotencyRecord.decode(text(reply[1])))
+        if status in (WriteStatus.STALE, WriteStatus.SEALED):
+            return ContributeOutcome(status, base=int(reply[1]))
+        return ContributeOutcome(status)
+
+    async def seal(self, session_id: str, base: int, *, grace_ms: int) -> RoundView:
+        """The open round stepping from ``base``, sealed for this caller to close when
+        it is due (see ``lua/seal.lua``)."""
+        async with unavailable_on_error(write=True):
+            reply = await self._seal(keys=[meta_key(session_id)], args=[base, grace_ms])
+        head = int(reply[0])
+        if head == 1:
+            return RoundView(WriteStatus.COMMITTED, True, int(reply[1]), int(reply[2]))
+        if head == 0:
+            n, samples, first_ms, sealed_ms, now_ms = (int(part) for part in reply[1:6])
+            return RoundView(WriteStatus.COMMITTED, False, n, samples, first_ms, sealed_ms, now_ms)
+        return RoundView(WriteStatus(head))
+
+    async def round_contributions(
+        self, record: SessionRecord, contributions: int
+    ) -> list[tuple[Contribution, FloatArray]] | None:
+        """The first ``contributions`` of the round stepping from ``record.t``, in their
+        order, with their gradients; None when the round is no longer that one."""
+        async with unavailable_on_error():
+            raw = await self._redis.hgetall(round_key(record.id))
+        fields = {text(name): value for name, value in raw.items()}
+        if text(fields.get("base", b"")) != str(record.t):
+            return None
+        entries = [fields.get(str(i)) for i in range(1, contributions + 1)]
+        if any(entry is None for entry in entries):
+            return None
+        taken = [Contribution.decode(entry) for entry in entries if entry is not None]
+        gradients = [np.empty(record.size, dtype=entry.dtype) for entry in taken]
+        targets = [
+            (chunk_keys(record.id, entry.write_id, (GRADIENT,), chunk_count(record)), gradient)
+            for entry, gradient in zip(taken, gradients, strict=True)
+        ]
+        if not await self._read_into(record, targets):
+            return None
+        return list(zip(taken, gradients, strict=True))
 
     async def snapshot(
         self, record: SessionRecord, entry: LogEntry, state: AdamState, config: AdamConfig

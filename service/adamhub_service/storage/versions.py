@@ -25,11 +25,14 @@ from adamhub_service.optim import AdamConfig, AdamState, FloatArray, adam_step
 from adamhub_service.sessions.records import SessionRecord, is_session_id
 from adamhub_service.storage.cache import CachedSession, StateCache
 from adamhub_service.storage.encoding import record_changes, state_of
-from adamhub_service.storage.log import LogEntry
+from adamhub_service.storage.log import Contribution, LogEntry
 from adamhub_service.storage.notifier import StepNotifier
 from adamhub_service.storage.outcomes import (
     AppendOutcome,
+    ContributeOutcome,
+    IdempotencyClaim,
     IdempotencyRecord,
+    RoundView,
     WriteOutcome,
     WriteStatus,
 )
@@ -205,16 +208,6 @@ class SessionStore:
 
         return await self.until_committed(attempt)
 
-    async def wait_for_step(self, session_id: str, min_step: int, seconds: float) -> None:
-        """Return once the session's t is at least ``min_step``, or after ``seconds``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while (await self.record(session_id)).t < min_step:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            await self._notifier.wait(session_id, remaining)
-
     async def state(self, session_id: str) -> CachedSession:
         """The current state, verified against the store (one step's, never a mix)."""
 
@@ -243,6 +236,7 @@ class SessionStore:
         result: CachedSession,
         *,
         idempotency_ttl_ms: int,
+        round_contributions: int | None = None,
     ) -> AppendOutcome:
         """Log ``steps``, computed from ``current``, if nothing moved; ``result`` is the
         state they lead to (and ``new`` its record).
@@ -253,7 +247,11 @@ class SessionStore:
         as an idempotent replay (which leaves the session as it was).
         """
         outcome = await self._store.append(
-            current.record, new, steps, idempotency_ttl_ms=idempotency_ttl_ms
+            current.record,
+            new,
+            steps,
+            idempotency_ttl_ms=idempotency_ttl_ms,
+            round_contributions=round_contributions,
         )
         if outcome.status is WriteStatus.COMMITTED:
             assert outcome.rev is not None
@@ -261,11 +259,41 @@ class SessionStore:
                 new.evolve(rev=outcome.rev), result.state, result.config, outcome.log_bytes
             )
             self._cache.put(committed)
+            # This process's waiters need not wait for the store's notification.
+            self._notifier.changed(new.id)
             if outcome.log_bytes >= snapshot_threshold(new, self._snapshot_bytes):
                 self._start_snapshot(committed, steps[-1].entry)
         elif outcome.status is not WriteStatus.REPLAYED:
             self._cache.drop(current.record.id)
         return outcome
+
+    async def contribute(
+        self,
+        record: SessionRecord,
+        contribution: Contribution,
+        gradient: FloatArray,
+        *,
+        base_step: int | None,
+        idempotency: IdempotencyClaim | None,
+    ) -> ContributeOutcome:
+        """Add a contribution to the session's open round (``RedisStore.contribute``)."""
+        return await self._store.contribute(
+            record, contribution, gradient, base_step=base_step, idempotency=idempotency
+        )
+
+    async def seal(self, session_id: str, base: int, *, grace_ms: int) -> RoundView:
+        """The open round at ``base``, sealed for this caller when due (``RedisStore.seal``)."""
+        return await self._store.seal(session_id, base, grace_ms=grace_ms)
+
+    async def round_contributions(
+        self, record: SessionRecord, contributions: int
+    ) -> list[tuple[Contribution, FloatArray]] | None:
+        """The round's first ``contributions``, in order (``RedisStore.round_contributions``)."""
+        return await self._store.round_contributions(record, contributions)
+
+    async def notified(self, session_id: str, seconds: float) -> None:
+        """Return when the session may have a new t, or after ``seconds`` (≤ 1 s)."""
+        await self._notifier.wait(session_id, seconds)
 
     def _start_snapshot(self, committed: CachedSession, entry: LogEntry) -> None:
         session_id = committed.record.id

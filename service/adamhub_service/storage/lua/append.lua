@@ -1,4 +1,4 @@
--- Append steps to a session's log, all or nothing (group commit).
+-- Append steps to a session's log, all or nothing (group commit), or close a round.
 --
 -- KEYS[1]              the session's meta hash
 -- KEYS[2]              the session's index of idempotency records
@@ -8,18 +8,22 @@
 -- ARGV[2]  n, the number of steps;  ARGV[3] t before the first of them
 -- ARGV[4]  the idempotency records' TTL in milliseconds
 -- ARGV[5]  the bytes the steps add to the log
--- ARGV[6 .. 5+n]      each step's log entry
--- ARGV[6+n .. 5+2n]   each step's idempotency record ("" = none)
--- ARGV[6+2n ..]       field, value pairs to set on the meta hash
+-- ARGV[6]  "" for steps; for the close of a round (one step, the round's mean), the
+--          number of contributions the mean holds: the round must still hold exactly
+--          those, and is dropped with their gradients
+-- ARGV[7 .. 6+n]      each step's log entry
+-- ARGV[7+n .. 6+2n]   each step's idempotency record ("" = none)
+-- ARGV[7+2n ..]       field, value pairs to set on the meta hash
 --
 -- Replies {1, new rev, log bytes since the newest snapshot} when committed;
 -- {2, j, record} when step j's idempotency key is recorded already (nothing written);
--- {3} the rev moved on; {4} no such session; {6} a chunk expired.
+-- {3} the rev moved on, or the round changed; {4} no such session; {6} a chunk expired.
 local meta, index = KEYS[1], KEYS[2]
 local n, t0, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local entries, records = 6, 6 + n
 
 for j = 1, n do
-  if ARGV[5 + n + j] ~= '' then
+  if ARGV[records + j] ~= '' then
     local record = redis.call('GET', KEYS[2 + j])
     if record then
       return {REPLAYED, j, record}
@@ -30,23 +34,33 @@ local refused = refusal(meta, ARGV[1])
 if refused then
   return {refused}
 end
+local prefix = prefix_of(meta)
+if ARGV[6] ~= '' then
+  local base, held = unpack(redis.call('HMGET', prefix .. 'round', 'base', 'n'))
+  if base ~= tostring(t0) or held ~= ARGV[6] then
+    return {CONFLICT}
+  end
+end
 if not persist(3 + n, #KEYS) then
   return {EXPIRED}
 end
 migrate(meta)
-
-local log = prefix_of(meta) .. 'log'
-for j = 1, n do
-  redis.call('HSET', log, tostring(t0 + j), ARGV[5 + j])
+if ARGV[6] ~= '' then
+  discard_round(prefix, chunk_count(meta))
 end
-if #ARGV > 5 + 2 * n then
-  redis.call('HSET', meta, unpack(ARGV, 6 + 2 * n))
+
+local log = prefix .. 'log'
+for j = 1, n do
+  redis.call('HSET', log, tostring(t0 + j), ARGV[entries + j])
+end
+if #ARGV > records + n then
+  redis.call('HSET', meta, unpack(ARGV, records + n + 1))
 end
 local new_rev = redis.call('HINCRBY', meta, 'rev', 1)
 local log_bytes = redis.call('HINCRBY', meta, 'log_bytes', tonumber(ARGV[5]))
 for j = 1, n do
-  if ARGV[5 + n + j] ~= '' then
-    record_idempotency(index, KEYS[2 + j], ARGV[5 + n + j], ttl)
+  if ARGV[records + j] ~= '' then
+    record_idempotency(index, KEYS[2 + j], ARGV[records + j], ttl)
   end
 end
 publish_t(meta)

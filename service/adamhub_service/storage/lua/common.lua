@@ -7,8 +7,12 @@
 --                   the gradient of every step since the oldest snapshot kept
 --   <prefix>snaps   a hash: step -> "<write id> <vectors> <optimizer json>", the
 --                   snapshots of θ, m, v (and max v) kept, newest = meta's snap_t
+--   <prefix>round   a hash, the open round of a rounds session: base (the t it steps
+--                   from), n, samples, first_ms, sealed_ms (set once it takes no more),
+--                   and 1 .. n -> "<write id> <dtype> <bytes> <samples>[ <optimizer json>]"
 --   <prefix>c:<write id>:<vector>:<i>   chunk i of a stored vector
 local COMMITTED, REPLAYED, CONFLICT, GONE, ID_TAKEN, EXPIRED, NO_HISTORY = 1, 2, 3, 4, 5, 6, 7
+local STALE, SEALED = 8, 9
 
 local function prefix_of(meta)
   return string.sub(meta, 1, #meta - 4)
@@ -78,11 +82,31 @@ local function retire_log(prefix, first, last, count)
   end
 end
 
--- Unlink every snapshot and log entry of a session, and their hashes.
+-- The store's clock in milliseconds.
+local function now_ms()
+  local clock = redis.call('TIME')
+  return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+end
+
+-- Drop a session's open round and unlink its contributions' gradients.
+local function discard_round(prefix, count)
+  local round = prefix .. 'round'
+  local n = tonumber(redis.call('HGET', round, 'n') or '0')
+  for i = 1, n do
+    local entry = redis.call('HGET', round, tostring(i))
+    if entry then
+      unlink_chunks(prefix, entry_write_id(entry), 'g', count)
+    end
+  end
+  redis.call('DEL', round)
+end
+
+-- Unlink every snapshot, log entry and open round of a session, and their hashes.
 local function unlink_history(meta)
   local prefix = prefix_of(meta)
   local log, snaps = prefix .. 'log', prefix .. 'snaps'
   local count = chunk_count(meta)
+  discard_round(prefix, count)
   for _, value in ipairs(redis.call('HVALS', snaps)) do
     local old_id, vectors = snapshot_parts(value)
     unlink_chunks(prefix, old_id, vectors, count)
@@ -124,8 +148,7 @@ end
 -- Record idempotency keys with their TTL, indexed by expiry so a delete finds them.
 local function record_idempotency(index, key, value, ttl)
   redis.call('SET', key, value, 'PX', ttl)
-  local clock = redis.call('TIME')
-  local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  local now = now_ms()
   redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
   redis.call('ZADD', index, now + ttl, key)
   redis.call('PEXPIRE', index, ttl)

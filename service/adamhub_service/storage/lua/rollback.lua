@@ -23,6 +23,8 @@ if k < oldest or k > t then
   return {NO_HISTORY, oldest, t}
 end
 local count = chunk_count(meta)
+-- An open round's contributions were computed at a step that is no longer the last.
+discard_round(prefix, count)
 local base = oldest
 for _, step in ipairs(snapshot_steps) do
   if step > k then

@@ -1,0 +1,303 @@
+"""Synchronous rounds: K workers' gradients averaged into one Adam step, as DDP does.
+
+A contribution is stored in the session's open round before it is acknowledged
+(``lua/contribute.lua``): the script checks that it was computed at the round's base
+step, records its Idempotency-Key, and numbers it. The request that completes the round
+closes it at once; a round past its deadline, or sealed by a closer that died, is
+closed by whichever waiter sees it first (``lua/seal.lua``), on any replica. Closing
+reads the contributions, sums them in their recorded order into the samples-weighted
+mean, steps, and logs the mean as the round's step with the same commit that drops the
+round (``lua/append.lua``): a replay gives the same bits, and a round closes once.
+Waiters learn of the close through the step notifications, bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from adamhub_service import errors
+from adamhub_service.observability.metrics import Metrics
+from adamhub_service.optim import FloatArray
+from adamhub_service.sessions.records import RoundRule, SessionRecord, new_write_id, utc_now
+from adamhub_service.steps.idempotency import gradient_digest
+from adamhub_service.steps.service import StepResult, StepSettings, compute_step
+from adamhub_service.storage.cache import CachedSession
+from adamhub_service.storage.log import Contribution, LogEntry
+from adamhub_service.storage.outcomes import (
+    ContributeOutcome,
+    IdempotencyClaim,
+    IdempotencyRecord,
+    RoundView,
+    WriteStatus,
+)
+from adamhub_service.storage.store import LoggedStep
+from adamhub_service.storage.versions import SessionStore
+
+# A round sealed for closing that has not closed after this long is closed by another
+# waiter: its closer died.
+CLOSE_GRACE_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class RoundPending:
+    """A contribution that is in, in a round that did not close within the wait: the
+    session's ``t``, the step the round will produce, what it holds and still needs
+    (contributions, or samples with ``target_samples``)."""
+
+    t: int
+    round: int
+    contributions: int
+    needed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Contributed:
+    """A contribution that is in: its session, the step its round will produce, and
+    whether an earlier request with its Idempotency-Key put it in."""
+
+    session_id: str
+    rule: RoundRule
+    round_step: int
+    replayed: bool
+
+
+def weighted_mean(contributions: Sequence[tuple[int, FloatArray]], dtype: str) -> FloatArray:
+    """Σ nᵢ·gᵢ / Σ nᵢ, summed in float64 in the order given, in ``dtype``."""
+    total = sum(samples for samples, _ in contributions)
+    size = contributions[0][1].size
+    acc = np.zeros(size, dtype=np.float64)
+    term = np.empty(size, dtype=np.float64)
+    for samples, gradient in contributions:
+        np.multiply(gradient, samples, out=term, dtype=np.float64)
+        acc += term
+    acc /= total
+    return acc.astype(dtype)
+
+
+class RoundService:
+    """Contributions to the rounds of rounds sessions, and the closing of rounds."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        metrics: Metrics,
+        *,
+        idempotency_ttl_seconds: float,
+        close_grace_seconds: float = CLOSE_GRACE_SECONDS,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
+        self._grace_ms = int(close_grace_seconds * 1000)
+        self._closing: dict[str, asyncio.Task[None]] = {}
+
+    async def contribute(
+        self,
+        record: SessionRecord,
+        gradient: FloatArray,
+        *,
+        logged: FloatArray | None = None,
+        samples: int = 1,
+        idempotency_key: str | None = None,
+        settings: StepSettings | None = None,
+        base_step: int | None = None,
+        wait_seconds: float,
+    ) -> Contributed:
+        """Add ``gradient`` (validated, in the session dtype; ``logged`` as it arrived
+        when narrower) for ``samples`` samples to the open round of ``record``'s session;
+        close the round when this completes it. ``answer`` waits for the round.
+
+        A gradient for another step than the open round's is refused (409
+        ``stale-gradient``), after waiting up to ``wait_seconds`` for a full round to
+        close; a retry is answered as its first request was.
+        """
+        session_id = record.id
+        wire = gradient if logged is None else logged
+        digest = gradient_digest(gradient) if idempotency_key is not None else ""
+        claim = None
+        if idempotency_key is not None:
+            # The script records the round's step, which only it knows.
+            claim = IdempotencyClaim(
+                idempotency_key, IdempotencyRecord(digest, 0), self._idempotency_ttl_ms
+            )
+        config = None if settings is None else settings.applied_to(record.optimizer)
+
+        async def attempt() -> ContributeOutcome | None:
+            contribution = Contribution(
+                new_write_id(), wire.dtype.name, wire.nbytes, samples, config
+            )
+            outcome = await self._store.contribute(
+                record, contribution, wire, base_step=base_step, idempotency=claim
+            )
+            return None if outcome.status is WriteStatus.EXPIRED else outcome
+
+        outcome = await self._store.until_committed(attempt)
+        rule = record.rounds
+        assert rule is not None, "contributions go to rounds sessions"
+        replayed = False
+        if outcome.status is WriteStatus.GONE:
+            raise errors.SessionNotFound(session_id)
+        if outcome.status is WriteStatus.STALE:
+            self._metrics.contributions.labels("stale").inc()
+            raise _stale(base_step, outcome.base)
+        if outcome.status is WriteStatus.SEALED:
+            # The round is full: this gradient is for a step that is about to pass.
+            await self.wait_for_step(session_id, outcome.base + 1, wait_seconds)
+            self._metrics.contributions.labels("stale").inc()
+            raise _stale(base_step, (await self._store.record(session_id)).t)
+        if outcome.status is WriteStatus.REPLAYED:
+            assert outcome.replay is not None
+            if outcome.replay.digest != digest:
+                raise errors.IdempotencyKeyReused(
+                    "this Idempotency-Key was already used with a different gradient",
+                    applied_t=outcome.replay.applied_t,
+                )
+            replayed = True
+            round_step = outcome.replay.applied_t
+            self._metrics.contributions.labels("replayed").inc()
+        else:
+            round_step = outcome.base + 1
+            self._metrics.contributions.labels("taken").inc()
+            if outcome.complete:
+                await self._close(session_id, outcome.base, outcome.contributions, "complete")
+        return Contributed(session_id, rule, round_step, replayed)
+
+    async def answer(
+        self, contributed: Contributed, wait_seconds: float
+    ) -> StepResult | RoundPending:
+        """The round's step once it closes, or ``RoundPending`` after ``wait_seconds``
+        (the contribution stays in)."""
+        session_id, round_step = contributed.session_id, contributed.round_step
+        view = await self.wait_for_step(session_id, round_step, wait_seconds)
+        current, params = await self._store.params(session_id)
+        assert params is not None, "params are read unless an ETag matched"
+        if current.t >= round_step:
+            return StepResult(current, params, round_step, contributed.replayed)
+        if current.t < round_step - 1:
+            raise errors.StaleGradient(
+                f"the session went back to t={current.t} (a rollback or reset) before "
+                f"the round of step {round_step} closed; it was dropped with its "
+                "contributions: fetch the parameters and compute the gradient again",
+                t=current.t,
+            )
+        held = view.contributions if view is not None else 0
+        held_samples = view.samples if view is not None else 0
+        needed = contributed.rule.needed(held, held_samples)
+        return RoundPending(current.t, round_step, held, needed)
+
+    async def wait_for_step(
+        self, session_id: str, min_step: int, seconds: float
+    ) -> RoundView | None:
+        """Return once the session's t is at least ``min_step``, or after ``seconds``,
+        closing the rounds that come due meanwhile; the open round as last seen."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        view = None
+        while True:
+            record = await self._store.record(session_id)
+            if record.t >= min_step:
+                return view
+            rule = record.rounds
+            if rule is None:  # not a rounds session: only wait
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return view
+                await self._store.notified(session_id, remaining)
+                continue
+            view = await self._store.seal(session_id, record.t, grace_ms=self._grace_ms)
+            if view.status is WriteStatus.GONE:
+                raise errors.SessionNotFound(session_id)
+            if view.status is WriteStatus.CONFLICT:
+                continue  # t moved on under the look
+            if view.sealed:
+                how = (
+                    "complete" if rule.needed(view.contributions, view.samples) == 0 else "deadline"
+                )
+                await self._close(session_id, record.t, view.contributions, how)
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return view
+            await self._store.notified(session_id, min(remaining, self._due_in(rule, view)))
+
+    def _due_in(self, rule: RoundRule, view: RoundView) -> float:
+        """Seconds until the open round may need this waiter: its deadline, or the end of
+        its closer's grace (at least a few ms; the notifier caps the wait at a second)."""
+        due = float("inf")
+        if view.sealed_ms:
+            due = view.sealed_ms + self._grace_ms - view.now_ms
+        elif rule.timeout_seconds is not None and view.contributions:
+            due = view.first_ms + rule.timeout_seconds * 1000 - view.now_ms
+        return max(due / 1000, 0.005)
+
+    async def _close(self, session_id: str, base: int, contributions: int, how: str) -> None:
+        """Close the round stepping from ``base`` with its ``contributions``: once per
+        process at a time, and to the end even when the request that started it goes."""
+        task = self._closing.get(session_id)
+        if task is None or task.done():
+            task = asyncio.create_task(self._close_round(session_id, base, contributions, how))
+            self._closing[session_id] = task
+            task.add_done_callback(lambda done: self._forget(session_id, done))
+        await asyncio.shield(task)
+
+    def _forget(self, session_id: str, task: asyncio.Task[None]) -> None:
+        if self._closing.get(session_id) is task:
+            del self._closing[session_id]
+
+    async def _close_round(self, session_id: str, base: int, contributions: int, how: str) -> None:
+        async def attempt() -> bool | None:
+            current = await self._store.state(session_id)
+            if current.state.step != base:
+                return True  # closed already (or the session went elsewhere)
+            taken = await self._store.round_contributions(current.record, contributions)
+            if taken is None:
+                return None
+            record = current.record
+            optimizer = record.optimizer
+            for contribution, _ in taken:
+                if contribution.config is not None:
+                    optimizer = contribution.config
+            mean = weighted_mean(
+                [(contribution.samples, gradient) for contribution, gradient in taken],
+                record.dtype,
+            )
+            state = await compute_step(current.state, mean, optimizer)
+            entry = LogEntry(
+                new_write_id(),
+                mean.dtype.name,
+                mean.nbytes,
+                None if optimizer == current.config else optimizer,
+            )
+            new = record.evolve(
+                t=state.step, head=entry.write_id, updated_at=utc_now(), optimizer=optimizer
+            )
+            outcome = await self._store.append(
+                current,
+                new,
+                [LoggedStep(entry, mean)],
+                CachedSession(new, state, optimizer),
+                idempotency_ttl_ms=self._idempotency_ttl_ms,
+                round_contributions=contributions,
+            )
+            if outcome.status is WriteStatus.COMMITTED:
+                self._metrics.rounds.labels(how).inc()
+                self._metrics.steps.labels("applied").inc()
+                return True
+            if outcome.status is WriteStatus.GONE:
+                raise errors.SessionNotFound(session_id)
+            self._metrics.conflicts.inc()
+            return None
+
+        await self._store.until_committed(attempt)
+
+
+def _stale(base_step: int | None, t: int) -> errors.StaleGradient:
+    return errors.StaleGradient(
+        f"the gradient was computed at t={base_step}; the open round steps from t={t}: "
+        "fetch the parameters and compute it again",
+        t=t,
+    )
