@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import numpy as np
 import pytest
 
 import adamhub
@@ -114,3 +116,72 @@ def test_missing_and_sparse_gradients_are_refused(service_url: str) -> None:
             sparse_opt.step()
         assert optimizer.session.t == 0
         assert sparse_opt.session.t == 0
+
+
+def test_two_workers_in_rounds_train_like_one_with_the_whole_batch(service_url: str) -> None:
+    """DDP semantics: two RemoteAdam workers, each with half of every batch, in rounds
+    of two; their parameters after 50 steps equal one local Adam's on whole batches."""
+    x, y = data()
+    local = mlp(3)
+    local_optimizer = torch.optim.Adam(local.parameters(), lr=1e-2)
+    for step in range(50):
+        batch = slice((step * 32) % 256, (step * 32) % 256 + 32)
+        local_optimizer.zero_grad()
+        torch.nn.functional.mse_loss(local(x[batch]), y[batch]).backward()  # type: ignore[no-untyped-call, unused-ignore]
+        local_optimizer.step()
+
+    client = adamhub.Client(service_url)
+    first = mlp(3)
+    lead = RemoteAdam(first.parameters(), lr=1e-2, client=client, rounds=2)
+    second = mlp(99)  # attaching copies the session's parameters in
+    follower = RemoteAdam(second.parameters(), client=client, session=lead.session.id)
+    workers = [(first, lead, 0), (second, follower, 1)]
+    failures: list[BaseException] = []
+
+    def work(model: torch.nn.Module, optimizer: RemoteAdam, half: int) -> None:
+        try:
+            for step in range(50):
+                start = (step * 32) % 256 + 16 * half
+                optimizer.zero_grad()
+                # The mean of two half-batch means is the whole batch's mean.
+                loss = torch.nn.functional.mse_loss(
+                    model(x[start : start + 16]), y[start : start + 16]
+                )
+                loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
+                optimizer.step(samples=16)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=worker) for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures
+    assert lead.session.t == follower.session.t == 50
+    assert lead.stale_steps == follower.stale_steps == 0
+    deviation = relative_deviation(first, local)
+    print(f"two half-batch workers vs one whole-batch Adam after 50 rounds: {deviation:.2e}")
+    assert deviation <= 1e-5
+    for p, q in zip(first.parameters(), second.parameters(), strict=True):
+        assert torch.equal(p, q)  # every worker holds the same parameters
+    client.close()
+
+
+def test_a_stale_step_in_rounds_is_skipped_and_the_newest_parameters_pulled(
+    service_url: str,
+) -> None:
+    client = adamhub.Client(service_url)
+    model = mlp(4)
+    optimizer = RemoteAdam(model.parameters(), lr=1e-2, client=client, rounds={"contributions": 1})
+    other = adamhub.Client(service_url).session(optimizer.session.id)
+    other.step(np.ones(other.size, dtype=np.float32))  # the session moves on under it
+    x, y = data()
+    optimizer.zero_grad()
+    torch.nn.functional.mse_loss(model(x[:8]), y[:8]).backward()  # type: ignore[no-untyped-call, unused-ignore]
+    optimizer.step()
+    assert optimizer.stale_steps == 1
+    assert optimizer.session.t == 1
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+    assert np.array_equal(flat, other.params())
+    client.close()
