@@ -99,3 +99,34 @@ def test_torch_move_run_example(service_url: str) -> None:
     worst = float(re.findall(r"never moved: ([\d.e+-]+)", out)[0])
     assert worst <= 1e-5, out
     assert "t=60" in out
+
+
+def test_demo_sync_matches_one_worker_with_the_whole_batch() -> None:
+    out = run(*SERVICE_COMMAND, "demo", "--sync", "--workers", "3", "--steps", "40")
+    assert "rounds: t=40 for 120 contributions" in out
+    rounds = re.findall(r"round\s+(\d+)/40\s+t=(\d+)\s+batch loss ([\d.]+)", out)
+    assert rounds and all(r == t for r, t, _ in rounds), out
+    deviation = re.search(r"reaches the same parameters: max \|Δθ\| = ([\d.e+-]+)", out)
+    assert deviation, out
+    assert float(deviation.group(1)) <= 1e-4
+    assert out.strip().endswith("done")
+
+
+def test_ddp_workers_hold_the_same_parameters(service_url: str) -> None:
+    pytest.importorskip("torch", reason="the DDP example needs torch")
+    out = run(sys.executable, str(EXAMPLES / "ddp_workers.py"), "--base-url", service_url,
+              "--workers", "2", "--steps", "30")  # fmt: skip
+    assert "workers hold the same parameters: True" in out
+    assert "(t=30 for 60 gradients)" in out
+    first = float(re.findall(r"round 1: worker 0 batch loss ([\d.]+)", out)[0])
+    final = float(re.findall(r"final loss ([\d.]+)", out)[0])
+    assert final < first, out
+
+
+def test_local_sgd_outer_adam_converges(service_url: str) -> None:
+    out = run(sys.executable, str(EXAMPLES / "local_sgd.py"), "--base-url", service_url,
+              "--workers", "3", "--rounds", "20")  # fmt: skip
+    assert "after t=20 outer steps" in out
+    first = float(re.findall(r"round 1: worker 0's loss at the global parameters ([\d.]+)", out)[0])
+    final = float(re.findall(r"final mean loss ([\d.]+)", out)[0])
+    assert final < first / 5, out

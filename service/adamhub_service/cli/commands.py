@@ -58,7 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         "session, print the loss falling and a summary, then stop everything.",
     )
     demo.add_argument("--workers", type=int, default=4, help="worker processes (4)")
-    demo.add_argument("--steps", type=int, default=150, help="steps per worker (150)")
+    demo.add_argument(
+        "--steps", type=int, default=150, help="steps per worker, or rounds with --sync (150)"
+    )
+    demo.add_argument(
+        "--sync",
+        action="store_true",
+        help="synchronous rounds: each step is the mean of every worker's gradient (as DDP)",
+    )
     keys.add_parser(commands)
     return parser
 
@@ -67,9 +74,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the sub-command."""
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from adamhub_service.cli.demo import run as run_demo
+        from adamhub_service.cli import demo
 
-        return run_demo(workers=args.workers, steps=args.steps)
+        if args.sync:
+            return demo.run_sync(workers=args.workers, rounds=args.steps)
+        return demo.run(workers=args.workers, steps=args.steps)
     if args.command == "keys":
         store = ServerOptions(**({"data_dir": args.data_dir} if args.data_dir else {}))
         redis_url = args.redis_url or Settings().redis_url

@@ -5,16 +5,22 @@ worker process owns a shard of a synthetic regression data set (made here, nothi
 downloaded), computes the gradient of a two-layer tanh network with numpy, and steps the
 shared session through the SDK. The loss of the session's parameters on the whole data
 set is printed falling; then everything stops.
+
+With ``--sync`` the session takes rounds: each step is the mean of the workers'
+gradients, as DDP computes it; the loss is printed per round, and the result is checked
+against one worker that takes all the workers' batches as one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 import adamhub
+from adamhub_service.optim import AdamConfig, adam_step, init_state
 from adamhub_service.testing import ServiceProcess
 
 INPUTS, HIDDEN = 8, 32
@@ -29,6 +36,7 @@ SHAPES = {"w1": (INPUTS, HIDDEN), "b1": (HIDDEN,), "w2": (HIDDEN, 1), "b2": (1,)
 SIZE = sum(int(np.prod(shape)) for shape in SHAPES.values())
 BATCH = 64
 BAR_WIDTH = 24
+LR = 0.003
 
 Array = npt.NDArray[np.float64]
 
@@ -140,22 +148,36 @@ class Progress:
         self._drawn = True
 
 
-def run(workers: int = 4, steps: int = 150) -> int:
-    """Run the demo; return the exit status (0 when the loss fell and no step was lost)."""
+@contextlib.contextmanager
+def temporary_service() -> Iterator[str]:
+    """A service with its embedded store in a temporary folder; its URL."""
     folder = Path(tempfile.mkdtemp(prefix="adamhub-demo-"))
-    print(f"adamhub demo: {workers} workers × {steps} steps on one session ({SIZE} parameters)")
     service = ServiceProcess(
         "--data-dir", str(folder / "data"), "--log-level", "warning",
         log_path=folder / "service.log",
     ).start()  # fmt: skip
-    base_url = service.base_url
-    print(f"service at {base_url} (embedded store in {folder / 'data'})")
+    print(f"service at {service.base_url} (embedded store in {folder / 'data'})")
     try:
+        yield service.base_url
+    finally:
+        service.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def start_params() -> npt.NDArray[np.float32]:
+    """The parameters every run starts from."""
+    return np.random.default_rng(0).normal(0.0, 0.3, SIZE).astype(np.float32)
+
+
+def run(workers: int = 4, steps: int = 150) -> int:
+    """Run the demo; return the exit status (0 when the loss fell and no step was lost)."""
+    print(f"adamhub demo: {workers} workers × {steps} steps on one session ({SIZE} parameters)")
+    with temporary_service() as base_url:
         x, y = dataset()
-        start = np.random.default_rng(0).normal(0.0, 0.3, SIZE).astype(np.float32)
+        start = start_params()
         start_loss, _ = loss_and_gradient(start, x, y)
         with adamhub.Client(base_url) as client:
-            session = client.create_session(start, optimizer={"lr": 0.003}, name="demo")
+            session = client.create_session(start, optimizer={"lr": LR}, name="demo")
             context = multiprocessing.get_context("spawn")
             updates: multiprocessing.Queue[tuple[int, int]] = context.Queue()
             processes = [
@@ -192,6 +214,111 @@ def run(workers: int = 4, steps: int = 150) -> int:
         ok = session.t == total and end_loss < start_loss / 2
         print("done" if ok else "something went wrong: see above")
         return 0 if ok else 1
-    finally:
-        service.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+
+
+def batch_rows(index: int, round_: int, rows: int) -> npt.NDArray[np.int64]:
+    """The rows of worker ``index``'s shard in its batch of ``round_``."""
+    return np.random.default_rng([index, round_]).integers(0, rows, BATCH)
+
+
+def sync_worker(
+    base_url: str,
+    session_id: str,
+    index: int,
+    workers: int,
+    rounds: int,
+    updates: multiprocessing.Queue[tuple[int, int, float]],
+) -> None:
+    """One data-parallel worker: a batch of its shard per round, weighted by its size."""
+    x, y = dataset()
+    x, y = x[index::workers], y[index::workers]
+    with adamhub.Client(base_url) as client:
+        session = client.session(session_id)
+        params = session.params()
+        for round_ in range(rounds):
+            rows = batch_rows(index, round_, len(x))
+            loss, gradient = loss_and_gradient(params, x[rows], y[rows])
+            params = session.step(gradient, samples=BATCH)  # returns when the round closes
+            updates.put((index, round_ + 1, loss))
+
+
+def one_worker_with_every_batch(workers: int, rounds: int) -> npt.NDArray[np.floating]:
+    """What one worker reaches with a local Adam, taking the workers' batches of each
+    round as one batch (``workers`` × BATCH rows)."""
+    x, y = dataset()
+    shards = [(x[i::workers], y[i::workers]) for i in range(workers)]
+    config = AdamConfig(lr=LR)
+    state = init_state(start_params(), config)
+    for round_ in range(rounds):
+        picked = [(sx[batch_rows(i, round_, len(sx))], sy[batch_rows(i, round_, len(sy))])
+                  for i, (sx, sy) in enumerate(shards)]  # fmt: skip
+        _, gradient = loss_and_gradient(
+            state.params,
+            np.concatenate([p[0] for p in picked]),
+            np.concatenate([p[1] for p in picked]),
+        )
+        state = adam_step(state, gradient.astype(np.float32), config)
+    return state.params
+
+
+def run_sync(workers: int = 4, rounds: int = 150) -> int:
+    """Run the demo in rounds; return the exit status (0 when every round was applied
+    once, the loss fell, and the result is one big-batch worker's)."""
+    print(
+        f"adamhub demo --sync: {workers} workers in rounds × {rounds} rounds on one session "
+        f"({SIZE} parameters); each step is the mean of the {workers} workers' gradients"
+    )
+    with temporary_service() as base_url:
+        x, y = dataset()
+        start = start_params()
+        start_loss, _ = loss_and_gradient(start, x, y)
+        with adamhub.Client(base_url) as client:
+            session = client.create_session(
+                start, optimizer={"lr": LR}, name="demo-sync", rounds={"contributions": workers}
+            )
+            context = multiprocessing.get_context("spawn")
+            updates: multiprocessing.Queue[tuple[int, int, float]] = context.Queue()
+            processes = [
+                context.Process(
+                    target=sync_worker, args=(base_url, session.id, i, workers, rounds, updates)
+                )
+                for i in range(workers)
+            ]
+            began = time.monotonic()
+            for process in processes:
+                process.start()
+            losses: dict[int, list[float]] = {}
+            shown = 0
+            while shown < rounds:
+                try:
+                    _, round_, loss = updates.get(timeout=60)
+                except queue.Empty:
+                    if any(p.exitcode not in (None, 0) for p in processes):
+                        print("a worker failed")
+                        return 1
+                    continue
+                losses.setdefault(round_, []).append(loss)
+                while len(losses.get(shown + 1, ())) == workers:
+                    shown += 1
+                    if shown == 1 or shown % max(1, rounds // 10) == 0 or shown == rounds:
+                        mean = sum(losses[shown]) / workers
+                        print(f"  round {shown:>4}/{rounds}  t={shown:<4}  batch loss {mean:.4f}")
+            elapsed = time.monotonic() - began
+            for process in processes:
+                process.join(30)
+            end_params = session.params()
+        end_loss, _ = loss_and_gradient(end_params, x, y)
+        reference = one_worker_with_every_batch(workers, rounds)
+        deviation = float(np.abs(end_params - reference).max())
+        print(
+            f"\nrounds: t={session.t} for {workers * rounds} contributions, in {elapsed:.1f} s: "
+            f"{rounds / elapsed:.1f} rounds/s"
+        )
+        print(f"loss on all {len(x)} examples: {start_loss:.4f} at the start → {end_loss:.4f} now")
+        print(
+            f"one worker with a {workers}×{BATCH} batch reaches the same parameters: "
+            f"max |Δθ| = {deviation:.1e}"
+        )
+        ok = session.t == rounds and end_loss < start_loss / 2 and deviation <= 1e-4
+        print("done" if ok else "something went wrong: see above")
+        return 0 if ok else 1
