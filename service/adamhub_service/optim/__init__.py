@@ -19,6 +19,7 @@ from adamhub_service.optim.adam import (
     init_state,
     with_changes,
 )
+from adamhub_service.optim.averaging import weighted_mean
 
 __all__ = [
     "BETA",
@@ -37,5 +38,6 @@ __all__ = [
     "Schedule",
     "adam_step",
     "init_state",
+    "weighted_mean",
     "with_changes",
 ]

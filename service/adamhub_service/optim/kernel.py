@@ -100,6 +100,19 @@ def _block_sums_of_squares(grad: Any, block: int) -> Any:
     return sums
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _accumulate(total: Any, grad: Any, weight: Any) -> None:
+    for i in numba.prange(total.size):
+        total[i] += np.float64(grad[i]) * weight
+
+
+def accumulate(total: Any, grad: Any, weight: float) -> None:
+    """``total += weight · grad`` elementwise in float64 (``total`` is float64): each
+    element by the same two operations whatever the cores."""
+    with _launch:
+        _accumulate(total, grad, np.float64(weight))
+
+
 def squared_norm(grad: Any) -> float:
     """Σ g², in float64, summed in one fixed order (blocks of 2^16 in sequence, then
     the blocks in sequence) whatever the cores: a replayed step clips the same."""

@@ -14,14 +14,11 @@ Waiters learn of the close through the step notifications, bounded in time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 from adamhub_service import errors
 from adamhub_service.observability.metrics import Metrics
-from adamhub_service.optim import FloatArray
+from adamhub_service.optim import FloatArray, weighted_mean
 from adamhub_service.sessions.records import RoundRule, SessionRecord, new_write_id, utc_now
 from adamhub_service.steps.idempotency import gradient_digest
 from adamhub_service.steps.service import StepResult, StepSettings, compute_step
@@ -65,19 +62,6 @@ class Contributed:
     replayed: bool
 
 
-def weighted_mean(contributions: Sequence[tuple[int, FloatArray]], dtype: str) -> FloatArray:
-    """Σ nᵢ·gᵢ / Σ nᵢ, summed in float64 in the order given, in ``dtype``."""
-    total = sum(samples for samples, _ in contributions)
-    size = contributions[0][1].size
-    acc = np.zeros(size, dtype=np.float64)
-    term = np.empty(size, dtype=np.float64)
-    for samples, gradient in contributions:
-        np.multiply(gradient, samples, out=term, dtype=np.float64)
-        acc += term
-    acc /= total
-    return acc.astype(dtype)
-
-
 class RoundService:
     """Contributions to the rounds of rounds sessions, and the closing of rounds."""
 
@@ -94,6 +78,9 @@ class RoundService:
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
         self._grace_ms = int(close_grace_seconds * 1000)
         self._closing: dict[str, asyncio.Task[None]] = {}
+        # The gradients this process took for each session's open round (its base, and
+        # write id → gradient): its closer reads only the others from the store.
+        self._held: dict[str, tuple[int, dict[str, FloatArray]]] = {}
 
     async def contribute(
         self,
@@ -126,10 +113,12 @@ class RoundService:
             )
         config = None if settings is None else settings.applied_to(record.optimizer)
 
+        write_id = ""
+
         async def attempt() -> ContributeOutcome | None:
-            contribution = Contribution(
-                new_write_id(), wire.dtype.name, wire.nbytes, samples, config
-            )
+            nonlocal write_id
+            write_id = new_write_id()
+            contribution = Contribution(write_id, wire.dtype.name, wire.nbytes, samples, config)
             outcome = await self._store.contribute(
                 record, contribution, wire, base_step=base_step, idempotency=claim
             )
@@ -162,6 +151,7 @@ class RoundService:
         else:
             round_step = outcome.base + 1
             self._metrics.contributions.labels("taken").inc()
+            self._hold(session_id, outcome.base, write_id, wire)
             if outcome.complete:
                 await self._close(session_id, outcome.base, outcome.contributions, "complete")
         return Contributed(session_id, rule, round_step, replayed)
@@ -175,6 +165,7 @@ class RoundService:
         view = await self.wait_for_step(session_id, round_step, wait_seconds)
         current, params = await self._store.params(session_id)
         assert params is not None, "params are read unless an ETag matched"
+        self._release(session_id, current.t)
         if current.t >= round_step:
             return StepResult(current, params, round_step, contributed.replayed)
         if current.t < round_step - 1:
@@ -224,6 +215,18 @@ class RoundService:
                 return view
             await self._store.notified(session_id, min(remaining, self._due_in(rule, view)))
 
+    def _hold(self, session_id: str, base: int, write_id: str, gradient: FloatArray) -> None:
+        held = self._held.get(session_id)
+        if held is None or held[0] != base:
+            held = self._held[session_id] = (base, {})
+        held[1][write_id] = gradient
+
+    def _release(self, session_id: str, t: int) -> None:
+        """Forget the gradients held for a round the session is no longer at."""
+        held = self._held.get(session_id)
+        if held is not None and held[0] != t:
+            del self._held[session_id]
+
     def _due_in(self, rule: RoundRule, view: RoundView) -> float:
         """Seconds until the open round may need this waiter: its deadline, or the end of
         its closer's grace (at least a few ms; the notifier caps the wait at a second)."""
@@ -253,7 +256,9 @@ class RoundService:
             current = await self._store.state(session_id)
             if current.state.step != base:
                 return True  # closed already (or the session went elsewhere)
-            taken = await self._store.round_contributions(current.record, contributions)
+            held = self._held.get(session_id)
+            known = held[1] if held is not None and held[0] == base else None
+            taken = await self._store.round_contributions(current.record, contributions, known)
             if taken is None:
                 return None
             record = current.record
@@ -284,6 +289,7 @@ class RoundService:
                 round_contributions=contributions,
             )
             if outcome.status is WriteStatus.COMMITTED:
+                self._release(session_id, state.step)
                 self._metrics.rounds.labels(how).inc()
                 self._metrics.steps.labels("applied").inc()
                 return True

@@ -8,7 +8,7 @@ docs/architecture.md, "The commit protocol".
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -444,10 +444,14 @@ class RedisStore:
         return RoundView(WriteStatus(head))
 
     async def round_contributions(
-        self, record: SessionRecord, contributions: int
+        self,
+        record: SessionRecord,
+        contributions: int,
+        known: Mapping[str, FloatArray] | None = None,
     ) -> list[tuple[Contribution, FloatArray]] | None:
         """The first ``contributions`` of the round stepping from ``record.t``, in their
-        order, with their gradients; None when the round is no longer that one."""
+        order, with their gradients (those in ``known``, by write id, are not read);
+        None when the round is no longer that one."""
         async with unavailable_on_error():
             raw = await self._redis.hgetall(round_key(record.id))
         fields = {text(name): value for name, value in raw.items()}
@@ -457,10 +461,14 @@ class RedisStore:
         if any(entry is None for entry in entries):
             return None
         taken = [Contribution.decode(entry) for entry in entries if entry is not None]
-        gradients = [np.empty(record.size, dtype=entry.dtype) for entry in taken]
+        known = known or {}
+        gradients = [
+            known.get(entry.write_id, np.empty(record.size, dtype=entry.dtype)) for entry in taken
+        ]
         targets = [
             (chunk_keys(record.id, entry.write_id, (GRADIENT,), chunk_count(record)), gradient)
             for entry, gradient in zip(taken, gradients, strict=True)
+            if entry.write_id not in known
         ]
         if not await self._read_into(record, targets):
             return None

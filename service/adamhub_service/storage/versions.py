@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -286,10 +286,13 @@ class SessionStore:
         return await self._store.seal(session_id, base, grace_ms=grace_ms)
 
     async def round_contributions(
-        self, record: SessionRecord, contributions: int
+        self,
+        record: SessionRecord,
+        contributions: int,
+        known: Mapping[str, FloatArray] | None = None,
     ) -> list[tuple[Contribution, FloatArray]] | None:
         """The round's first ``contributions``, in order (``RedisStore.round_contributions``)."""
-        return await self._store.round_contributions(record, contributions)
+        return await self._store.round_contributions(record, contributions, known)
 
     async def notified(self, session_id: str, seconds: float) -> None:
         """Return when the session may have a new t, or after ``seconds`` (≤ 1 s)."""

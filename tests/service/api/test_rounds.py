@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 from adamhub_service.app import create_app
 from adamhub_service.config import Settings
 from adamhub_service.optim import AdamConfig, adam_step, init_state
-from adamhub_service.steps.rounds import weighted_mean
 from adamhub_service.testing import LOOPBACK
 
 BINARY = "application/octet-stream"
@@ -102,14 +101,6 @@ def test_a_round_is_one_step_on_the_weighted_mean_and_every_worker_gets_it(
             assert answer.headers["adamhub-step"] == str(round_ + 1)
             np.testing.assert_allclose(np.frombuffer(answer.content), state.params, atol=1e-12)
     assert client.get(f"/v1/sessions/{sid}").json()["t"] == 3
-
-
-def test_the_mean_is_summed_in_the_recorded_order() -> None:
-    a, b, c = (np.array([x], dtype=np.float32) for x in (1e8, 1.0, -1e8))
-    # float64 accumulation: the order does not lose the 1 here, and the result is the
-    # same for any order that is recorded and replayed.
-    assert weighted_mean([(1, a), (1, b), (1, c)], "float32") == np.float32(1 / 3)
-    assert weighted_mean([(3, b), (1, a)], "float64") == (3 + 1e8) / 4
 
 
 def test_target_samples_closes_when_the_samples_are_in(client: TestClient) -> None:

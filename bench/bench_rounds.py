@@ -1,0 +1,247 @@
+"""Synchronous rounds side by side with Ray's synchronous parameter server, in one run.
+
+    make bench     (or: .venv/bin/python bench/bench_rounds.py [--quick])
+
+Starts a private Redis (AOF everysec, as deployed) and `adamhub-service serve`, then
+measures, binary float32:
+
+- rounds per second with K worker *processes* contributing to one rounds session of
+  K = 4 and 16, at 1k and 1M parameters; beside it, Ray's synchronous parameter server
+  (the pattern of Ray's own example: the driver gathers K worker actors' gradients and
+  the server actor applies their mean; in memory, no durability; needs the `bench`
+  extra);
+- what the contribution that completes a round waits beyond a plain step of the same
+  size (it reads the round's K contributions, averages them, steps and commits).
+
+Writes bench/results/rounds.json and rounds.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from bench_step import RESULTS, gradient_of, numpy_adam, ray_module
+
+import adamhub
+from adamhub_service.testing import ServiceProcess, StoreServer
+
+SECONDS = 4.0
+ROUNDS = {1_000: 200, 1_000_000: 20}
+ROWS = ((4, 1_000), (16, 1_000), (4, 1_000_000), (16, 1_000_000))
+LAST_REPEATS = {1_000: 60, 1_000_000: 15}
+
+
+def _contributor(base_url: str, session_id: str, size: int, rounds: int, queue: Any) -> None:
+    """Contribute to ``rounds`` rounds (every worker as many: each round needs all)."""
+    with adamhub.Client(base_url=base_url) as client:
+        session = client.session(session_id)
+        gradient = gradient_of(size, os.getpid())
+        session.step(gradient)  # a warm-up round
+        queue.put("ready")
+        for _ in range(rounds):
+            session.step(gradient)
+    queue.put("done")
+
+
+def adamhub_rounds_per_s(client: adamhub.Client, base_url: str, workers: int, size: int) -> float:
+    session = client.create_session(size=size, rounds={"contributions": workers})
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    rounds = ROUNDS[size]
+    processes = [
+        context.Process(target=_contributor, args=(base_url, session.id, size, rounds, queue))
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    for _ in processes:
+        assert queue.get(timeout=300) == "ready"
+    # The warm-up round closes when the last worker is ready: the clock starts then.
+    started = time.perf_counter()
+    for _ in processes:
+        assert queue.get(timeout=300) == "done"
+    elapsed = time.perf_counter() - started
+    for process in processes:
+        process.join()
+    session.refresh()
+    assert session.t == rounds + 1, "every round closed once"
+    session.delete()
+    return rounds / elapsed
+
+
+def last_contributor_extra_ms(client: adamhub.Client, base_url: str, size: int) -> dict[str, float]:
+    """Median latency of the contribution that completes a round of 4, and of a plain
+    step of the same size, through the SDK."""
+    gradient = gradient_of(size)
+    plain = client.create_session(size=size)
+    rounds = client.create_session(size=size, rounds={"contributions": 4})
+    body = gradient.tobytes()
+    headers = {"Content-Type": "application/octet-stream", "Prefer": "wait=0"}
+    plain_ms, last_ms = [], []
+    with httpx.Client(base_url=base_url, timeout=60) as raw:
+        for repeat in range(LAST_REPEATS[size] + 2):
+            start = time.perf_counter()
+            plain.step(gradient)
+            plain_ms.append((time.perf_counter() - start) * 1000)
+            for _ in range(3):  # in, and answered 202 at once
+                answer = raw.post(f"/v1/sessions/{rounds.id}/step", content=body, headers=headers)
+                assert answer.status_code == 202, answer.text
+            start = time.perf_counter()
+            rounds.step(gradient)
+            last_ms.append((time.perf_counter() - start) * 1000)
+            assert rounds.t == repeat + 1
+    plain.delete()
+    rounds.delete()
+    plain_median, last_median = statistics.median(plain_ms[2:]), statistics.median(last_ms[2:])
+    return {
+        "params": size,
+        "plain_step_ms": round(plain_median, 2),
+        "last_contribution_ms": round(last_median, 2),
+        "extra_ms": round(last_median - plain_median, 2),
+    }
+
+
+class RaySyncPeer:
+    """Ray's synchronous parameter server: worker actors return gradients, the driver
+    hands the server actor all K of them, the server applies their mean."""
+
+    def __init__(self, ray: Any) -> None:
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level=40)
+        self.ray = ray
+
+        @ray.remote(num_cpus=0)
+        class ParameterServer:
+            def __init__(self, size: int) -> None:
+                self.p, self.m, self.v = (np.zeros(size, np.float32) for _ in range(3))
+                self.t = 0
+
+            def apply_gradients(self, *gradients: np.ndarray) -> np.ndarray:
+                self.t += 1
+                numpy_adam(self.p, self.m, self.v, np.mean(gradients, axis=0), self.t)
+                return self.p
+
+        @ray.remote(num_cpus=0)
+        class Worker:
+            def __init__(self, size: int) -> None:
+                self.gradient = gradient_of(size, 1)
+
+            def compute_gradients(self, params: np.ndarray) -> np.ndarray:
+                gradient: np.ndarray = self.gradient
+                return gradient
+
+        self.server_class, self.worker_class = ParameterServer, Worker
+
+    def rounds_per_s(self, workers: int, size: int) -> float:
+        ray = self.ray
+        server = self.server_class.remote(size)  # type: ignore[attr-defined]
+        actors = [self.worker_class.remote(size) for _ in range(workers)]  # type: ignore[attr-defined]
+        params = np.zeros(size, np.float32)
+        params = ray.get(
+            server.apply_gradients.remote(*[a.compute_gradients.remote(params) for a in actors])
+        )
+        rounds, started = 0, time.perf_counter()
+        while time.perf_counter() - started < SECONDS:
+            grads = [actor.compute_gradients.remote(params) for actor in actors]
+            params = ray.get(server.apply_gradients.remote(*grads))
+            rounds += 1
+        elapsed = time.perf_counter() - started
+        for actor in [server, *actors]:
+            ray.kill(actor)
+        return rounds / elapsed
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+
+def main() -> None:
+    """Run every measurement, print the table, write it to bench/results."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1k only")
+    args = parser.parse_args()
+    rows = [row for row in ROWS if not args.quick or row[1] == 1_000]
+
+    store = StoreServer("--appendonly", "yes", "--appendfsync", "everysec").start()
+    log = Path(tempfile.mkstemp(prefix="adamhub-bench-", suffix=".log")[1])
+    service = ServiceProcess("--redis-url", store.url, log_path=log).start()
+    ray = ray_module()
+    peer = RaySyncPeer(ray) if ray is not None else None
+    note = "" if peer else "Ray is not installed (pip install -e '.[bench]'): its column is empty."
+    rates: list[dict[str, Any]] = []
+    last: list[dict[str, float]] = []
+    try:
+        with adamhub.Client(base_url=service.base_url, timeout=600) as client:
+            for workers, size in rows:
+                row: dict[str, Any] = {
+                    "workers": workers,
+                    "params": size,
+                    "ray_rounds_per_s": peer.rounds_per_s(workers, size) if peer else None,
+                    "adamhub_rounds_per_s": adamhub_rounds_per_s(
+                        client, service.base_url, workers, size
+                    ),
+                }
+                ours, theirs = row["adamhub_rounds_per_s"], row["ray_rounds_per_s"]
+                row["ratio"] = None if theirs is None else round(ours / theirs, 2)
+                rates.append(row)
+                print(row, flush=True)
+            for size in sorted({size for _, size in rows}):
+                last.append(last_contributor_extra_ms(client, service.base_url, size))
+                print(last[-1], flush=True)
+    finally:
+        if peer:
+            peer.close()
+        service.stop()
+        store.cleanup()
+
+    table = render(rates, last, note)
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "rounds.md").write_text(table)
+    document = {"machine": {"cpus": os.cpu_count()}, "rounds": rates, "last": last, "note": note}
+    (RESULTS / "rounds.json").write_text(json.dumps(document, indent=2))
+    print(f"wrote {RESULTS / 'rounds.md'} and rounds.json")
+
+
+def render(rates: list[dict[str, Any]], last: list[dict[str, float]], note: str) -> str:
+    def fmt(value: float | None, digits: int = 1) -> str:
+        return "—" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        f"rounds, one run, {os.cpu_count()} CPUs, binary float32, worker processes",
+        "",
+        "| rounds/s | Ray sync PS | adamhub | adamhub ÷ Ray |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in rates:
+        lines.append(
+            f"| {row['workers']} workers, {row['params']:,} params "
+            f"| {fmt(row['ray_rounds_per_s'])} | {fmt(row['adamhub_rounds_per_s'])} "
+            f"| {fmt(row['ratio'], 2)} |"
+        )
+    lines += [
+        "",
+        "| the round's last contribution (K = 4) | plain step ms | last contribution ms "
+        "| extra ms |",
+        "|---:|---:|---:|---:|",
+    ]
+    for row in last:
+        lines.append(
+            f"| {row['params']:,} | {row['plain_step_ms']:.2f} | {row['last_contribution_ms']:.2f} "
+            f"| {row['extra_ms']:.2f} |"
+        )
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
