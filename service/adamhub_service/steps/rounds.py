@@ -53,13 +53,15 @@ class RoundPending:
 
 @dataclass(frozen=True, slots=True)
 class Contributed:
-    """A contribution that is in: its session, the step its round will produce, and
-    whether an earlier request with its Idempotency-Key put it in."""
+    """A contribution that is in: its session, the step its round will produce,
+    whether an earlier request with its Idempotency-Key put it in, and the round as it
+    left it when it did not close it."""
 
     session_id: str
     rule: RoundRule
     round_step: int
     replayed: bool
+    pending: RoundView | None = None
 
 
 class RoundService:
@@ -135,9 +137,9 @@ class RoundService:
             raise _stale(base_step, outcome.base)
         if outcome.status is WriteStatus.SEALED:
             # The round is full: this gradient is for a step that is about to pass.
-            await self.wait_for_step(session_id, outcome.base + 1, wait_seconds)
+            seen, _ = await self.wait_for_step(session_id, outcome.base + 1, wait_seconds)
             self._metrics.contributions.labels("stale").inc()
-            raise _stale(base_step, (await self._store.record(session_id)).t)
+            raise _stale(base_step, seen.t if seen else outcome.base)
         if outcome.status is WriteStatus.REPLAYED:
             assert outcome.replay is not None
             if outcome.replay.digest != digest:
@@ -154,6 +156,15 @@ class RoundService:
             self._hold(session_id, outcome.base, write_id, wire)
             if outcome.complete:
                 await self._close(session_id, outcome.base, outcome.contributions, "complete")
+            else:
+                pending = RoundView(
+                    WriteStatus.COMMITTED,
+                    contributions=outcome.contributions,
+                    samples=outcome.samples,
+                    first_ms=outcome.first_ms,
+                    now_ms=outcome.now_ms,
+                )
+                return Contributed(session_id, rule, round_step, replayed, pending)
         return Contributed(session_id, rule, round_step, replayed)
 
     async def answer(
@@ -162,58 +173,79 @@ class RoundService:
         """The round's step once it closes, or ``RoundPending`` after ``wait_seconds``
         (the contribution stays in)."""
         session_id, round_step = contributed.session_id, contributed.round_step
-        view = await self.wait_for_step(session_id, round_step, wait_seconds)
-        current, params = await self._store.params(session_id)
-        assert params is not None, "params are read unless an ETag matched"
-        self._release(session_id, current.t)
-        if current.t >= round_step:
+        pending = None
+        if contributed.pending is not None:
+            pending = (contributed.rule, contributed.pending)
+        seen, view = await self.wait_for_step(session_id, round_step, wait_seconds, pending=pending)
+        if seen is None:
+            seen = await self._store.record(session_id)
+        self._release(session_id, seen.t)
+        if seen.t >= round_step:
+            current, params = await self._store.params_of(seen)
             return StepResult(current, params, round_step, contributed.replayed)
-        if current.t < round_step - 1:
+        if seen.t < round_step - 1:
             raise errors.StaleGradient(
-                f"the session went back to t={current.t} (a rollback or reset) before "
+                f"the session went back to t={seen.t} (a rollback or reset) before "
                 f"the round of step {round_step} closed; it was dropped with its "
                 "contributions: fetch the parameters and compute the gradient again",
-                t=current.t,
+                t=seen.t,
             )
         held = view.contributions if view is not None else 0
         held_samples = view.samples if view is not None else 0
         needed = contributed.rule.needed(held, held_samples)
-        return RoundPending(current.t, round_step, held, needed)
+        return RoundPending(seen.t, round_step, held, needed)
 
     async def wait_for_step(
-        self, session_id: str, min_step: int, seconds: float
-    ) -> RoundView | None:
-        """Return once the session's t is at least ``min_step``, or after ``seconds``,
-        closing the rounds that come due meanwhile; the open round as last seen."""
+        self,
+        session_id: str,
+        min_step: int,
+        seconds: float,
+        *,
+        pending: tuple[RoundRule, RoundView] | None = None,
+    ) -> tuple[SessionRecord | None, RoundView | None]:
+        """Wait until the session's t is at least ``min_step``, or ``seconds`` have
+        passed, closing the rounds that come due meanwhile (past their deadline, or
+        sealed by a closer that died). Returns the record as last read (None when none
+        was) and the open round as last seen.
+
+        ``pending``: the session's rule and open round as the caller just left them
+        (below ``min_step``): the first look at the store is skipped. A wait that ends
+        with news of the step it waits for costs one read.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        view = None
+        record: SessionRecord | None = None
+        rule, view = pending if pending is not None else (None, None)
+        look = pending is None
         while True:
-            record = await self._store.record(session_id)
-            if record.t >= min_step:
-                return view
-            rule = record.rounds
-            if rule is None:  # not a rounds session: only wait
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return view
-                await self._store.notified(session_id, remaining)
-                continue
-            view = await self._store.seal(session_id, record.t, grace_ms=self._grace_ms)
-            if view.status is WriteStatus.GONE:
-                raise errors.SessionNotFound(session_id)
-            if view.status is WriteStatus.CONFLICT:
-                continue  # t moved on under the look
-            if view.sealed:
-                how = (
-                    "complete" if rule.needed(view.contributions, view.samples) == 0 else "deadline"
-                )
-                await self._close(session_id, record.t, view.contributions, how)
-                continue
+            if look:
+                record = await self._store.record(session_id)
+                if record.t >= min_step:
+                    return record, view
+                rule = record.rounds
+                if rule is not None:
+                    view = await self._store.seal(session_id, record.t, grace_ms=self._grace_ms)
+                    if view.status is WriteStatus.GONE:
+                        raise errors.SessionNotFound(session_id)
+                    if view.status is WriteStatus.CONFLICT:
+                        continue  # t moved on under the look
+                    if view.sealed:
+                        needed = rule.needed(view.contributions, view.samples)
+                        how = "complete" if needed == 0 else "deadline"
+                        await self._close(session_id, record.t, view.contributions, how)
+                        continue
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return view
-            await self._store.notified(session_id, min(remaining, self._due_in(rule, view)))
+                return record, view
+            pause = remaining
+            if rule is not None and view is not None:
+                pause = min(pause, self._due_in(rule, view))
+            if await self._store.notified(session_id, pause):
+                # t has moved, most likely to min_step: read it alone first.
+                record = await self._store.record(session_id)
+                if record.t >= min_step:
+                    return record, view
+            look = True
 
     def _hold(self, session_id: str, base: int, write_id: str, gradient: FloatArray) -> None:
         held = self._held.get(session_id)

@@ -35,14 +35,16 @@ class StepNotifier:
         for event in self._waiters.get(session_id, ()):
             event.set()
 
-    async def wait(self, session_id: str, seconds: float) -> None:
-        """Return when the session may have changed, or after ``seconds`` at most."""
+    async def wait(self, session_id: str, seconds: float) -> bool:
+        """Return when the session may have changed (True), or after ``seconds`` (at
+        most a second) without news (False)."""
         self._ensure_listening()
         event = asyncio.Event()
         self._waiters.setdefault(session_id, set()).add(event)
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(seconds, RECHECK_SECONDS))
+            return event.is_set()
         finally:
             waiters = self._waiters[session_id]
             waiters.discard(event)

@@ -73,9 +73,9 @@ class AppendOutcome:
 @dataclass(frozen=True, slots=True)
 class ContributeOutcome:
     """The outcome of a contribution to a round: when taken, the round's ``base`` (the
-    t it steps from), what it holds, whether this contribution completed it and when
-    it began (the store's clock, ms); the session's ``t`` when refused as ``STALE`` or
-    ``SEALED``; the recorded ``replay`` when the key was taken before."""
+    t it steps from), what it holds, whether this contribution completed it, when it
+    began and the time now (the store's clock, ms); the session's ``t`` when refused as
+    ``STALE`` or ``SEALED``; the recorded ``replay`` when the key was taken before."""
 
     status: WriteStatus
     base: int = 0
@@ -83,6 +83,7 @@ class ContributeOutcome:
     samples: int = 0
     complete: bool = False
     first_ms: int = 0
+    now_ms: int = 0
     replay: IdempotencyRecord | None = None
 
 

@@ -422,8 +422,8 @@ class RedisStore:
         )
         status = WriteStatus(int(reply[0]))
         if status is WriteStatus.COMMITTED:
-            base, n, samples, complete, first_ms = (int(part) for part in reply[1:6])
-            return ContributeOutcome(status, base, n, samples, complete == 1, first_ms)
+            base, n, samples, complete, first_ms, now_ms = (int(part) for part in reply[1:7])
+            return ContributeOutcome(status, base, n, samples, complete == 1, first_ms, now_ms)
         if status is WriteStatus.REPLAYED:
             return ContributeOutcome(status, replay=IdempotencyRecord.decode(text(reply[1])))
         if status in (WriteStatus.STALE, WriteStatus.SEALED):

@@ -208,6 +208,16 @@ class SessionStore:
 
         return await self.until_committed(attempt)
 
+    async def params_of(self, record: SessionRecord) -> tuple[SessionRecord, FloatArray]:
+        """The parameters of ``record``'s version, just read: from the cache when it holds
+        that version (no store call), else as ``params`` reads them."""
+        current = await self._current(record)
+        if current is not None:
+            return current.record, current.state.params
+        newest, params = await self.params(record.id)
+        assert params is not None, "params are read unless an ETag matched"
+        return newest, params
+
     async def state(self, session_id: str) -> CachedSession:
         """The current state, verified against the store (one step's, never a mix)."""
 
@@ -294,9 +304,10 @@ class SessionStore:
         """The round's first ``contributions``, in order (``RedisStore.round_contributions``)."""
         return await self._store.round_contributions(record, contributions, known)
 
-    async def notified(self, session_id: str, seconds: float) -> None:
-        """Return when the session may have a new t, or after ``seconds`` (≤ 1 s)."""
-        await self._notifier.wait(session_id, seconds)
+    async def notified(self, session_id: str, seconds: float) -> bool:
+        """Return when the session may have a new t (True), or after ``seconds`` (at
+        most a second) without news (False)."""
+        return await self._notifier.wait(session_id, seconds)
 
     def _start_snapshot(self, committed: CachedSession, entry: LogEntry) -> None:
         session_id = committed.record.id

@@ -12,7 +12,7 @@
 -- The round is the one that steps from the session's t; its contribution j is the j-th
 -- taken, the order in which the round's mean sums them. The idempotency record says
 -- the step the round will produce (t + 1).
--- Replies {1, t, n, samples, complete (0/1), first_ms} taken; {2, record} the key is
+-- Replies {1, t, n, samples, complete (0/1), first_ms, now_ms} taken; {2, record} the key is
 -- recorded already; {4} no such session; {6} a chunk expired; {8, t} the gradient is
 -- for another step than the open round's; {9, t} the round is sealed (full, or being
 -- closed at its deadline) and takes no more. Only {1} writes anything.
@@ -64,4 +64,4 @@ local complete = (rule['contributions'] and n >= rule['contributions'])
 if complete then
   redis.call('HSET', round, 'sealed_ms', now)
 end
-return {COMMITTED, t, n, samples, complete and 1 or 0, tonumber(first_ms)}
+return {COMMITTED, t, n, samples, complete and 1 or 0, tonumber(first_ms), now}
