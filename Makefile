@@ -39,6 +39,7 @@ format: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_step.py
+	$(PY) bench/bench_rounds.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

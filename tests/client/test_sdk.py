@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -250,3 +252,46 @@ def test_a_gradient_beyond_max_staleness_is_refused_with_the_newest_params(
         assert slow.t == 4  # fetched: the next gradient is fresh
         slow.step(np.ones(3, np.float32))
         assert slow.t == 5
+
+
+def test_a_contribution_answered_202_is_followed_until_its_round_closes(
+    service_url: str,
+) -> None:
+    # A 2 s read timeout makes the SDK ask the server to wait 1 s, then long-poll.
+    first = adamhub.Client(service_url, timeout=2.0)
+    assert first.round_wait_seconds == 1.0
+    session = first.create_session(size=4, dtype="float64", rounds={"contributions": 2})
+    assert session.rounds == {"contributions": 2, "min_contributions": 1}
+    answers: dict[str, np.ndarray] = {}
+
+    def contribute() -> None:
+        answers["first"] = session.step(np.ones(4), samples=3)
+
+    thread = threading.Thread(target=contribute)
+    thread.start()
+    time.sleep(2.5)  # past the first 202 and into a long-poll
+    assert thread.is_alive()
+    with adamhub.Client(service_url) as second:
+        other = second.session(session.id)
+        answers["second"] = other.step(-np.ones(4), samples=1)
+    thread.join(10)
+    assert session.last_applied_t == other.last_applied_t == 1
+    assert session.t == 1
+    assert np.array_equal(answers["first"], answers["second"])
+    # mean (3·1 − 1) / 4 = 0.5 > 0: Adam's first step moves every parameter by −lr
+    assert np.allclose(answers["first"], -1e-3)
+    first.close()
+
+
+def test_async_contributions_close_a_round(service_url: str) -> None:
+    async def main() -> None:
+        async with adamhub.AsyncClient(service_url) as client:
+            session = await client.create_session(size=3, rounds={"contributions": 3})
+            workers = [await client.session(session.id) for _ in range(3)]
+            results = await asyncio.gather(
+                *(w.step(np.full(3, float(i)), samples=i + 1) for i, w in enumerate(workers))
+            )
+            assert all(w.last_applied_t == 1 for w in workers)
+            assert all(np.array_equal(results[0], r) for r in results)
+
+    asyncio.run(main())
