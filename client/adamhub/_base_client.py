@@ -70,6 +70,7 @@ class ClientOptions(TypedDict, total=False):
     initial_retry_delay: float
     max_retry_delay: float
     gradient_dtype: str | None
+    worker: str | None
 
 
 class BaseClient:
@@ -87,6 +88,8 @@ class BaseClient:
         self.initial_retry_delay = options.get("initial_retry_delay", INITIAL_RETRY_DELAY)
         self.max_retry_delay = options.get("max_retry_delay", MAX_RETRY_DELAY)
         self.gradient_dtype = options.get("gradient_dtype")
+        # The name this client's steps are recorded under (default: the API key's id).
+        self.worker = options.get("worker") or os.environ.get("ADAMHUB_WORKER")
         # A contribution or long-poll waits on the server at most this long, so that
         # it answers before the read timeout.
         read = self.timeout.read if isinstance(self.timeout, httpx.Timeout) else self.timeout

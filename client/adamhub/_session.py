@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -22,6 +23,7 @@ class Requester(Protocol):
     """What a ``Session`` sends its calls through (a ``Client``)."""
 
     round_wait_seconds: float
+    worker: str | None
 
     def request(self, spec: RequestSpec) -> httpx.Response:
         """Send one API call with retries."""
@@ -32,6 +34,7 @@ class AsyncRequester(Protocol):
     """What an ``AsyncSession`` sends its calls through (an ``AsyncClient``)."""
 
     round_wait_seconds: float
+    worker: str | None
 
     async def request(self, spec: RequestSpec) -> httpx.Response:
         """Send one API call with retries."""
@@ -44,6 +47,8 @@ FLOAT16_MAX = 65504.0
 SETTINGS_HEADER = "Adamhub-Optimizer"
 BASE_STEP_HEADER = "Adamhub-Base-Step"
 SAMPLES_HEADER = "Adamhub-Samples"
+LOSS_HEADER = "Adamhub-Loss"
+WORKER_HEADER = "Adamhub-Worker"
 
 
 class SessionBase:
@@ -67,6 +72,7 @@ class SessionBase:
         self.param_groups: list[dict[str, Any]] | None = resource.get("param_groups")
         self.max_staleness: int | None = resource.get("max_staleness")
         self.rounds: dict[str, Any] | None = resource.get("rounds")
+        self.history_points: int = resource.get("history_points", 10_000)
         self.optimizer = AdamConfig.from_dict(resource["optimizer"])
         self.created_at: str | None = resource.get("created_at")
         self.updated_at: str | None = resource.get("updated_at")
@@ -85,6 +91,8 @@ class SessionBase:
         settings: dict[str, Any] | None = None,
         samples: int | None = None,
         wait_seconds: float = 0.0,
+        loss: float | None = None,
+        worker: str | None = None,
     ) -> RequestSpec:
         wire = self.gradient_dtype or self.dtype
         vector = flat_vector(gradient, self.size, "the gradient")
@@ -106,6 +114,10 @@ class SessionBase:
             if samples < 1:
                 raise ValueError(f"samples must be at least 1, not {samples}")
             headers[SAMPLES_HEADER] = str(int(samples))
+        if loss is not None and math.isfinite(loss):  # a diverged batch is not recorded
+            headers[LOSS_HEADER] = repr(float(loss))
+        if worker is not None:
+            headers[WORKER_HEADER] = worker
         if self.rounds is not None:
             # Answer before the client's read timeout; a 202 is followed by long-polls.
             headers["Prefer"] = f"wait={wait_seconds:g}"
@@ -166,6 +178,10 @@ class SessionBase:
         # Safe to repeat: a second rollback to the same step finds the session there.
         return RequestSpec("POST", f"{self._path}/rollback", json={"t": t})
 
+    def _history_spec(self, after_t: int | None, limit: int) -> RequestSpec:
+        query = {"limit": str(limit)} | ({} if after_t is None else {"after_t": str(after_t)})
+        return RequestSpec("GET", f"{self._path}/history", params=query)
+
     def _vector(self, response: httpx.Response) -> npt.NDArray[np.floating]:
         wire = np.dtype(self.dtype).newbyteorder("<")
         vector: npt.NDArray[np.floating] = np.frombuffer(response.content, dtype=wire).astype(
@@ -190,6 +206,7 @@ class Session(SessionBase):
         idempotency_key: str | None = None,
         settings: dict[str, Any] | None = None,
         samples: int | None = None,
+        loss: float | None = None,
     ) -> npt.NDArray[np.floating]:
         """Apply one gradient (any shape, ``size`` elements); return the new parameters.
 
@@ -199,13 +216,18 @@ class Session(SessionBase):
         "param_groups": [{…}, …]}``, as ``update`` takes them) change the
         hyperparameters from this step on, in the same request.
 
+        ``loss`` (the batch's loss) is recorded in the session's history, with the
+        client's ``worker`` name.
+
         In a rounds session the gradient is a contribution, weighted by ``samples``
         (default 1): this returns when its round closes, with the round's parameters
         (every worker of the round gets the same). A gradient computed at parameters
         the round is not at raises ``StaleGradientError``, carrying the newest ones.
         """
         wait = self._client.round_wait_seconds
-        spec = self._step_spec(gradient, idempotency_key, settings, samples, wait)
+        spec = self._step_spec(
+            gradient, idempotency_key, settings, samples, wait, loss, self._client.worker
+        )
         try:
             response = self._client.request(spec)
         except StaleGradientError as exc:
@@ -227,6 +249,15 @@ class Session(SessionBase):
         t reaches it, or after ``wait_seconds`` as they are then (a long-poll)."""
         spec = self._params_spec(min_step, wait_seconds)
         return self._params_result(self._client.request(spec))
+
+    def history(self, *, after_t: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """What the newest steps recorded, oldest first: per step ``t``, ``time`` (Unix
+        seconds), ``lr``, ``grad_norm``, ``update_norm``, ``loss``, ``staleness`` and
+        ``worker``; with ``after_t``, the steps after it."""
+        points: list[dict[str, Any]] = self._client.request(
+            self._history_spec(after_t, limit)
+        ).json()["points"]
+        return points
 
     def set_params(self, params: npt.ArrayLike) -> None:
         """Start over from ``params``: the moments and ``t`` go back to zero."""
@@ -293,11 +324,14 @@ class AsyncSession(SessionBase):
         idempotency_key: str | None = None,
         settings: dict[str, Any] | None = None,
         samples: int | None = None,
+        loss: float | None = None,
     ) -> npt.NDArray[np.floating]:
         """Apply one gradient, or contribute it to a round; return the new parameters
         (see ``Session.step``)."""
         wait = self._client.round_wait_seconds
-        spec = self._step_spec(gradient, idempotency_key, settings, samples, wait)
+        spec = self._step_spec(
+            gradient, idempotency_key, settings, samples, wait, loss, self._client.worker
+        )
         try:
             response = await self._client.request(spec)
         except StaleGradientError as exc:
@@ -318,6 +352,14 @@ class AsyncSession(SessionBase):
         """The current parameters (see ``Session.params``)."""
         spec = self._params_spec(min_step, wait_seconds)
         return self._params_result(await self._client.request(spec))
+
+    async def history(
+        self, *, after_t: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """What the newest steps recorded (see ``Session.history``)."""
+        response = await self._client.request(self._history_spec(after_t, limit))
+        points: list[dict[str, Any]] = response.json()["points"]
+        return points
 
     async def set_params(self, params: npt.ArrayLike) -> None:
         """Start over from ``params``: the moments and ``t`` go back to zero."""

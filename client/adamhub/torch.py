@@ -217,7 +217,8 @@ class RemoteAdam(torch.optim.Optimizer):
             ]
             settings = {"param_groups": changed}
         try:
-            new = self.session.step(gradient, settings=settings, samples=samples)
+            reported = None if loss is None else float(loss)  # a tensor or a number
+            new = self.session.step(gradient, settings=settings, samples=samples, loss=reported)
         except StaleGradientError as exc:
             # Computed at parameters the session has left: go on from the newest.
             self.stale_steps += 1

@@ -9,7 +9,15 @@ from typing import Any
 from fastapi import FastAPI
 
 from adamhub_service import __version__
-from adamhub_service.api import checkpoints, keys, operations, params, sessions, steps
+from adamhub_service.api import (
+    checkpoints,
+    history,
+    keys,
+    operations,
+    params,
+    sessions,
+    steps,
+)
 from adamhub_service.api.budget import InflightBudget
 from adamhub_service.api.deps import Services
 from adamhub_service.api.middleware import FrontDoor
@@ -102,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
         sessions.router,
         params.router,
         steps.router,
+        history.router,
         checkpoints.router,
         keys.router,
         operations.router,

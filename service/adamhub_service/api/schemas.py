@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from adamhub_service.api import negotiation
+from adamhub_service.observability.history import DEFAULT_HISTORY_POINTS, MAX_HISTORY_POINTS
 from adamhub_service.optim import (
     BETA,
     EPS,
@@ -144,6 +145,18 @@ class RoundsSettings(BaseModel):
         return RoundRule(
             self.contributions, self.target_samples, self.timeout_seconds, self.min_contributions
         )
+
+
+HistoryPoints = Annotated[
+    int,
+    Strict(),
+    Field(
+        ge=0,
+        le=MAX_HISTORY_POINTS,
+        description="Keep the points (loss, norms, lr, …) of this many of the newest steps.",
+    ),
+    BeforeValidator(_whole),
+]
 
 
 Lr = Annotated[Finite, Field(**LR.as_field(), description="Learning rate α.")]
@@ -425,6 +438,7 @@ class SessionCreate(BaseModel):
         default=None,
         description="Synchronous rounds (fixed at creation); null: every gradient is a step.",
     )
+    history_points: HistoryPoints = DEFAULT_HISTORY_POINTS
     param_groups: ParamGroups | SkipJsonSchema[None] = None
 
     @model_validator(mode="before")
@@ -472,6 +486,7 @@ class SessionCreate(BaseModel):
             history_steps=self.history_steps,
             max_staleness=self.max_staleness,
             rounds=None if self.rounds is None else self.rounds.rule(),
+            history_points=self.history_points,
         )
 
 
@@ -485,6 +500,7 @@ class SessionPatch(BaseModel):
     metadata: Metadata | None = None
     history_steps: HistorySteps = 0
     max_staleness: MaxStaleness | None = None
+    history_points: HistoryPoints = DEFAULT_HISTORY_POINTS
     param_groups: GroupPatches | None = None
 
 
@@ -538,6 +554,7 @@ class SessionOut(BaseModel):
     rounds: dict[str, Any] | None = Field(
         default=None, description="The rounds' rule; null: every gradient is a step."
     )
+    history_points: int = Field(description="Steps whose points are kept (`…/history`).")
     param_groups: list[dict[str, Any]] | None = Field(
         default=None, description="The param groups, when there are any."
     )
@@ -558,6 +575,7 @@ class SessionOut(BaseModel):
             history_steps=record.history_steps,
             max_staleness=record.max_staleness,
             rounds=None if record.rounds is None else record.rounds.as_dict(),
+            history_points=record.history_points,
             param_groups=[GroupSettings.of(g) for g in record.optimizer.param_groups] or None,
             created_at=record.created_at,
             updated_at=record.updated_at,
@@ -601,6 +619,15 @@ class RoundPendingOut(BaseModel):
     needed: int = Field(
         description="What it still needs to close: contributions, or samples with "
         "target_samples (it may also close at its timeout)."
+    )
+
+
+class HistoryOut(BaseModel):
+    """Points of a session's history, oldest first."""
+
+    points: list[dict[str, Any]] = Field(
+        description='Each `{"t", "time" (Unix seconds), "lr", "grad_norm", "update_norm", '
+        '"loss", "staleness", "worker"}`; null where unknown.'
     )
 
 

@@ -156,6 +156,7 @@ async def patch_session(
         history_steps=patch.history_steps if "history_steps" in given else None,
         max_staleness=patch.max_staleness,
         set_max_staleness="max_staleness" in given,
+        history_points=patch.history_points if "history_points" in given else None,
         param_groups=None
         if patch.param_groups is None
         else [group.model_dump(exclude_none=True) for group in patch.param_groups],

@@ -8,6 +8,7 @@ those parameters by hand.
 from __future__ import annotations
 
 import math
+import re
 
 import orjson
 from fastapi import APIRouter, Request
@@ -41,12 +42,16 @@ from adamhub_service.api.schemas import (
 )
 from adamhub_service.steps.idempotency import checked_key
 from adamhub_service.steps.rounds import RoundPending
-from adamhub_service.steps.service import SETTINGS_HEADER, StepSettings
+from adamhub_service.steps.service import SETTINGS_HEADER, Report, StepSettings
+from adamhub_service.tenancy.principal import Principal
 
 router = APIRouter(prefix="/v1", tags=["steps"])
 
 BASE_STEP_HEADER = "Adamhub-Base-Step"
 SAMPLES_HEADER = "Adamhub-Samples"
+LOSS_HEADER = "Adamhub-Loss"
+WORKER_HEADER = "Adamhub-Worker"
+WORKER_PATTERN = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,126}[\x21-\x7e])?$")
 
 RETURN_CHOICES = ("params", "none")
 _PARAMETERS = [
@@ -90,6 +95,19 @@ _PARAMETERS = [
         {"type": "string", "pattern": "^[0-9]{1,13}$"},
         "In a rounds session, the samples this gradient stands for: its weight nᵢ in the "
         "round's mean Σ nᵢ·gᵢ / Σ nᵢ (default 1, at least 1).",
+    ),
+    openapi.parameter(
+        LOSS_HEADER.lower(),
+        "header",
+        {"type": "string"},
+        "The worker's loss for this gradient, a finite number: recorded in the history "
+        "(in rounds, the samples-weighted mean of the contributions').",
+    ),
+    openapi.parameter(
+        WORKER_HEADER.lower(),
+        "header",
+        {"type": "string", "pattern": WORKER_PATTERN.pattern},
+        "Who sent the step, for the history (default: the API key's id).",
     ),
     openapi.parameter(
         "prefer",
@@ -146,6 +164,7 @@ async def step(request: Request) -> Response:
     step_settings = _step_settings(headers.get(SETTINGS_HEADER))
     base_step = _base_step(headers.get(BASE_STEP_HEADER))
     samples = _samples(headers.get(SAMPLES_HEADER))
+    report = Report(_loss(headers.get(LOSS_HEADER)), _worker(headers.get(WORKER_HEADER), caller))
     settings = services.settings
     wait_seconds = _preferred_wait(headers.get("prefer"), settings.round_wait_seconds)
     wait_seconds = min(wait_seconds, settings.max_wait_seconds)
@@ -174,6 +193,7 @@ async def step(request: Request) -> Response:
                 idempotency_key=idempotency_key,
                 settings=step_settings,
                 base_step=base_step,
+                report=report,
             )
         else:
             contributed = await services.rounds.contribute(
@@ -184,6 +204,7 @@ async def step(request: Request) -> Response:
                 idempotency_key=idempotency_key,
                 settings=step_settings,
                 base_step=base_step,
+                report=report,
                 wait_seconds=wait_seconds,
             )
     if record.rounds is not None:
@@ -247,6 +268,33 @@ def _samples(header: str | None) -> int:
             header=SAMPLES_HEADER,
         )
     return int(value)
+
+
+def _loss(header: str | None) -> float | None:
+    """The Adamhub-Loss header as a finite number, or 422 naming it."""
+    if header is None:
+        return None
+    try:
+        loss = float(header.strip())
+    except ValueError:
+        loss = math.nan
+    if not math.isfinite(loss):
+        raise errors.InvalidHeader(
+            f"{LOSS_HEADER} must be a finite number, not {header!r}", header=LOSS_HEADER
+        )
+    return loss
+
+
+def _worker(header: str | None, caller: Principal) -> str:
+    """Who sent the step: the Adamhub-Worker header (422 when malformed), else the key."""
+    if header is None:
+        return caller.key_id
+    if not WORKER_PATTERN.fullmatch(header):
+        raise errors.InvalidHeader(
+            f"{WORKER_HEADER} must be 1 to 128 printable ASCII characters, not {header!r}",
+            header=WORKER_HEADER,
+        )
+    return header
 
 
 def _preferred_wait(header: str | None, default: float) -> float:

@@ -113,6 +113,26 @@ def accumulate(total: Any, grad: Any, weight: float) -> None:
         _accumulate(total, grad, np.float64(weight))
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _block_sums_of_squared_differences(a: Any, b: Any, block: int) -> Any:
+    blocks = (a.size + block - 1) // block
+    sums = np.empty(blocks, np.float64)
+    for k in numba.prange(blocks):
+        total = 0.0
+        for i in range(k * block, min(a.size, (k + 1) * block)):
+            x = np.float64(a[i]) - np.float64(b[i])
+            total += x * x
+        sums[k] = total
+    return sums
+
+
+def squared_distance(a: Any, b: Any) -> float:
+    """Σ (a − b)², in float64 (the size of an update, for the history)."""
+    with _launch:
+        sums = _block_sums_of_squared_differences(a, b, 1 << 16)
+    return float(sums.sum())
+
+
 def squared_norm(grad: Any) -> float:
     """Σ g², in float64, summed in one fixed order (blocks of 2^16 in sequence, then
     the blocks in sequence) whatever the cores: a replayed step clips the same."""

@@ -82,7 +82,8 @@ class SessionRecord:
     split in the store; ``tenant`` owns the session; the store keeps what returning to
     any of the last ``history_steps`` steps needs; a gradient computed at parameters more
     than ``max_staleness`` steps old is refused; with ``rounds``, gradients are
-    contributions averaged into one step per round.
+    contributions averaged into one step per round; the newest ``history_points``
+    steps' points are kept for charts.
     """
 
     id: str
@@ -101,6 +102,7 @@ class SessionRecord:
     history_steps: int = 0
     max_staleness: int | None = None
     rounds: RoundRule | None = None
+    history_points: int = 10_000
 
     def evolve(self, **changes: Any) -> SessionRecord:
         """A copy with some fields changed."""

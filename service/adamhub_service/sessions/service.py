@@ -52,6 +52,7 @@ class NewSession:
     history_steps: int = 0
     max_staleness: int | None = None
     rounds: RoundRule | None = None
+    history_points: int = 10_000
     state: AdamState | None = None
 
 
@@ -84,6 +85,7 @@ class SessionChanges:
     param_groups: list[dict[str, Any]] | None = None
     max_staleness: int | None = None
     set_max_staleness: bool = False
+    history_points: int | None = None
 
 
 def changed_optimizer(config: AdamConfig, changes: SessionChanges) -> AdamConfig:
@@ -190,6 +192,7 @@ class SessionService:
             history_steps=spec.history_steps,
             max_staleness=spec.max_staleness,
             rounds=spec.rounds,
+            history_points=spec.history_points,
         )
         if spec.state is not None:
             state = spec.state
@@ -279,6 +282,8 @@ class SessionService:
                 new = new.evolve(history_steps=changes.history_steps)
             if changes.set_max_staleness:
                 new = new.evolve(max_staleness=changes.max_staleness)
+            if changes.history_points is not None:
+                new = new.evolve(history_points=changes.history_points)
             outcome = await self._store.commit_record(current, new)
             if outcome.status is WriteStatus.GONE:
                 raise errors.SessionNotFound(session_id)
@@ -376,6 +381,7 @@ class SessionService:
             history_steps=record.history_steps,
             max_staleness=record.max_staleness,
             rounds=record.rounds,
+            history_points=record.history_points,
         )
         return await self.create(spec, principal)
 

@@ -14,14 +14,16 @@ Waiters learn of the close through the step notifications, bounded in time.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adamhub_service import errors
+from adamhub_service.observability.history import step_point
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import FloatArray, weighted_mean
 from adamhub_service.sessions.records import RoundRule, SessionRecord, new_write_id, utc_now
 from adamhub_service.steps.idempotency import gradient_digest
-from adamhub_service.steps.service import StepResult, StepSettings, compute_step
+from adamhub_service.steps.service import Report, StepResult, StepSettings, compute_step
 from adamhub_service.storage.cache import CachedSession
 from adamhub_service.storage.log import Contribution, LogEntry
 from adamhub_service.storage.outcomes import (
@@ -94,6 +96,7 @@ class RoundService:
         idempotency_key: str | None = None,
         settings: StepSettings | None = None,
         base_step: int | None = None,
+        report: Report | None = None,
         wait_seconds: float,
     ) -> Contributed:
         """Add ``gradient`` (validated, in the session dtype; ``logged`` as it arrived
@@ -120,7 +123,10 @@ class RoundService:
         async def attempt() -> ContributeOutcome | None:
             nonlocal write_id
             write_id = new_write_id()
-            contribution = Contribution(write_id, wire.dtype.name, wire.nbytes, samples, config)
+            loss = None if report is None else report.loss
+            contribution = Contribution(
+                write_id, wire.dtype.name, wire.nbytes, samples, loss, config
+            )
             outcome = await self._store.contribute(
                 record, contribution, wire, base_step=base_step, idempotency=claim
             )
@@ -303,6 +309,16 @@ class RoundService:
                 record.dtype,
             )
             state = await compute_step(current.state, mean, optimizer)
+            point = None
+            if record.history_points:
+                point = step_point(
+                    t=state.step,
+                    config=optimizer,
+                    gradient=mean,
+                    before=current.state.params,
+                    after=state.params,
+                    loss=_mean_loss([contribution for contribution, _ in taken]),
+                ).encode()
             entry = LogEntry(
                 new_write_id(),
                 mean.dtype.name,
@@ -315,7 +331,7 @@ class RoundService:
             outcome = await self._store.append(
                 current,
                 new,
-                [LoggedStep(entry, mean)],
+                [LoggedStep(entry, mean, point=point)],
                 CachedSession(new, state, optimizer),
                 idempotency_ttl_ms=self._idempotency_ttl_ms,
                 round_contributions=contributions,
@@ -331,6 +347,15 @@ class RoundService:
             return None
 
         await self._store.until_committed(attempt)
+
+
+def _mean_loss(contributions: Sequence[Contribution]) -> float | None:
+    """The samples-weighted mean of the losses the contributions reported, if any did."""
+    reported = [(c.samples, c.loss) for c in contributions if c.loss is not None]
+    if not reported:
+        return None
+    total = sum(n * loss for n, loss in reported)
+    return float(total) / sum(n for n, _ in reported)
 
 
 def _stale(base_step: int | None, t: int) -> errors.StaleGradient:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adamhub_service import errors, optim
+from adamhub_service.observability.history import step_point
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray, with_changes
 from adamhub_service.sessions.records import SessionRecord, new_write_id, utc_now
@@ -64,6 +65,14 @@ class StepSettings:
             ) from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a worker tells of its step, for the history: its loss, and who it is."""
+
+    loss: float | None = None
+    worker: str | None = None
+
+
 @dataclass(slots=True)
 class _Queued:
     """A step waiting for its group: the gradient in the session dtype, the same
@@ -75,6 +84,7 @@ class _Queued:
     digest: str
     settings: StepSettings | None
     base_step: int | None
+    report: Report
     answer: asyncio.Future[StepResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -105,6 +115,7 @@ class StepService:
         idempotency_key: str | None = None,
         settings: StepSettings | None = None,
         base_step: int | None = None,
+        report: Report | None = None,
     ) -> StepResult:
         """Apply ``gradient`` (already validated: the session's size, dtype, finite).
 
@@ -113,7 +124,7 @@ class StepService:
         ``settings`` change the hyperparameters from this step on, in the same commit.
         ``base_step`` is the t of the parameters the gradient was computed at: one the
         session is past by more than its ``max_staleness``, or has never reached, is
-        refused (409 ``stale-gradient``).
+        refused (409 ``stale-gradient``). ``report`` goes in the step's history point.
         """
         digest = gradient_digest(gradient) if idempotency_key is not None else ""
         queued = _Queued(
@@ -123,6 +134,7 @@ class StepService:
             digest,
             settings,
             base_step,
+            report or Report(),
         )
         self._queues.setdefault(session_id, deque()).append(queued)
         if session_id not in self._drains:
@@ -206,9 +218,21 @@ class StepService:
                 queued.logged.nbytes,
                 None if step_optimizer == config else step_optimizer,
             )
+            point = None
+            if record.history_points:
+                point = step_point(
+                    t=new_state.step,
+                    config=step_optimizer,
+                    gradient=queued.gradient,
+                    before=state.params,
+                    after=new_state.params,
+                    loss=queued.report.loss,
+                    staleness=None if queued.base_step is None else state.step - queued.base_step,
+                    worker=queued.report.worker,
+                ).encode()
             config = optimizer = step_optimizer
             state = new_state
-            step = LoggedStep(entry, queued.logged, self._claim(queued, state))
+            step = LoggedStep(entry, queued.logged, self._claim(queued, state), point)
             applied.append((queued, step, state))
         if not applied:
             return True

@@ -14,7 +14,7 @@ from adamhub_service.sessions.records import RoundRule, SessionRecord
 # The vectors of a session's state, by their short stored names.
 PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "p", "m", "v", "x"
 
-_INT_FIELDS = ("size", "chunk_elements", "t", "rev", "history_steps")
+_INT_FIELDS = ("size", "chunk_elements", "t", "rev", "history_steps", "history_points")
 # Fields of the meta hash that describe the storage, not the session (lua/common.lua).
 _STORAGE_FIELDS = ("snap", "snap_t", "log_bytes")
 _JSON_FIELDS = ("optimizer", "metadata", "name", "max_staleness", "rounds")

@@ -29,6 +29,11 @@ def meta_key(session_id: str) -> str:
     return f"{session_prefix(session_id)}meta"
 
 
+def history_key(session_id: str) -> str:
+    """The sorted set of a session's history points, by step (``lua/common.lua``)."""
+    return f"{session_prefix(session_id)}hist"
+
+
 def round_key(session_id: str) -> str:
     """The hash of a rounds session's open round (``lua/common.lua``)."""
     return f"{session_prefix(session_id)}round"

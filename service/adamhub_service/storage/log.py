@@ -65,23 +65,27 @@ class SnapshotRef:
 @dataclass(frozen=True, slots=True)
 class Contribution:
     """One contribution to a round: its gradient's write id, dtype and bytes, the
-    samples it stands for, and the optimizer config its settings (``Adamhub-Optimizer``)
-    asked for, if it carried any."""
+    samples it stands for, the loss its worker reported, and the optimizer config its
+    settings (``Adamhub-Optimizer``) asked for, if it carried any."""
 
     write_id: str
     dtype: str
     nbytes: int
     samples: int
+    loss: float | None = None
     config: AdamConfig | None = None
 
     def encode(self) -> str:
-        """As stored: ``<write id> <dtype> <bytes> <samples>[ <optimizer json>]``."""
-        head = f"{self.write_id} {self.dtype} {self.nbytes} {self.samples}"
+        """As stored: ``<write id> <dtype> <bytes> <samples> <loss or ->[ <optimizer
+        json>]``."""
+        loss = "-" if self.loss is None else repr(self.loss)
+        head = f"{self.write_id} {self.dtype} {self.nbytes} {self.samples} {loss}"
         return head if self.config is None else f"{head} {optimizer_json(self.config)}"
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Contribution:
         """From its stored form."""
-        parts = text(raw).split(" ", 4)
-        config = optimizer_from_json(orjson.loads(parts[4])) if len(parts) > 4 else None
-        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]), config)
+        parts = text(raw).split(" ", 5)
+        loss = None if parts[4] == "-" else float(parts[4])
+        config = optimizer_from_json(orjson.loads(parts[5])) if len(parts) > 5 else None
+        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]), loss, config)

@@ -34,6 +34,7 @@ from adamhub_service.storage.errors import unavailable_on_error
 from adamhub_service.storage.keys import (
     chunk_keys,
     create_idempotency_key,
+    history_key,
     idempotency_index_key,
     idempotency_key,
     meta_key,
@@ -97,11 +98,12 @@ class StoredSession:
 @dataclass(frozen=True, slots=True)
 class LoggedStep:
     """A step to log: its entry, its gradient (in the entry's dtype), its idempotency
-    record to write unless the key is recorded already."""
+    record to write unless the key is recorded already, its history point (JSON)."""
 
     entry: LogEntry
     gradient: FloatArray
     idempotency: IdempotencyClaim | None = None
+    point: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +252,19 @@ class RedisStore:
                     vector[start : start + part.size] = part
         return True
 
+    async def history(self, session_id: str, *, after_t: int | None, limit: int) -> list[bytes]:
+        """Up to ``limit`` history points (JSON), oldest first: those after step
+        ``after_t``, or the newest when it is None."""
+        key = history_key(session_id)
+        async with unavailable_on_error():
+            if after_t is None:
+                points: Any = await self._redis.zrange(key, -limit, -1)
+            else:
+                points = await self._redis.zrangebyscore(
+                    key, f"({after_t}", "+inf", start=0, num=limit
+                )
+        return list(points)
+
     async def read_idempotency(self, session_id: str, key: str) -> IdempotencyRecord | None:
         """The idempotency record of ``key``, if any."""
         async with unavailable_on_error():
@@ -375,6 +390,7 @@ class RedisStore:
             "" if round_contributions is None else round_contributions,
             *(step.entry.encode() for step in steps),
             *(step.idempotency.record.encode() if step.idempotency else "" for step in steps),
+            *(step.point or "" for step in steps),
             *_pairs(record_changes(**_step_changes(current, new))),
         ]
         reply = await self._write_then_run(

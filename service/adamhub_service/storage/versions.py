@@ -234,6 +234,10 @@ class SessionStore:
             return entry
         return await self._rebuild(record.id)
 
+    async def history(self, session_id: str, *, after_t: int | None, limit: int) -> list[bytes]:
+        """History points of the session (``RedisStore.history``)."""
+        return await self._store.history(session_id, after_t=after_t, limit=limit)
+
     async def read_idempotency(self, session_id: str, key: str) -> IdempotencyRecord | None:
         """What ``key`` produced on this session, if it is recorded."""
         return await self._store.read_idempotency(session_id, key)
@@ -364,6 +368,7 @@ class SessionStore:
                 "metadata",
                 "history_steps",
                 "max_staleness",
+                "history_points",
                 "updated_at",
             )
             if getattr(new, name) != getattr(current, name)

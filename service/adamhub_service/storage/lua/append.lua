@@ -13,14 +13,15 @@
 --          those, and is dropped with their gradients
 -- ARGV[7 .. 6+n]      each step's log entry
 -- ARGV[7+n .. 6+2n]   each step's idempotency record ("" = none)
--- ARGV[7+2n ..]       field, value pairs to set on the meta hash
+-- ARGV[7+2n .. 6+3n]  each step's history point (JSON; "" = none)
+-- ARGV[7+3n ..]       field, value pairs to set on the meta hash
 --
 -- Replies {1, new rev, log bytes since the newest snapshot} when committed;
 -- {2, j, record} when step j's idempotency key is recorded already (nothing written);
 -- {3} the rev moved on, or the round changed; {4} no such session; {6} a chunk expired.
 local meta, index = KEYS[1], KEYS[2]
 local n, t0, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local entries, records = 6, 6 + n
+local entries, records, points = 6, 6 + n, 6 + 2 * n
 
 for j = 1, n do
   if ARGV[records + j] ~= '' then
@@ -53,8 +54,13 @@ local log = prefix .. 'log'
 for j = 1, n do
   redis.call('HSET', log, tostring(t0 + j), ARGV[entries + j])
 end
-if #ARGV > records + n then
-  redis.call('HSET', meta, unpack(ARGV, records + n + 1))
+if #ARGV > points + n then
+  redis.call('HSET', meta, unpack(ARGV, points + n + 1))
+end
+for j = 1, n do
+  if ARGV[points + j] ~= '' then
+    add_point(meta, t0 + j, ARGV[points + j])
+  end
 end
 local new_rev = redis.call('HINCRBY', meta, 'rev', 1)
 local log_bytes = redis.call('HINCRBY', meta, 'log_bytes', tonumber(ARGV[5]))

@@ -9,7 +9,8 @@
 --                   snapshots of θ, m, v (and max v) kept, newest = meta's snap_t
 --   <prefix>round   a hash, the open round of a rounds session: base (the t it steps
 --                   from), n, samples, first_ms, sealed_ms (set once it takes no more),
---                   and 1 .. n -> "<write id> <dtype> <bytes> <samples>[ <optimizer json>]"
+--                   and 1 .. n -> "<write id> <dtype> <bytes> <samples> <loss or ->[ <optimizer json>]"
+--   <prefix>hist    a sorted set: the history points of the newest steps, by t
 --   <prefix>c:<write id>:<vector>:<i>   chunk i of a stored vector
 local COMMITTED, REPLAYED, CONFLICT, GONE, ID_TAKEN, EXPIRED, NO_HISTORY = 1, 2, 3, 4, 5, 6, 7
 local STALE, SEALED = 8, 9
@@ -101,12 +102,21 @@ local function discard_round(prefix, count)
   redis.call('DEL', round)
 end
 
--- Unlink every snapshot, log entry and open round of a session, and their hashes.
+-- Add step t's history point, keeping the newest `history_points` (default 10,000).
+local function add_point(meta, t, point)
+  local hist = prefix_of(meta) .. 'hist'
+  local keep = tonumber(redis.call('HGET', meta, 'history_points') or '10000')
+  redis.call('ZADD', hist, t, point)
+  redis.call('ZREMRANGEBYRANK', hist, 0, -(keep + 1))
+end
+
+-- Unlink every snapshot, log entry, open round and history point of a session.
 local function unlink_history(meta)
   local prefix = prefix_of(meta)
   local log, snaps = prefix .. 'log', prefix .. 'snaps'
   local count = chunk_count(meta)
   discard_round(prefix, count)
+  redis.call('DEL', prefix .. 'hist')
   for _, value in ipairs(redis.call('HVALS', snaps)) do
     local old_id, vectors = snapshot_parts(value)
     unlink_chunks(prefix, old_id, vectors, count)

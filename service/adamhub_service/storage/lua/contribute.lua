@@ -5,7 +5,7 @@
 -- KEYS[3]            the contribution's idempotency record (KEYS[1] again when none)
 -- KEYS[4 .. #KEYS]   the contribution's gradient chunks, written just before with a TTL
 -- ARGV[1]  the step the gradient was computed at ("" = the open round's)
--- ARGV[2]  the round entry: "<write id> <dtype> <bytes> <samples>[ <optimizer json>]"
+-- ARGV[2]  the round entry: "<write id> <dtype> <bytes> <samples> <loss>[ <optimizer json>]"
 -- ARGV[3]  samples;  ARGV[4] the gradient's digest ("" = no idempotency key)
 -- ARGV[5]  the idempotency record's TTL in milliseconds
 --

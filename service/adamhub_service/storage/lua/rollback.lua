@@ -25,6 +25,7 @@ end
 local count = chunk_count(meta)
 -- An open round's contributions were computed at a step that is no longer the last.
 discard_round(prefix, count)
+redis.call('ZREMRANGEBYSCORE', prefix .. 'hist', '(' .. k, '+inf')
 local base = oldest
 for _, step in ipairs(snapshot_steps) do
   if step > k then
