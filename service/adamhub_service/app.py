@@ -23,7 +23,8 @@ from adamhub_service.api.deps import Services
 from adamhub_service.api.middleware import FrontDoor
 from adamhub_service.api.openapi import openapi_document
 from adamhub_service.api.problems import install_problem_handlers
-from adamhub_service.config import Settings
+from adamhub_service.config import ServerOptions, Settings
+from adamhub_service.observability.logs import AccessLogMiddleware, configure_logging
 from adamhub_service.observability.metrics import Metrics, MetricsMiddleware
 from adamhub_service.sessions.service import SessionLimits, SessionService
 from adamhub_service.steps.rounds import RoundService
@@ -105,6 +106,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_middleware(FrontDoor, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(AccessLogMiddleware)
     install_problem_handlers(app)
     for router in (
         sessions.router,
@@ -127,4 +129,6 @@ def create_app(settings: Settings) -> FastAPI:
 
 def create_app_from_env() -> FastAPI:
     """The app configured from ``ADAMHUB_*`` variables (uvicorn's factory entry)."""
+    options = ServerOptions()
+    configure_logging(options.log_level, options.log_format)
     return create_app(Settings())

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -111,6 +112,9 @@ class ServerOptions(BaseSettings):
         default=Path("adamhub-data"), description="The embedded Valkey's data folder."
     )
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as text, or as JSON objects."
+    )
     limit_concurrency: int = Field(
         default=4096, ge=1, description="Connections and tasks per process before 503."
     )

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adamhub_service import errors
 from adamhub_service.api.negotiation import PROBLEM_JSON, dump_json
+from adamhub_service.observability.logs import current_request_id
 
 logger = logging.getLogger("adamhub_service")
 
@@ -66,6 +67,9 @@ def problem_document(error: errors.AdamhubError, instance: str | None = None) ->
     }
     if instance is not None:
         body["instance"] = instance
+    request_id = current_request_id.get()
+    if request_id is not None:
+        body["request_id"] = request_id
     body.update(error.extra)
     return body
 

@@ -725,6 +725,9 @@ class Problem(BaseModel):
     status: int
     detail: str = Field(description="A sentence for people.")
     instance: str | None = Field(default=None, description="The request path.")
+    request_id: str | None = Field(
+        default=None, description="The request's X-Request-Id (sent, or made), as logged."
+    )
 
 
 def render(model: BaseModel, *, exclude_none: bool = False) -> bytes:

@@ -20,6 +20,7 @@ from adamhub_service.cli import keys
 from adamhub_service.cli.embedded import EmbeddedStoreError, EmbeddedValkey
 from adamhub_service.cli.protocol import BoundedHeadProtocol
 from adamhub_service.config import ServerOptions, Settings
+from adamhub_service.observability.logs import configure_logging
 
 logger = logging.getLogger("adamhub_service")
 
@@ -89,7 +90,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     server_fields = set(ServerOptions.model_fields)
     options = ServerOptions(**{k: v for k, v in flags.items() if k in server_fields})
     settings = Settings(**{k: v for k, v in flags.items() if k not in server_fields})
-    logging.basicConfig(level=options.log_level.upper(), format="%(levelname)s: %(message)s")
+    configure_logging(options.log_level, options.log_format)
     try:
         return serve(options, settings)
     except EmbeddedStoreError as exc:
@@ -128,7 +129,12 @@ def serve(options: ServerOptions, settings: Settings) -> int:
             port=options.port,
             workers=options.workers,
             log_level=log_level,
-            access_log=log_level == "debug",
+            # adamhub logs each request itself (observability/logs.py), and its workers
+            # configure their own logging.
+            access_log=False,
+            log_config=None,
+            # Long-polls and event streams do not hold a shutdown longer than this.
+            timeout_graceful_shutdown=10,
             http=BoundedHeadProtocol,
             limit_concurrency=options.limit_concurrency,
         )
