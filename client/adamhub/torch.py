@@ -13,9 +13,12 @@ Needs ``adamhub[torch]``.
 from __future__ import annotations
 
 import json
+import socket
 import struct
+import sys
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -47,6 +50,9 @@ class RemoteAdam(torch.optim.Optimizer):
     (as schedulers do). Parameters in float16 or bfloat16 train on float32 master weights
     kept by the session; the model receives them rounded. Parameters that do not require
     gradients are left out, as torch leaves them untouched.
+
+    A new session is named ``name``, else after ``model``'s class (or the script) and
+    the host, as ``MyNet@gpu-7``, so that it is found in lists and the dashboard.
 
     ``client`` defaults to ``adamhub.Client()`` (``$ADAMHUB_BASE_URL``,
     ``$ADAMHUB_API_KEY``). ``session`` (an id or a ``Session``) attaches to an existing
@@ -85,6 +91,7 @@ class RemoteAdam(torch.optim.Optimizer):
         name: str | None = None,
         on_nonfinite: Literal["raise", "skip"] = "raise",
         rounds: int | dict[str, Any] | None = None,
+        model: torch.nn.Module | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -126,7 +133,7 @@ class RemoteAdam(torch.optim.Optimizer):
                 dtype=self._dtype,
                 optimizer={**_fields(base), "amsgrad": bool(base["amsgrad"])},
                 param_groups=self._session_groups(),
-                name=name,
+                name=name if name is not None else default_name(model),
                 rounds={"contributions": rounds} if isinstance(rounds, int) else rounds,
             )
         else:
@@ -334,6 +341,12 @@ class RemoteAdamW(RemoteAdam):
     ) -> None:
         options.setdefault("decoupled_weight_decay", True)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **options)
+
+
+def default_name(model: torch.nn.Module | None) -> str:
+    """A new session's name: the model's class (else the script's name) and the host."""
+    what = type(model).__name__ if model is not None else Path(sys.argv[0] or "python").stem
+    return f"{what or 'python'}@{socket.gethostname()}"
 
 
 def _fields(group: dict[str, Any]) -> dict[str, Any]:

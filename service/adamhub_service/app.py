@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,6 +28,7 @@ from adamhub_service.api.problems import install_problem_handlers
 from adamhub_service.config import ServerOptions, Settings
 from adamhub_service.observability.logs import AccessLogMiddleware, configure_logging
 from adamhub_service.observability.metrics import Metrics, MetricsMiddleware
+from adamhub_service.sessions.janitor import Janitor
 from adamhub_service.sessions.service import SessionLimits, SessionService
 from adamhub_service.steps.rounds import RoundService
 from adamhub_service.steps.service import StepService
@@ -88,9 +91,13 @@ def create_app(settings: Settings) -> FastAPI:
                 settings.max_inflight_bytes, wait_seconds=settings.overload_wait_seconds
             ),
         )
+        janitor = asyncio.create_task(Janitor(store, every_seconds=settings.janitor_seconds).run())
         try:
             yield
         finally:
+            janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await janitor
             await store.close()
             await redis_store.close()
 

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     max_wait_seconds: float = Field(
         default=300.0, ge=0, description="The longest a long-poll waits, whatever it asks."
     )
+    janitor_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often a process deletes the sessions idle past their "
+        "expires_after_idle_seconds.",
+    )
     round_wait_seconds: float = Field(
         default=60.0,
         ge=0,

@@ -185,3 +185,28 @@ def test_a_stale_step_in_rounds_is_skipped_and_the_newest_parameters_pulled(
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
     assert np.array_equal(flat, other.params())
     client.close()
+
+
+def test_sessions_are_named_after_the_model_and_host_and_losses_recorded(
+    service_url: str,
+) -> None:
+    import socket
+
+    client = adamhub.Client(service_url)
+    model = mlp(5)
+    optimizer = RemoteAdam(model.parameters(), client=client, model=model)
+    assert optimizer.session.name == f"Sequential@{socket.gethostname()}"
+    unnamed = RemoteAdam(mlp(5).parameters(), client=client)
+    assert unnamed.session.name is not None and unnamed.session.name.endswith(socket.gethostname())
+    x, y = data()
+
+    def closure() -> float:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x[:16]), y[:16])
+        loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
+        return loss.item()
+
+    losses = [optimizer.step(closure) for _ in range(3)]
+    history = optimizer.session.history()
+    assert [point["loss"] for point in history] == pytest.approx(losses)
+    client.close()

@@ -158,6 +158,19 @@ HistoryPoints = Annotated[
     BeforeValidator(_whole),
 ]
 
+MAX_IDLE_SECONDS = 10 * 365 * 86_400
+IdleSeconds = Annotated[
+    int,
+    Strict(),
+    Field(
+        ge=60,
+        le=MAX_IDLE_SECONDS,
+        description="Delete the session after this many seconds without a change "
+        "(steps, settings); null: keep it.",
+    ),
+    BeforeValidator(_whole),
+]
+
 
 Lr = Annotated[Finite, Field(**LR.as_field(), description="Learning rate α.")]
 Beta = Annotated[Finite, Field(**BETA.as_field())]
@@ -439,6 +452,7 @@ class SessionCreate(BaseModel):
         description="Synchronous rounds (fixed at creation); null: every gradient is a step.",
     )
     history_points: HistoryPoints = DEFAULT_HISTORY_POINTS
+    expires_after_idle_seconds: IdleSeconds | None = None
     param_groups: ParamGroups | SkipJsonSchema[None] = None
 
     @model_validator(mode="before")
@@ -487,6 +501,7 @@ class SessionCreate(BaseModel):
             max_staleness=self.max_staleness,
             rounds=None if self.rounds is None else self.rounds.rule(),
             history_points=self.history_points,
+            expires_after_idle_seconds=self.expires_after_idle_seconds,
         )
 
 
@@ -501,6 +516,7 @@ class SessionPatch(BaseModel):
     history_steps: HistorySteps = 0
     max_staleness: MaxStaleness | None = None
     history_points: HistoryPoints = DEFAULT_HISTORY_POINTS
+    expires_after_idle_seconds: IdleSeconds | None = None
     param_groups: GroupPatches | None = None
 
 
@@ -555,6 +571,9 @@ class SessionOut(BaseModel):
         default=None, description="The rounds' rule; null: every gradient is a step."
     )
     history_points: int = Field(description="Steps whose points are kept (`…/history`).")
+    expires_after_idle_seconds: int | None = Field(
+        default=None, description="Deleted after this long without a change; null: kept."
+    )
     param_groups: list[dict[str, Any]] | None = Field(
         default=None, description="The param groups, when there are any."
     )
@@ -576,6 +595,7 @@ class SessionOut(BaseModel):
             max_staleness=record.max_staleness,
             rounds=None if record.rounds is None else record.rounds.as_dict(),
             history_points=record.history_points,
+            expires_after_idle_seconds=record.expires_after_idle_seconds,
             param_groups=[GroupSettings.of(g) for g in record.optimizer.param_groups] or None,
             created_at=record.created_at,
             updated_at=record.updated_at,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
@@ -105,9 +105,24 @@ async def list_sessions(
         str | None,
         Query(description="`next_cursor` of the previous page", pattern=SESSION_ID_REGEX),
     ] = None,
+    name: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="Only sessions whose name contains this, or matches it as a glob "
+            "(`*`, `?`, `[…]`); case-insensitive.",
+        ),
+    ] = None,
+    order: Annotated[
+        Literal["created_at", "-created_at", "updated_at", "-updated_at"],
+        Query(description="The order of the list; `-` for newest first."),
+    ] = "created_at",
 ) -> Response:
-    """The caller's sessions, oldest first, a page at a time."""
-    records, next_cursor = await services.sessions.list(caller, after=cursor, limit=limit)
+    """The caller's sessions, oldest first (or in `order`), a page at a time."""
+    records, next_cursor = await services.sessions.list(
+        caller, after=cursor, limit=limit, name=name, order=order
+    )
     page = SessionList.model_construct(
         sessions=[SessionOut.of(record) for record in records], next_cursor=next_cursor
     )
@@ -157,6 +172,8 @@ async def patch_session(
         max_staleness=patch.max_staleness,
         set_max_staleness="max_staleness" in given,
         history_points=patch.history_points if "history_points" in given else None,
+        expires_after_idle_seconds=patch.expires_after_idle_seconds,
+        set_expiry="expires_after_idle_seconds" in given,
         param_groups=None
         if patch.param_groups is None
         else [group.model_dump(exclude_none=True) for group in patch.param_groups],

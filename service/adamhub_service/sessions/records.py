@@ -83,7 +83,8 @@ class SessionRecord:
     any of the last ``history_steps`` steps needs; a gradient computed at parameters more
     than ``max_staleness`` steps old is refused; with ``rounds``, gradients are
     contributions averaged into one step per round; the newest ``history_points``
-    steps' points are kept for charts.
+    steps' points are kept for charts; a session idle (no change) for
+    ``expires_after_idle_seconds`` is deleted.
     """
 
     id: str
@@ -103,6 +104,7 @@ class SessionRecord:
     max_staleness: int | None = None
     rounds: RoundRule | None = None
     history_points: int = 10_000
+    expires_after_idle_seconds: int | None = None
 
     def evolve(self, **changes: Any) -> SessionRecord:
         """A copy with some fields changed."""

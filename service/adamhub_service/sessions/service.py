@@ -6,6 +6,7 @@ Every change is a compare-and-set on the session's ``rev`` through the
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class NewSession:
     max_staleness: int | None = None
     rounds: RoundRule | None = None
     history_points: int = 10_000
+    expires_after_idle_seconds: int | None = None
     state: AdamState | None = None
 
 
@@ -86,6 +88,8 @@ class SessionChanges:
     max_staleness: int | None = None
     set_max_staleness: bool = False
     history_points: int | None = None
+    expires_after_idle_seconds: int | None = None
+    set_expiry: bool = False
 
 
 def changed_optimizer(config: AdamConfig, changes: SessionChanges) -> AdamConfig:
@@ -114,6 +118,17 @@ def initial_params(size: int, dtype: str, init: NormalInitSpec | None) -> FloatA
             errors=[{"loc": ["init"], "msg": f"not finite in {dtype}"}],
         )
     return params
+
+
+def name_matches(name: str | None, pattern: str) -> bool:
+    """Whether a session's name matches ``pattern``: a glob with ``*``, ``?`` or ``[…]``,
+    else a part of the name; case-insensitive."""
+    if name is None:
+        return False
+    name, pattern = name.lower(), pattern.lower()
+    if any(char in pattern for char in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern in name
 
 
 class SessionService:
@@ -193,6 +208,7 @@ class SessionService:
             max_staleness=spec.max_staleness,
             rounds=spec.rounds,
             history_points=spec.history_points,
+            expires_after_idle_seconds=spec.expires_after_idle_seconds,
         )
         if spec.state is not None:
             state = spec.state
@@ -219,6 +235,9 @@ class SessionService:
                 limit=limit,
                 current=refusal.current,
             )
+        if record.expires_after_idle_seconds is not None:
+            # Indexed first: the janitor drops the ids of sessions that were not made.
+            await self._store.track_expiry(record.id, expires=True)
         try:
             status = await self._store.create(record, state)
         except errors.StoreUnavailable:
@@ -240,17 +259,42 @@ class SessionService:
         return record
 
     async def list(
-        self, principal: Principal, *, after: str | None, limit: int
+        self,
+        principal: Principal,
+        *,
+        after: str | None,
+        limit: int,
+        name: str | None = None,
+        order: str = "created_at",
     ) -> tuple[list[SessionRecord], str | None]:
-        """A page of the caller's sessions in creation order, and the next page's cursor."""
+        """A page of the caller's sessions, and the next page's cursor (the last id of
+        this page). In creation order by default; ``order`` (``created_at``,
+        ``updated_at``, ``-`` for newest first) and ``name`` (see ``name_matches``) read
+        the tenant's whole index, which its session quota bounds."""
         principal.require("sessions.read")
         if after is not None and not is_session_id(after):
             raise errors.ValidationFailed(
                 f"cursor {after!r} is not a session id",
                 errors=[{"loc": ["query", "cursor"], "msg": "not a session id"}],
             )
-        records, cursor = await self._store.records(principal.tenant, after=after, limit=limit)
-        return [record for record in records if principal.sees(record)], cursor
+        if name is None and order == "created_at":
+            records, cursor = await self._store.records(principal.tenant, after=after, limit=limit)
+            return [record for record in records if principal.sees(record)], cursor
+        found = [
+            record
+            for record in await self._store.all_records(principal.tenant)
+            if principal.sees(record) and (name is None or name_matches(record.name, name))
+        ]
+        field = order.lstrip("-")
+        found.sort(key=lambda record: (getattr(record, field), record.id))
+        if order.startswith("-"):
+            found.reverse()
+        start = 0
+        if after is not None:
+            start = next((i + 1 for i, r in enumerate(found) if r.id == after), len(found))
+        page = found[start : start + limit]
+        more = start + limit < len(found)
+        return page, (page[-1].id if page and more else None)
 
     async def params(
         self,
@@ -284,6 +328,10 @@ class SessionService:
                 new = new.evolve(max_staleness=changes.max_staleness)
             if changes.history_points is not None:
                 new = new.evolve(history_points=changes.history_points)
+            if changes.set_expiry:
+                new = new.evolve(expires_after_idle_seconds=changes.expires_after_idle_seconds)
+            if changes.set_expiry and changes.expires_after_idle_seconds is not None:
+                await self._store.track_expiry(session_id, expires=True)
             outcome = await self._store.commit_record(current, new)
             if outcome.status is WriteStatus.GONE:
                 raise errors.SessionNotFound(session_id)
@@ -382,6 +430,7 @@ class SessionService:
             max_staleness=record.max_staleness,
             rounds=record.rounds,
             history_points=record.history_points,
+            expires_after_idle_seconds=record.expires_after_idle_seconds,
         )
         return await self.create(spec, principal)
 

@@ -17,7 +17,14 @@ PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "p", "m", "v", "x"
 _INT_FIELDS = ("size", "chunk_elements", "t", "rev", "history_steps", "history_points")
 # Fields of the meta hash that describe the storage, not the session (lua/common.lua).
 _STORAGE_FIELDS = ("snap", "snap_t", "log_bytes")
-_JSON_FIELDS = ("optimizer", "metadata", "name", "max_staleness", "rounds")
+_JSON_FIELDS = (
+    "optimizer",
+    "metadata",
+    "name",
+    "max_staleness",
+    "rounds",
+    "expires_after_idle_seconds",
+)
 _TEXT_FIELDS = ("id", "dtype", "head", "created_at", "updated_at", "tenant")
 
 MetaFields = dict[str, bytes | str | int]

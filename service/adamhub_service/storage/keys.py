@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 INDEX_KEY = "adamhub:sessions"
+# The ids of the sessions that expire when idle (expires_after_idle_seconds).
+EXPIRING_KEY = "adamhub:expiring"
 
 
 def session_prefix(session_id: str) -> str:

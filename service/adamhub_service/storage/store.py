@@ -32,6 +32,7 @@ from adamhub_service.storage.encoding import (
 )
 from adamhub_service.storage.errors import unavailable_on_error
 from adamhub_service.storage.keys import (
+    EXPIRING_KEY,
     chunk_keys,
     create_idempotency_key,
     history_key,
@@ -270,6 +271,20 @@ class RedisStore:
         async with unavailable_on_error():
             raw = await self._redis.get(idempotency_key(session_id, key))
         return None if raw is None else IdempotencyRecord.decode(text(raw))
+
+    async def track_expiry(self, session_id: str, *, expires: bool) -> None:
+        """Put the session in (or take it out of) the index of expiring sessions."""
+        async with unavailable_on_error(write=True):
+            if expires:
+                await self._redis.sadd(EXPIRING_KEY, session_id)
+            else:
+                await self._redis.srem(EXPIRING_KEY, session_id)
+
+    async def expiring_ids(self) -> list[str]:
+        """The ids in the index of expiring sessions."""
+        async with unavailable_on_error():
+            ids = await self._redis.smembers(EXPIRING_KEY)
+        return sorted(text(raw) for raw in ids)
 
     async def list_ids(self, tenant: str, *, after: str | None, limit: int) -> list[str]:
         """Up to ``limit`` of the tenant's session ids in creation order, after ``after``."""

@@ -166,6 +166,25 @@ class SessionStore:
         records = [r for r in await self._store.read_records(ids) if r is not None]
         return records, (ids[-1] if ids and len(ids) == limit else None)
 
+    async def track_expiry(self, session_id: str, *, expires: bool) -> None:
+        """Index (or not) the session among those that expire when idle."""
+        await self._store.track_expiry(session_id, expires=expires)
+
+    async def expiring_records(self) -> list[tuple[str, SessionRecord | None]]:
+        """The indexed expiring sessions' ids and records (None: gone)."""
+        ids = await self._store.expiring_ids()
+        return list(zip(ids, await self._store.read_records(ids), strict=True))
+
+    async def all_records(self, tenant: str) -> list[SessionRecord]:
+        """Every record of the tenant, in creation order."""
+        found: list[SessionRecord] = []
+        after = None
+        while True:
+            records, after = await self.records(tenant, after=after, limit=1000)
+            found += records
+            if after is None:
+                return found
+
     async def load(self, session_id: str) -> CachedSession:
         """The session's state: the cached one (unverified), else the stored one."""
         entry = self._cache.get(session_id)
@@ -369,6 +388,7 @@ class SessionStore:
                 "history_steps",
                 "max_staleness",
                 "history_points",
+                "expires_after_idle_seconds",
                 "updated_at",
             )
             if getattr(new, name) != getattr(current, name)

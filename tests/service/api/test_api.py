@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from adamhub_service.app import create_app
 from adamhub_service.config import Settings
 from adamhub_service.optim import AdamConfig, ParamGroup, Schedule, adam_step, init_state
+from adamhub_service.sessions.janitor import Janitor
 from adamhub_service.testing import LOOPBACK
 
 BINARY = "application/octet-stream"
@@ -799,3 +801,54 @@ def test_params_long_poll_answers_when_t_arrives_not_at_its_timeout(
     assert client.get(f"/v1/sessions/{sid}/params?min_step=1&wait=60").json()["t"] == 1
     for query in ("min_step=-1&wait=1", "min_step=1&wait=-1", "min_step=1&wait=301"):
         assert client.get(f"/v1/sessions/{sid}/params?{query}").status_code == 422, query
+
+
+# -- finding sessions -------------------------------------------------------------------
+
+
+def test_list_filters_by_name_and_orders_by_last_update(client: TestClient) -> None:
+    ids = {name: create(client, size=1, name=name)["id"] for name in ("bert-a", "Bert-b", "gpt")}
+    create(client, size=1)  # unnamed
+    client.post(f"/v1/sessions/{ids['bert-a']}/step", json={"gradient": [1.0]})
+    by_update = client.get("/v1/sessions", params={"order": "-updated_at"}).json()["sessions"]
+    assert by_update[0]["id"] == ids["bert-a"]
+    assert [s["name"] for s in client.get("/v1/sessions?name=bert").json()["sessions"]] == [
+        "bert-a",
+        "Bert-b",
+    ]
+    globbed = client.get("/v1/sessions", params={"name": "*-b", "order": "-created_at"})
+    assert [s["id"] for s in globbed.json()["sessions"]] == [ids["Bert-b"]]
+    first = client.get("/v1/sessions", params={"name": "?", "limit": 1}).json()
+    assert first["sessions"] == [] and first["next_cursor"] is None
+    page = client.get("/v1/sessions", params={"order": "-created_at", "limit": 2}).json()
+    rest = client.get(
+        "/v1/sessions", params={"order": "-created_at", "limit": 2, "cursor": page["next_cursor"]}
+    ).json()
+    assert [s["name"] for s in page["sessions"] + rest["sessions"]] == [
+        None, "gpt", "Bert-b", "bert-a"
+    ]  # fmt: skip
+    assert rest["next_cursor"] is None
+    assert client.get("/v1/sessions?order=name").status_code == 422
+
+
+def test_sessions_idle_past_their_time_are_deleted(redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url)
+    app = create_app(settings)
+    with TestClient(app, client=LOOPBACK) as client:
+        keep = create(client, size=2)
+        busy = create(client, size=2, expires_after_idle_seconds=60)
+        idle = create(client, size=2, expires_after_idle_seconds=60)
+        assert client.get(f"/v1/sessions/{idle['id']}").json()["expires_after_idle_seconds"] == 60
+        store = app.state.services.store
+        janitor = Janitor(store, every_seconds=60)
+        later = datetime.now(UTC) + timedelta(seconds=61)
+        client.post(f"/v1/sessions/{busy['id']}/step", json={"gradient": [1.0, 1.0]})
+        # Stepped now: 61 s later it has been idle 61 s too; 30 s later it has not.
+        portal = client.portal
+        assert portal is not None
+        assert portal.call(janitor.sweep, datetime.now(UTC) + timedelta(seconds=30)) == []
+        assert portal.call(janitor.sweep, later) == sorted([busy["id"], idle["id"]])
+        assert client.get(f"/v1/sessions/{idle['id']}").status_code == 404
+        assert client.get(f"/v1/sessions/{keep['id']}").status_code == 200
+        assert client.patch(f"/v1/sessions/{keep['id']}",
+                            json={"expires_after_idle_seconds": 59}).status_code == 422  # fmt: skip
