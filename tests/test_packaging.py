@@ -52,3 +52,4 @@ def test_the_wheel_holds_both_packages_and_their_files(tmp_path: Path) -> None:
         .decode()
     )
     assert "adamhub-service = adamhub_service.cli:main" in entry_points
+    assert "adamhub = adamhub.cli:main" in entry_points

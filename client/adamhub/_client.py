@@ -25,6 +25,15 @@ JSON_PARAMS_LIMIT = 65_536
 PAGE_SIZE = 1000
 
 
+def _list_params(cursor: str | None, name: str | None, order: str) -> dict[str, str]:
+    params = {"limit": str(PAGE_SIZE), "order": order}
+    if cursor:
+        params["cursor"] = cursor
+    if name is not None:
+        params["name"] = name
+    return params
+
+
 def _create_specs(
     params: npt.ArrayLike | None,
     size: int | None,
@@ -193,11 +202,15 @@ class Client(BaseClient):
         resource = self.request(RequestSpec("GET", f"/v1/sessions/{session_id}")).json()
         return Session(self, resource, gradient_dtype=self.gradient_dtype)
 
-    def iter_sessions(self) -> Iterator[Session]:
-        """Every session, oldest first, fetched a page at a time."""
+    def iter_sessions(
+        self, *, name: str | None = None, order: str = "created_at"
+    ) -> Iterator[Session]:
+        """Every session (whose name contains ``name``, or matches it as a glob), oldest
+        first or in ``order`` (``-updated_at``: the last stepped first), a page at a
+        time."""
         cursor: str | None = None
         while True:
-            params = {"limit": str(PAGE_SIZE)} | ({"cursor": cursor} if cursor else {})
+            params = _list_params(cursor, name, order)
             page = self.request(RequestSpec("GET", "/v1/sessions", params=params)).json()
             for resource in page["sessions"]:
                 yield Session(self, resource, gradient_dtype=self.gradient_dtype)
@@ -205,9 +218,9 @@ class Client(BaseClient):
             if cursor is None:
                 return
 
-    def list_sessions(self) -> list[Session]:
-        """Every session, oldest first."""
-        return list(self.iter_sessions())
+    def list_sessions(self, *, name: str | None = None, order: str = "created_at") -> list[Session]:
+        """Every session, oldest first (see ``iter_sessions``)."""
+        return list(self.iter_sessions(name=name, order=order))
 
     def close(self) -> None:
         """Close the connections (unless the httpx client was given)."""
@@ -311,11 +324,13 @@ class AsyncClient(BaseClient):
         resource = (await self.request(RequestSpec("GET", f"/v1/sessions/{session_id}"))).json()
         return AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
 
-    async def iter_sessions(self) -> AsyncIterator[AsyncSession]:
-        """Every session, oldest first, fetched a page at a time."""
+    async def iter_sessions(
+        self, *, name: str | None = None, order: str = "created_at"
+    ) -> AsyncIterator[AsyncSession]:
+        """Every session (see ``Client.iter_sessions``), a page at a time."""
         cursor: str | None = None
         while True:
-            params = {"limit": str(PAGE_SIZE)} | ({"cursor": cursor} if cursor else {})
+            params = _list_params(cursor, name, order)
             page = (await self.request(RequestSpec("GET", "/v1/sessions", params=params))).json()
             for resource in page["sessions"]:
                 yield AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
@@ -323,9 +338,11 @@ class AsyncClient(BaseClient):
             if cursor is None:
                 return
 
-    async def list_sessions(self) -> list[AsyncSession]:
-        """Every session, oldest first."""
-        return [session async for session in self.iter_sessions()]
+    async def list_sessions(
+        self, *, name: str | None = None, order: str = "created_at"
+    ) -> list[AsyncSession]:
+        """Every session, oldest first (see ``Client.iter_sessions``)."""
+        return [session async for session in self.iter_sessions(name=name, order=order)]
 
     async def close(self) -> None:
         """Close the connections (unless the httpx client was given)."""
