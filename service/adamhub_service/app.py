@@ -25,6 +25,7 @@ from adamhub_service.api.deps import Services
 from adamhub_service.api.middleware import FrontDoor
 from adamhub_service.api.openapi import openapi_document
 from adamhub_service.api.problems import install_problem_handlers
+from adamhub_service.api.ui import install_ui
 from adamhub_service.config import ServerOptions, Settings
 from adamhub_service.observability.logs import AccessLogMiddleware, configure_logging
 from adamhub_service.observability.metrics import Metrics, MetricsMiddleware
@@ -126,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
     ):
         app.include_router(router)
     operations.install_docs(app)
+    install_ui(app)
 
     def openapi() -> dict[str, Any]:
         return openapi_document(app, max_size=settings.max_size)

@@ -1,0 +1,1 @@
+"""The dashboard: static assets (``static/``), served by the app at ``/ui``."""

@@ -1,0 +1,141 @@
+"""The dashboard at /ui in a real headless Chromium (Debian's, driven by Playwright)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+import adamhub
+from adamhub_service.testing import ServiceProcess
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results"
+
+
+def chromium_path() -> str:
+    found = os.environ.get("ADAMHUB_CHROMIUM") or next(
+        (path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None
+    )
+    assert found, "the dashboard's test needs Chromium: apt-get install chromium (see .ci/run)"
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield launched
+        launched.close()
+
+
+def watch_requests(page: Page, base_url: str) -> list[str]:
+    """Every URL the page asks for; the test asserts none leaves the service."""
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    return urls
+
+
+def points_of(page: Page, chart: str) -> int:
+    return int(page.get_attribute(f'[data-chart="{chart}"]', "data-points") or 0)
+
+
+def test_the_list_and_a_live_session_page(browser: Browser, service_url: str) -> None:
+    client = adamhub.Client(service_url, worker="ui-worker")
+    session = client.create_session(size=64, name="dashboard-run", optimizer={"lr": 0.01})
+    client.create_session(size=8, name="another-run")
+    stop = threading.Event()
+
+    def train() -> None:
+        rng = np.random.default_rng(0)
+        loss = 3.0
+        while not stop.is_set():
+            session.step(rng.normal(size=64).astype(np.float32), loss=loss)
+            loss *= 0.995
+            stop.wait(0.02)
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    urls = watch_requests(page, service_url)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(f"{service_url}/ui")
+        row = page.locator(f'tr[data-session="{session.id}"]')
+        row.wait_for(timeout=10_000)
+        assert "dashboard-run" in row.inner_text()
+        page.fill("#search", "dashboard")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#sessions tbody tr').length === 1", timeout=10_000
+        )
+        row.locator("a").click()
+        page.wait_for_selector('[data-chart="loss"]')
+        page.wait_for_function(
+            "() => Number(document.querySelector('[data-chart=loss]').dataset.points) > 5",
+            timeout=15_000,
+        )
+        before = points_of(page, "loss")
+        grown = "n => Number(document.querySelector('[data-chart=loss]').dataset.points) > n"
+        page.wait_for_function(grown, arg=before + 10, timeout=15_000)
+        assert points_of(page, "grad_norm") > before  # every chart grows
+        assert "ui-worker" in page.inner_text("#workers")
+        assert "0.01" in page.inner_text("#settings")
+        # An action: change the learning rate.
+        page.fill("#lr-input", "0.005")
+        page.click("#lr-form button")
+        page.wait_for_function(
+            "() => document.getElementById('action-result').textContent.includes('0.005')"
+        )
+        assert client.session(session.id).optimizer.lr == 0.005
+        SCREENSHOTS.mkdir(exist_ok=True)
+        shot = SCREENSHOTS / "dashboard-session.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"dashboard screenshot: {shot}")
+        assert shot.stat().st_size > 10_000
+    finally:
+        stop.set()
+        worker.join(10)
+        page.close()
+        client.close()
+    assert not errors, errors
+    assert urls and all(url.startswith(service_url + "/") for url in urls), [
+        url for url in urls if not url.startswith(service_url + "/")
+    ]
+
+
+def test_a_service_with_a_master_key_asks_for_one(
+    browser: Browser, redis_url: str, tmp_path: Path
+) -> None:
+    master = "dashboard-master-key-0123456789abcdef"
+    service = ServiceProcess(
+        "--redis-url", redis_url, env={"ADAMHUB_MASTER_KEY": master}, log_path=tmp_path / "log"
+    ).start()
+    try:
+        with adamhub.Client(service.base_url, api_key=master) as client:
+            session = client.create_session(size=4, name="behind-a-key")
+        page = browser.new_page()
+        page.goto(f"{service.base_url}/ui")
+        page.wait_for_selector("#key-dialog[open]")
+        page.fill("#key-input", "wrong-key-wrong-key-wrong-key")
+        page.click("#key-form button")
+        page.wait_for_function(
+            "() => document.getElementById('key-error').textContent.includes('refused')"
+        )
+        page.fill("#key-input", master)
+        page.click("#key-form button")
+        page.locator(f'tr[data-session="{session.id}"]').wait_for(timeout=10_000)
+        # Kept for the tab only: sessionStorage, not localStorage or a cookie.
+        assert page.evaluate("() => sessionStorage.getItem('adamhub-api-key')") == master
+        assert page.evaluate("() => localStorage.length") == 0
+        assert page.context.cookies() == []
+        page.close()
+    finally:
+        service.stop()
