@@ -56,14 +56,16 @@ def create_app(settings: Settings) -> FastAPI:
             max_connections=settings.redis_max_connections,
             pending_write_ttl_ms=int(settings.pending_write_ttl_seconds * 1000),
             round_trip_bytes=settings.round_trip_bytes,
+            metrics=metrics,
         )
         store = SessionStore(
             redis_store,
             StateCache(settings.cache_bytes),
             commit_attempts=settings.commit_attempts,
             snapshot_bytes=settings.snapshot_bytes,
+            metrics=metrics,
         )
-        metrics.cache_bytes.set_function(lambda: store.cached_bytes)
+        metrics.watch_cache(lambda: store.cached_bytes)
         app.state.services = Services(
             settings=settings,
             store=store,
@@ -87,7 +89,9 @@ def create_app(settings: Settings) -> FastAPI:
             ),
             metrics=metrics,
             keys=KeyService(KeyStore(redis_store.client), master_key=settings.master_key),
-            limiter=RateLimiter(store, rate=settings.rate_limit, burst=settings.rate_limit_burst),
+            limiter=RateLimiter(
+                store, metrics, rate=settings.rate_limit, burst=settings.rate_limit_burst
+            ),
             budget=InflightBudget(
                 settings.max_inflight_bytes, wait_seconds=settings.overload_wait_seconds
             ),
@@ -101,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await janitor
             await store.close()
             await redis_store.close()
+            metrics.process_stopped()
 
     app = FastAPI(
         title="adamhub",

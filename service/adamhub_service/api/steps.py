@@ -172,14 +172,15 @@ async def step(request: Request) -> Response:
     if step_settings is not None:
         step_settings.applied_to(record.optimizer)  # 422 before the body is read
     async with services.budget.hold(vector_request_budget(services, record, dtype_header)):
-        received = await received_vector(
-            request,
-            record,
-            "gradient",
-            dtype_header,
-            json_limit=settings.max_json_bytes,
-            stall_seconds=settings.body_timeout_seconds,
-        )
+        with services.metrics.step_phases.labels("read_body").time():
+            received = await received_vector(
+                request,
+                record,
+                "gradient",
+                dtype_header,
+                json_limit=settings.max_json_bytes,
+                stall_seconds=settings.body_timeout_seconds,
+            )
         gradient = negotiation.conform(
             received, size=record.size, dtype=record.dtype, field="gradient"
         )

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -21,6 +22,7 @@ from adamhub_service.cli.embedded import EmbeddedStoreError, EmbeddedValkey
 from adamhub_service.cli.protocol import BoundedHeadProtocol
 from adamhub_service.config import ServerOptions, Settings
 from adamhub_service.observability.logs import configure_logging
+from adamhub_service.observability.metrics import MULTIPROCESS_ENV
 
 logger = logging.getLogger("adamhub_service")
 
@@ -121,6 +123,10 @@ def serve(options: ServerOptions, settings: Settings) -> int:
                 "embedded Valkey (pid %s) keeps its data in %s", embedded.pid, embedded.data_dir
             )
         _export(settings)  # worker processes build their settings from the environment
+        if options.workers > 1 and not os.environ.get(MULTIPROCESS_ENV):
+            # Each worker keeps its metrics here; a scrape of any answers their sum.
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="adamhub-metrics-"))
+            os.environ[MULTIPROCESS_ENV] = folder
         log_level = options.log_level.lower()
         uvicorn.run(
             "adamhub_service.app:create_app_from_env",

@@ -140,11 +140,13 @@ class RoundService:
             raise errors.SessionNotFound(session_id)
         if outcome.status is WriteStatus.STALE:
             self._metrics.contributions.labels("stale").inc()
+            self._metrics.stale.labels("round").inc()
             raise _stale(base_step, outcome.base)
         if outcome.status is WriteStatus.SEALED:
             # The round is full: this gradient is for a step that is about to pass.
             seen, _ = await self.wait_for_step(session_id, outcome.base + 1, wait_seconds)
             self._metrics.contributions.labels("stale").inc()
+            self._metrics.stale.labels("round").inc()
             raise _stale(base_step, seen.t if seen else outcome.base)
         if outcome.status is WriteStatus.REPLAYED:
             assert outcome.replay is not None
@@ -308,7 +310,8 @@ class RoundService:
                 [(contribution.samples, gradient) for contribution, gradient in taken],
                 record.dtype,
             )
-            state = await compute_step(current.state, mean, optimizer)
+            with self._metrics.step_phases.labels("math").time():
+                state = await compute_step(current.state, mean, optimizer)
             point = None
             if record.history_points:
                 point = step_point(
@@ -328,14 +331,16 @@ class RoundService:
             new = record.evolve(
                 t=state.step, head=entry.write_id, updated_at=utc_now(), optimizer=optimizer
             )
-            outcome = await self._store.append(
-                current,
-                new,
-                [LoggedStep(entry, mean, point=point)],
-                CachedSession(new, state, optimizer),
-                idempotency_ttl_ms=self._idempotency_ttl_ms,
-                round_contributions=contributions,
-            )
+            phase = self._metrics.step_phases.labels("commit")
+            with phase.time():
+                outcome = await self._store.append(
+                    current,
+                    new,
+                    [LoggedStep(entry, mean, point=point)],
+                    CachedSession(new, state, optimizer),
+                    idempotency_ttl_ms=self._idempotency_ttl_ms,
+                    round_contributions=contributions,
+                )
             if outcome.status is WriteStatus.COMMITTED:
                 self._release(session_id, state.step)
                 self._metrics.rounds.labels(how).inc()

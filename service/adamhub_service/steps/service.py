@@ -198,6 +198,8 @@ class StepService:
             if stale is not None:
                 # A retry of a step that was applied is stale by its own step: answer it.
                 await self._refuse_unless_applied(session_id, queued, stale)
+                if queued.answer.exception() is stale:
+                    self._metrics.stale.labels("async").inc()
                 continue
             try:
                 step_optimizer = (
@@ -207,7 +209,8 @@ class StepService:
                 queued.answer.set_exception(exc)
                 continue
             try:
-                new_state = await compute_step(state, queued.gradient, step_optimizer)
+                with self._metrics.step_phases.labels("math").time():
+                    new_state = await compute_step(state, queued.gradient, step_optimizer)
             except errors.NonFiniteUpdate as exc:
                 # A retry of a step that was applied can no longer be applied: answer it.
                 await self._refuse_unless_applied(session_id, queued, exc)
@@ -242,13 +245,14 @@ class StepService:
             updated_at=utc_now(),
             optimizer=optimizer,
         )
-        outcome = await self._store.append(
-            current,
-            new,
-            [step for _, step, _ in applied],
-            CachedSession(new, state, config),
-            idempotency_ttl_ms=self._idempotency_ttl_ms,
-        )
+        with self._metrics.step_phases.labels("commit").time():
+            outcome = await self._store.append(
+                current,
+                new,
+                [step for _, step, _ in applied],
+                CachedSession(new, state, config),
+                idempotency_ttl_ms=self._idempotency_ttl_ms,
+            )
         if outcome.status is WriteStatus.COMMITTED:
             for queued, step, stepped in applied:
                 answered = new.evolve(rev=outcome.rev, t=stepped.step, head=step.entry.write_id)

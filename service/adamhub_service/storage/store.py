@@ -19,6 +19,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from adamhub_service.errors import StoreUnavailable
+from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray
 from adamhub_service.sessions.records import SessionRecord, new_write_id
 from adamhub_service.storage.encoding import (
@@ -133,8 +134,10 @@ class RedisStore:
         *,
         pending_write_ttl_ms: int,
         round_trip_bytes: int = 64 << 20,
+        metrics: Metrics | None = None,
     ) -> None:
         self._redis = client
+        self._metrics = metrics
         self._pending_ttl_ms = pending_write_ttl_ms
         self._round_trip_bytes = round_trip_bytes
         self._append = client.register_script(_load_script("append"))
@@ -157,6 +160,7 @@ class RedisStore:
         max_connections: int,
         pending_write_ttl_ms: int,
         round_trip_bytes: int = 64 << 20,
+        metrics: Metrics | None = None,
     ) -> RedisStore:
         """A store over a new connection pool to ``url``."""
         client = redis.Redis.from_url(
@@ -168,7 +172,10 @@ class RedisStore:
             health_check_interval=30,
         )
         return cls(
-            client, pending_write_ttl_ms=pending_write_ttl_ms, round_trip_bytes=round_trip_bytes
+            client,
+            pending_write_ttl_ms=pending_write_ttl_ms,
+            round_trip_bytes=round_trip_bytes,
+            metrics=metrics,
         )
 
     @property
@@ -584,6 +591,8 @@ class RedisStore:
                 if isinstance(reply, NoScriptError):
                     reply = await script(keys=all_keys, args=args)
                 discard = True  # an answer came: the outcome is known
+                if self._metrics is not None:
+                    self._metrics.store_written_bytes.inc(sum(len(data) for _, data in chunks))
                 for failed in replies[:-1]:
                     if isinstance(failed, Exception):
                         # The script found those chunks missing and committed nothing.

@@ -21,6 +21,7 @@ from typing import TypeVar
 import numpy as np
 
 from adamhub_service import errors
+from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray, adam_step
 from adamhub_service.sessions.records import SessionRecord, is_session_id
 from adamhub_service.storage.cache import CachedSession, StateCache
@@ -89,8 +90,10 @@ class SessionStore:
         *,
         commit_attempts: int,
         snapshot_bytes: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._cache = cache
         self._commit_attempts = commit_attempts
         self._snapshot_bytes = snapshot_bytes
@@ -351,6 +354,8 @@ class SessionStore:
                 committed.record, entry, committed.state, committed.config
             )
         except (errors.StoreUnavailable, errors.OutcomeUnknown) as exc:
+            if self._metrics is not None:
+                self._metrics.snapshots.labels("failed").inc()
             # The next commit tries again; the log keeps every step meanwhile.
             logger.warning(
                 "snapshot of %s at t=%d not written: %s",
@@ -359,6 +364,9 @@ class SessionStore:
                 exc,
             )
             return
+        if self._metrics is not None:
+            committed_now = status is WriteStatus.COMMITTED
+            self._metrics.snapshots.labels("committed" if committed_now else "superseded").inc()
         if status is WriteStatus.COMMITTED:
             entry_now = self._cache.get(committed.record.id)
             if entry_now is not None and entry_now.record.rev == committed.record.rev:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 
 from adamhub_service import errors
+from adamhub_service.observability.metrics import Metrics
 from adamhub_service.storage.versions import SessionStore
 
 
 class RateLimiter:
     """A token bucket per key: ``rate`` requests per second, ``burst`` at once."""
 
-    def __init__(self, store: SessionStore, *, rate: float, burst: int) -> None:
+    def __init__(self, store: SessionStore, metrics: Metrics, *, rate: float, burst: int) -> None:
         self._store = store
+        self._metrics = metrics
         self.rate = rate
         self.burst = burst or max(1, math.ceil(rate))
 
@@ -25,6 +27,7 @@ class RateLimiter:
         """Count a request of ``key_id``, or raise ``RateLimited``."""
         decision = await self._store.take_token(key_id, rate=self.rate, burst=self.burst)
         if not decision.allowed:
+            self._metrics.rate_limited.inc()
             wait = max(1, math.ceil(decision.wait_seconds))
             raise errors.RateLimited(
                 f"this key may send {self.rate:g} requests per second ({self.burst} at once); "
