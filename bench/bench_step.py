@@ -205,6 +205,28 @@ def adamhub_step_ms(client: adamhub.Client, size: int, repeats: int) -> float:
     return result
 
 
+def history_overhead(client: adamhub.Client, repeats: int = 600) -> dict[str, Any]:
+    """p50 of a 1k step with its history point recorded (the default) and without
+    (``history_points=0``), interleaved step by step so that both see the same box."""
+    with_history = client.create_session(size=1_000)
+    without = client.create_session(size=1_000, history_points=0)
+    gradient = gradient_of(1_000)
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    for index in range(repeats + 20):
+        for label, session in (("with", with_history), ("without", without)):
+            start = time.perf_counter()
+            session.step(gradient, loss=0.5)
+            if index >= 20:
+                times[label].append((time.perf_counter() - start) * 1000)
+    assert with_history.history(limit=1)[0]["t"] == repeats + 20
+    assert without.history() == []
+    with_history.delete()
+    without.delete()
+    on, off = statistics.median(times["with"]), statistics.median(times["without"])
+    return {"with_ms": round(on, 3), "without_ms": round(off, 3),
+            "overhead_pct": round(100 * (on - off) / off, 1)}  # fmt: skip
+
+
 def _adamhub_worker(base_url: str, session_id: str, size: int, seconds: float, queue: Any) -> None:
     with adamhub.Client(base_url=base_url) as client:
         session = client.session(session_id)
@@ -292,6 +314,7 @@ def main() -> None:
     throughput: list[dict[str, Any]] = []
     written: list[dict[str, Any]] = []
     huge: dict[str, Any] = {}
+    overhead: dict[str, Any] = {}
     try:
         direct = redis.Redis.from_url(store.url)
         with adamhub.Client(base_url=service.base_url, timeout=600) as client:
@@ -322,6 +345,8 @@ def main() -> None:
                 rate["ratio"] = ratio(rate["adamhub_steps_per_s"], rate["ray_steps_per_s"])
                 throughput.append(rate)
                 print(rate, flush=True)
+            overhead = history_overhead(client)
+            print({"history": overhead}, flush=True)
             for size in sizes:
                 steps = 200 if size <= 100_000 else 24
                 written.append(
@@ -347,7 +372,7 @@ def main() -> None:
         service.stop()
         store.cleanup()
 
-    table = render(latency, throughput, written, huge, note)
+    table = render(latency, throughput, written, huge, note, overhead)
     print(table)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compare.md").write_text(table)
@@ -357,6 +382,7 @@ def main() -> None:
         "throughput": throughput,
         "redis_bytes_per_gradient_byte": written,
         "step_100m": huge,
+        "history_overhead_1k": overhead,
         "note": note,
     }
     (RESULTS / "compare.json").write_text(json.dumps(document, indent=2))
@@ -369,6 +395,7 @@ def render(
     written: list[dict[str, Any]],
     huge: dict[str, Any],
     note: str,
+    overhead: dict[str, Any],
 ) -> str:
     lines = [
         f"adamhub vs peers, one run, {os.cpu_count()} CPUs, binary float32, medians",
@@ -398,6 +425,11 @@ def render(
         lines.append(f"| {row['params']:,} | {row['ratio']:.3f} |")
     if huge:
         lines += ["", f"100M-parameter step through the SDK: {huge['adamhub_s']} s"]
+    lines += [
+        "",
+        f"History recording, 1k step p50: {overhead['with_ms']} ms with, "
+        f"{overhead['without_ms']} ms without ({overhead['overhead_pct']:+.1f}%)",
+    ]
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"

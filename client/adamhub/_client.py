@@ -46,6 +46,8 @@ def _create_specs(
     param_groups: list[dict[str, Any]] | None = None,
     max_staleness: int | None = None,
     rounds: dict[str, Any] | None = None,
+    history_points: int | None = None,
+    expires_after_idle_seconds: int | None = None,
 ) -> tuple[RequestSpec, bytes | None]:
     """The create request, and the raw parameters to PUT after it (for large ones)."""
     if (params is None) == (size is None):
@@ -67,6 +69,10 @@ def _create_specs(
         body["max_staleness"] = max_staleness
     if rounds is not None:
         body["rounds"] = rounds
+    if history_points is not None:
+        body["history_points"] = history_points
+    if expires_after_idle_seconds is not None:
+        body["expires_after_idle_seconds"] = expires_after_idle_seconds
     raw = None
     if params is not None:
         vector = np.asarray(params, dtype=dtype).reshape(-1)
@@ -157,6 +163,8 @@ class Client(BaseClient):
         param_groups: list[dict[str, Any]] | None = None,
         max_staleness: int | None = None,
         rounds: dict[str, Any] | None = None,
+        history_points: int | None = None,
+        expires_after_idle_seconds: int | None = None,
     ) -> Session:
         """Create a session from initial ``params``, or of ``size`` (zeros, or ``init``);
         it keeps what rolling back to any of its last ``history_steps`` steps needs.
@@ -165,7 +173,8 @@ class Client(BaseClient):
         (``StaleGradientError``). ``rounds`` (``{"contributions": K}`` or
         ``{"target_samples": B}``, with ``timeout_seconds`` and ``min_contributions``)
         makes each step the samples-weighted mean of a round's contributions, as DDP
-        does."""
+        does. ``history_points`` (default 10,000) steps' points are kept for charts;
+        ``expires_after_idle_seconds`` deletes the session once idle that long."""
         spec, raw = _create_specs(
             params,
             size,
@@ -178,6 +187,8 @@ class Client(BaseClient):
             param_groups,
             max_staleness,
             rounds,
+            history_points,
+            expires_after_idle_seconds,
         )
         resource = self.request(spec).json()
         if raw is not None:
@@ -284,6 +295,8 @@ class AsyncClient(BaseClient):
         param_groups: list[dict[str, Any]] | None = None,
         max_staleness: int | None = None,
         rounds: dict[str, Any] | None = None,
+        history_points: int | None = None,
+        expires_after_idle_seconds: int | None = None,
     ) -> AsyncSession:
         """Create a session (see ``Client.create_session``)."""
         spec, raw = _create_specs(
@@ -298,6 +311,8 @@ class AsyncClient(BaseClient):
             param_groups,
             max_staleness,
             rounds,
+            history_points,
+            expires_after_idle_seconds,
         )
         resource = (await self.request(spec)).json()
         if raw is not None:

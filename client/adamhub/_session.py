@@ -73,6 +73,7 @@ class SessionBase:
         self.max_staleness: int | None = resource.get("max_staleness")
         self.rounds: dict[str, Any] | None = resource.get("rounds")
         self.history_points: int = resource.get("history_points", 10_000)
+        self.expires_after_idle_seconds: int | None = resource.get("expires_after_idle_seconds")
         self.optimizer = AdamConfig.from_dict(resource["optimizer"])
         self.created_at: str | None = resource.get("created_at")
         self.updated_at: str | None = resource.get("updated_at")
@@ -270,12 +271,20 @@ class Session(SessionBase):
         metadata: dict[str, Any] | None = None,
         history_steps: int | None = None,
         param_groups: list[dict[str, Any]] | None = None,
+        history_points: int | None = None,
+        expires_after_idle_seconds: int | None = None,
         **optimizer: Any,
     ) -> None:
         """Change optimizer settings (``lr=…``, ``betas=…``, …), ``name``, ``metadata``,
-        ``history_steps``, or the param groups' settings (one dict per group, in order)."""
+        ``history_steps``, ``history_points``, ``expires_after_idle_seconds``, or the
+        param groups' settings (one dict per group, in order)."""
         extra = _given(
-            name=name, metadata=metadata, history_steps=history_steps, param_groups=param_groups
+            name=name,
+            metadata=metadata,
+            history_steps=history_steps,
+            param_groups=param_groups,
+            history_points=history_points,
+            expires_after_idle_seconds=expires_after_idle_seconds,
         )
         self._apply(self._client.request(self._update_spec(optimizer, extra)).json())
 
@@ -372,11 +381,18 @@ class AsyncSession(SessionBase):
         metadata: dict[str, Any] | None = None,
         history_steps: int | None = None,
         param_groups: list[dict[str, Any]] | None = None,
+        history_points: int | None = None,
+        expires_after_idle_seconds: int | None = None,
         **optimizer: Any,
     ) -> None:
         """Change settings (see ``Session.update``)."""
         extra = _given(
-            name=name, metadata=metadata, history_steps=history_steps, param_groups=param_groups
+            name=name,
+            metadata=metadata,
+            history_steps=history_steps,
+            param_groups=param_groups,
+            history_points=history_points,
+            expires_after_idle_seconds=expires_after_idle_seconds,
         )
         self._apply((await self._client.request(self._update_spec(optimizer, extra))).json())
 

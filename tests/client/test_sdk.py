@@ -295,3 +295,20 @@ def test_async_contributions_close_a_round(service_url: str) -> None:
             assert all(np.array_equal(results[0], r) for r in results)
 
     asyncio.run(main())
+
+
+def test_history_find_and_expiry_settings(client: adamhub.Client) -> None:
+    with client:
+        session = client.create_session(
+            size=2, name="sdk-history-a", history_points=3, expires_after_idle_seconds=3600
+        )
+        assert (session.history_points, session.expires_after_idle_seconds) == (3, 3600)
+        for loss in (3.0, 2.0, float("nan"), 1.0):  # a diverged batch's loss is not sent
+            session.step(np.ones(2, np.float32), loss=loss)
+        assert [(p["t"], p["loss"]) for p in session.history()] == [(2, 2.0), (3, None), (4, 1.0)]
+        assert [p["t"] for p in session.history(after_t=2, limit=1)] == [3]
+        session.update(history_points=100, expires_after_idle_seconds=120)
+        assert (session.history_points, session.expires_after_idle_seconds) == (100, 120)
+        other = client.create_session(size=2, name="sdk-history-b")
+        found = client.list_sessions(name="sdk-history-*", order="-created_at")
+        assert [s.id for s in found] == [other.id, session.id]

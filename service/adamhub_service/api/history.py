@@ -21,8 +21,8 @@ router = APIRouter(prefix="/v1", tags=["history"])
 
 EVENT_STREAM = "text/event-stream"
 # An idle stream sends a comment this often (proxies close silent connections), and
-# ends after STREAM_SECONDS: the browser's EventSource reconnects with Last-Event-ID,
-# and a service shutting down is not held by its streams.
+# ends after STREAM_SECONDS (or ADAMHUB_MAX_WAIT_SECONDS, if shorter): the client
+# reconnects with Last-Event-ID, and a service shutting down is not held by its streams.
 KEEPALIVE_SECONDS = 15.0
 STREAM_SECONDS = 300.0
 EVENTS_PER_READ = 1000
@@ -87,7 +87,7 @@ async def events(
     async def stream() -> AsyncIterator[bytes]:
         nonlocal after
         loop = asyncio.get_running_loop()
-        ends = loop.time() + STREAM_SECONDS
+        ends = loop.time() + min(STREAM_SECONDS, services.settings.max_wait_seconds)
         quiet_since = loop.time()
         yield b"retry: 1000\n\n"
         while loop.time() < ends and not await request.is_disconnected():

@@ -132,6 +132,15 @@ class RoundsSettings(BaseModel):
         default=1, description="The fewest contributions a round closes with at its timeout."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            nulls = sorted(name for name, value in values.items() if value is None)
+            if nulls:
+                raise ValueError(f"rounds: {', '.join(nulls)} may be left out but not null")
+        return values
+
     @model_validator(mode="after")
     def _one_target(self) -> RoundsSettings:
         if (self.contributions is None) == (self.target_samples is None):

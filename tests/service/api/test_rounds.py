@@ -257,6 +257,7 @@ def test_contributions_to_one_round_through_two_app_instances(
         ({"contributions": 0}, "greater than or equal to 1"),
         ({"contributions": 2, "timeout_seconds": 0}, "greater than 0"),
         ({"contributions": 2, "extra": 1}, "extra"),
+        ({"contributions": 2, "timeout_seconds": None}, "not null"),
     ],
 )
 def test_bad_rounds_are_refused(client: TestClient, rounds: dict[str, Any], message: str) -> None:

@@ -82,8 +82,9 @@ def test_redis_holds_a_bounded_log_and_one_snapshot_over_1000_steps(
     assert len(idem) == 5
     assert all(redis_client.ttl(k) > 0 for k in idem)
     # meta, snapshots, the log (unless empty), chunks, idempotency records and their
-    # index, the tenant index and sizes
-    assert len(keys) == 2 + bool(log) + len(chunks) + 5 + 1 + 2
+    # index, the tenant index and sizes, and the history (a point per step, 1000 kept)
+    assert redis_client.zcard(f"adamhub:{{{sid}}}:hist") == 1000
+    assert len(keys) == 2 + bool(log) + len(chunks) + 5 + 1 + 2 + 1
     # 1000 gradients are 40 MB; kept, or θ, m, v, max v written per step, 160 MB.
     grown = int(redis_client.info("memory")["used_memory"]) - baseline
     assert grown < 2_000_000, f"memory grew by {grown} bytes over 1000 steps"
@@ -136,8 +137,8 @@ def test_append_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) -> Non
         assert outcome.status is WriteStatus.CONFLICT
         assert outcome.rev is None and outcome.replay is None
         assert client.keys(f"*:c:{step.entry.write_id}:*") == []  # the loser deleted its chunks
-        # The winner added its log entry (3 chunks) and the log itself.
-        assert len(client.keys("*")) == len(keys_before) + 3 + 1
+        # The winner added its log entry (3 chunks), the log itself and the history.
+        assert len(client.keys("*")) == len(keys_before) + 3 + 1 + 1
         assert int(client.hget(f"adamhub:{{{record.id}}}:meta", "t") or 0) == 1
         client.close()
         await redis_store.close()
