@@ -20,9 +20,11 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -164,6 +166,22 @@ def temporary_service() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def start_workers(
+    target: Callable[..., None], base_url: str, session_id: str, workers: int, count: int
+) -> tuple[list[BaseProcess], multiprocessing.Queue[Any]]:
+    """``workers`` processes running ``target(base_url, session_id, index, workers,
+    count, updates)``, started, and the queue they report on."""
+    context = multiprocessing.get_context("spawn")
+    updates: multiprocessing.Queue[Any] = context.Queue()
+    processes: list[BaseProcess] = [
+        context.Process(target=target, args=(base_url, session_id, i, workers, count, updates))
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    return processes, updates
+
+
 def start_params() -> npt.NDArray[np.float32]:
     """The parameters every run starts from."""
     return np.random.default_rng(0).normal(0.0, 0.3, SIZE).astype(np.float32)
@@ -178,17 +196,8 @@ def run(workers: int = 4, steps: int = 150) -> int:
         start_loss, _ = loss_and_gradient(start, x, y)
         with adamhub.Client(base_url) as client:
             session = client.create_session(start, optimizer={"lr": LR}, name="demo")
-            context = multiprocessing.get_context("spawn")
-            updates: multiprocessing.Queue[tuple[int, int]] = context.Queue()
-            processes = [
-                context.Process(
-                    target=worker, args=(base_url, session.id, i, workers, steps, updates)
-                )
-                for i in range(workers)
-            ]
+            processes, updates = start_workers(worker, base_url, session.id, workers, steps)
             began = time.monotonic()
-            for process in processes:
-                process.start()
             progress = Progress(workers, steps, interactive=sys.stdout.isatty())
             progress.measured(start_loss)
             while sum(progress.done) < workers * steps:
@@ -276,17 +285,8 @@ def run_sync(workers: int = 4, rounds: int = 150) -> int:
             session = client.create_session(
                 start, optimizer={"lr": LR}, name="demo-sync", rounds={"contributions": workers}
             )
-            context = multiprocessing.get_context("spawn")
-            updates: multiprocessing.Queue[tuple[int, int, float]] = context.Queue()
-            processes = [
-                context.Process(
-                    target=sync_worker, args=(base_url, session.id, i, workers, rounds, updates)
-                )
-                for i in range(workers)
-            ]
+            processes, updates = start_workers(sync_worker, base_url, session.id, workers, rounds)
             began = time.monotonic()
-            for process in processes:
-                process.start()
             losses: dict[int, list[float]] = {}
             shown = 0
             while shown < rounds:
