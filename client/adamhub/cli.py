@@ -189,7 +189,8 @@ def top_row(session: Session, points: list[dict[str, Any]], now: float) -> list[
         rate = (recent[-1]["t"] - recent[0]["t"]) / (now - recent[0]["time"])
     losses = [p["loss"] for p in points if p["loss"] is not None]
     workers = {p["worker"] for p in points if now - p["time"] <= WORKER_WINDOW_SECONDS}
-    last = f"{now - points[-1]['time']:.0f} s ago" if points else "never"
+    # the service's clock and this machine's may differ by a little
+    last = f"{max(0.0, now - points[-1]['time']):.0f} s ago" if points else "never"
     return [
         session.id,
         session.name or "",

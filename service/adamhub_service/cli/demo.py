@@ -89,13 +89,13 @@ def worker(
     x, y = dataset()
     x, y = x[index::workers], y[index::workers]
     rng = np.random.default_rng(index)
-    with adamhub.Client(base_url) as client:
+    with adamhub.Client(base_url, worker=f"worker-{index}") as client:
         session = client.session(session_id)
         params = session.params()
         for step in range(1, steps + 1):
             rows = rng.integers(0, len(x), BATCH)
-            _, gradient = loss_and_gradient(params, x[rows], y[rows])
-            params = session.step(gradient)
+            loss, gradient = loss_and_gradient(params, x[rows], y[rows])
+            params = session.step(gradient, loss=loss)  # the loss goes in the history
             updates.put((index, step))
 
 
@@ -241,13 +241,14 @@ def sync_worker(
     """One data-parallel worker: a batch of its shard per round, weighted by its size."""
     x, y = dataset()
     x, y = x[index::workers], y[index::workers]
-    with adamhub.Client(base_url) as client:
+    with adamhub.Client(base_url, worker=f"worker-{index}") as client:
         session = client.session(session_id)
         params = session.params()
         for round_ in range(rounds):
             rows = batch_rows(index, round_, len(x))
             loss, gradient = loss_and_gradient(params, x[rows], y[rows])
-            params = session.step(gradient, samples=BATCH)  # returns when the round closes
+            # Returns when the round closes, with every worker's mean step.
+            params = session.step(gradient, samples=BATCH, loss=loss)
             updates.put((index, round_ + 1, loss))
 
 
