@@ -47,7 +47,9 @@ def points_of(page: Page, chart: str) -> int:
     return int(page.get_attribute(f'[data-chart="{chart}"]', "data-points") or 0)
 
 
-def test_the_list_and_a_live_session_page(browser: Browser, service_url: str) -> None:
+def test_the_list_and_a_live_session_page(
+    browser: Browser, service_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     client = adamhub.Client(service_url, worker="ui-worker")
     session = client.create_session(size=64, name="dashboard-run", optimizer={"lr": 0.01})
     client.create_session(size=8, name="another-run")
@@ -98,7 +100,8 @@ def test_the_list_and_a_live_session_page(browser: Browser, service_url: str) ->
         SCREENSHOTS.mkdir(exist_ok=True)
         shot = SCREENSHOTS / "dashboard-session.png"
         page.screenshot(path=str(shot), full_page=True)
-        print(f"dashboard screenshot: {shot}")
+        with capsys.disabled():  # in the test run's output, not only with -s
+            print(f"\ndashboard screenshot: {shot}")
         assert shot.stat().st_size > 10_000
     finally:
         stop.set()
