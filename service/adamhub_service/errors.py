@@ -152,6 +152,14 @@ class NonFiniteUpdate(Unprocessable):
         self.index = index
 
 
+class RoundDropped(NonFiniteUpdate):
+    """A round whose mean gradient would make the state non-finite: it was dropped,
+    with its contributions; the next round starts from the same t."""
+
+    def __init__(self, detail: str) -> None:
+        Unprocessable.__init__(self, detail)
+
+
 class ValidationFailed(Unprocessable):
     """A request body or parameter that fails validation (every problem listed)."""
 

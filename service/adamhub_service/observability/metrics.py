@@ -61,7 +61,8 @@ class Metrics:
         )
         self.rounds = Counter(
             "adamhub_rounds_closed",
-            "Rounds closed by this process: complete, or at their deadline.",
+            "Rounds closed by this process: complete, at their deadline, or dropped (a "
+            "mean step that would not be finite).",
             ["how"],
             registry=self.registry,
         )

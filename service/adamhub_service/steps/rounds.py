@@ -198,6 +198,8 @@ class RoundService:
                 "contributions: fetch the parameters and compute the gradient again",
                 t=seen.t,
             )
+        if view is not None and view.dropped is not None:
+            raise errors.RoundDropped(view.dropped)
         held = view.contributions if view is not None else 0
         held_samples = view.samples if view is not None else 0
         needed = contributed.rule.needed(held, held_samples)
@@ -237,6 +239,8 @@ class RoundService:
                         raise errors.SessionNotFound(session_id)
                     if view.status is WriteStatus.CONFLICT:
                         continue  # t moved on under the look
+                    if view.status is WriteStatus.DROPPED:
+                        return record, view
                     if view.sealed:
                         needed = rule.needed(view.contributions, view.samples)
                         how = "complete" if needed == 0 else "deadline"
@@ -291,6 +295,24 @@ class RoundService:
         if self._closing.get(session_id) is task:
             del self._closing[session_id]
 
+    async def _drop(
+        self, session_id: str, base: int, contributions: int, exc: errors.NonFiniteUpdate
+    ) -> None:
+        """Drop the round whose step is not finite and raise ``RoundDropped`` (its
+        waiters raise it too); return when the round moved on before it."""
+        why = (
+            f"the round of step {base + 1} was dropped with its {contributions} "
+            f"contributions: {exc.detail.replace('this gradient', 'their mean')}; the next "
+            f"round starts again from t={base}"
+        )
+        status = await self._store.drop_round(session_id, base, contributions, why)
+        if status is WriteStatus.GONE:
+            raise errors.SessionNotFound(session_id)
+        if status is WriteStatus.CONFLICT:
+            return  # the round moved on: look again
+        self._metrics.rounds.labels("dropped").inc()
+        raise errors.RoundDropped(why)
+
     async def _close_round(self, session_id: str, base: int, contributions: int, how: str) -> None:
         async def attempt() -> bool | None:
             current = await self._store.state(session_id)
@@ -310,8 +332,12 @@ class RoundService:
                 [(contribution.samples, gradient) for contribution, gradient in taken],
                 record.dtype,
             )
-            with self._metrics.step_phases.labels("math").time():
-                state = await compute_step(current.state, mean, optimizer)
+            try:
+                with self._metrics.step_phases.labels("math").time():
+                    state = await compute_step(current.state, mean, optimizer)
+            except errors.NonFiniteUpdate as exc:
+                await self._drop(session_id, base, contributions, exc)  # raises, when dropped
+                return None
             point = None
             if record.history_points:
                 point = step_point(

@@ -18,6 +18,7 @@ class WriteStatus(IntEnum):
     NO_HISTORY = 7  # a rollback's step is not kept (or not reached)
     STALE = 8  # a contribution computed at another step than the open round's
     SEALED = 9  # the open round takes no more contributions: it is being closed
+    DROPPED = 10  # the round was dropped: its step would not have been finite
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ class RoundView:
     """An open round as a waiter sees it: whether this caller ``sealed`` it (and must
     close it now), what it holds, when it began and was sealed (0: not yet), and the
     store's clock, in ms. ``status`` is CONFLICT when the session is past the round,
-    GONE when the session is."""
+    GONE when the session is, DROPPED (and ``dropped`` why) when the round was dropped."""
 
     status: WriteStatus
     sealed: bool = False
@@ -101,3 +102,4 @@ class RoundView:
     first_ms: int = 0
     sealed_ms: int = 0
     now_ms: int = 0
+    dropped: str | None = None

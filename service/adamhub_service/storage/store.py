@@ -67,6 +67,7 @@ _SESSION_SCRIPTS = (
     "load",
     "contribute",
     "seal",
+    "drop",
 )
 
 
@@ -148,6 +149,7 @@ class RedisStore:
         self._load = client.register_script(_load_script("load"))
         self._contribute = client.register_script(_load_script("contribute"))
         self._seal = client.register_script(_load_script("seal"))
+        self._drop = client.register_script(_load_script("drop"))
         self._reserve = client.register_script(_load_script("reserve"))
         self._rate = client.register_script(_load_script("rate"))
 
@@ -479,7 +481,18 @@ class RedisStore:
         if head == 0:
             n, samples, first_ms, sealed_ms, now_ms = (int(part) for part in reply[1:6])
             return RoundView(WriteStatus.COMMITTED, False, n, samples, first_ms, sealed_ms, now_ms)
+        if head == WriteStatus.DROPPED:
+            return RoundView(WriteStatus.DROPPED, dropped=text(reply[1]))
         return RoundView(WriteStatus(head))
+
+    async def drop_round(
+        self, session_id: str, base: int, contributions: int, why: str
+    ) -> WriteStatus:
+        """Drop the open round at ``base`` if it still holds ``contributions``, noting
+        ``why`` for its waiters (see ``lua/drop.lua``)."""
+        async with unavailable_on_error(write=True):
+            reply = await self._drop(keys=[meta_key(session_id)], args=[base, contributions, why])
+        return WriteStatus(int(reply[0]))
 
     async def round_contributions(
         self,

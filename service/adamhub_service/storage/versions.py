@@ -321,6 +321,12 @@ class SessionStore:
         """The open round at ``base``, sealed for this caller when due (``RedisStore.seal``)."""
         return await self._store.seal(session_id, base, grace_ms=grace_ms)
 
+    async def drop_round(
+        self, session_id: str, base: int, contributions: int, why: str
+    ) -> WriteStatus:
+        """Drop the open round at ``base`` (``RedisStore.drop_round``)."""
+        return await self._store.drop_round(session_id, base, contributions, why)
+
     async def round_contributions(
         self,
         record: SessionRecord,

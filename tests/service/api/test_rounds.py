@@ -288,3 +288,37 @@ def test_an_asynchronous_session_takes_samples_and_steps_at_once(client: TestCli
     )
     assert stepped.status_code == 200
     assert stepped.json()["applied_t"] == 1
+
+
+def test_a_round_whose_step_is_not_finite_is_dropped_and_the_next_goes_on(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    sid = create(client, {"contributions": 2}, dtype="float32")
+    huge = np.full(SIZE, 3e38)  # finite in float32; its square, in v, is not
+    answers = together(
+        [lambda: contribute32(client, sid, huge, Adamhub_Base_Step="0") for _ in range(2)]
+    )
+    assert [a.status_code for a in answers] == [422, 422]
+    for answer in answers:
+        assert answer.json()["type"] == ERRORS + "non-finite-update"
+        assert "round of step 1 was dropped with its 2 contributions" in answer.json()["detail"]
+    assert client.get(f"/v1/sessions/{sid}").json()["t"] == 0
+    assert not redis_client.exists(f"adamhub:{{{sid}}}:round")
+    assert redis_client.keys(f"adamhub:{{{sid}}}:c:*:g:*") == []
+    again = together(
+        [lambda: contribute32(client, sid, np.ones(SIZE), Adamhub_Base_Step="0") for _ in range(2)]
+    )
+    assert [a.status_code for a in again] == [200, 200]
+    assert again[0].headers["adamhub-applied-step"] == "1"
+
+
+def contribute32(
+    client: TestClient, session_id: str, gradient: np.ndarray, **headers: str
+) -> httpx.Response:
+    response: httpx.Response = client.post(
+        f"/v1/sessions/{session_id}/step",
+        content=gradient.astype(np.float32).tobytes(),
+        headers={"Content-Type": BINARY, "Adamhub-Dtype": "float32"}
+        | {name.replace("_", "-"): value for name, value in headers.items()},
+    )
+    return response

@@ -10,10 +10,11 @@
 --   <prefix>round   a hash, the open round of a rounds session: base (the t it steps
 --                   from), n, samples, first_ms, sealed_ms (set once it takes no more),
 --                   and 1 .. n -> "<write id> <dtype> <bytes> <samples> <loss or ->[ <optimizer json>]"
+--   <prefix>dropped "<t> <why>": the round at t was dropped (its step not finite)
 --   <prefix>hist    a sorted set: the history points of the newest steps, by t
 --   <prefix>c:<write id>:<vector>:<i>   chunk i of a stored vector
 local COMMITTED, REPLAYED, CONFLICT, GONE, ID_TAKEN, EXPIRED, NO_HISTORY = 1, 2, 3, 4, 5, 6, 7
-local STALE, SEALED = 8, 9
+local STALE, SEALED, DROPPED = 8, 9, 10
 
 local function prefix_of(meta)
   return string.sub(meta, 1, #meta - 4)

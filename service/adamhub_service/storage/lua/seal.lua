@@ -7,7 +7,8 @@
 --
 -- Replies {1, n, samples} sealed by this call: the caller closes the round with its n
 -- contributions; {0, n, samples, first_ms, sealed_ms, now_ms} not for this caller to
--- close (0 for what is unset); {3} the session is no longer at that base; {4} no such
+-- close (0 for what is unset); {10, why} no round is open at that base because one was
+-- dropped there (drop.lua); {3} the session is no longer at that base; {4} no such
 -- session.
 local meta = KEYS[1]
 local t, rules = unpack(redis.call('HMGET', meta, 't', 'rounds'))
@@ -22,6 +23,10 @@ local base, n, samples, first_ms, sealed =
   unpack(redis.call('HMGET', round, 'base', 'n', 'samples', 'first_ms', 'sealed_ms'))
 local now = now_ms()
 if base ~= t then
+  local dropped = redis.call('GET', prefix_of(meta) .. 'dropped')
+  if dropped and string.match(dropped, '^(%d+)') == t then
+    return {DROPPED, string.match(dropped, '^%d+ (.*)$')}
+  end
   return {0, 0, 0, 0, 0, now}
 end
 n, samples, first_ms = tonumber(n), tonumber(samples), tonumber(first_ms)
