@@ -116,6 +116,6 @@ class AccessLogMiddleware:
                 }
                 access_logger.info(
                     "%s %s %s %.1f ms session=%s t=%s request_id=%s",
-                    *(fields[name] for name in _ACCESS_FIELDS),
+                    *("-" if fields[name] is None else fields[name] for name in _ACCESS_FIELDS),
                     extra=fields,
                 )
