@@ -322,3 +322,20 @@ def contribute32(
         | {name.replace("_", "-"): value for name, value in headers.items()},
     )
     return response
+
+
+def test_settings_carried_by_contributions_apply_to_the_rounds_step(client: TestClient) -> None:
+    sid = create(client, {"contributions": 2}, optimizer={"lr": 0.1})
+    settings = '{"optimizer": {"lr": 0.5}}'
+    grads = gradients(7, 2)
+    answers = together(
+        [
+            lambda: contribute(client, sid, grads[0], Adamhub_Optimizer=settings),
+            lambda: contribute(client, sid, grads[1]),
+        ]
+    )
+    assert [a.status_code for a in answers] == [200, 200]
+    config = AdamConfig(lr=0.5)
+    state = adam_step(init_state(np.zeros(SIZE), config), np.mean(grads, axis=0), config)
+    np.testing.assert_allclose(np.frombuffer(answers[0].content), state.params, atol=1e-12)
+    assert client.get(f"/v1/sessions/{sid}").json()["optimizer"]["lr"] == 0.5

@@ -174,7 +174,7 @@ def test_another_tenants_session_is_exactly_an_unknown_one(client: TestClient) -
     mine = new_session(client, acme)
     theirs = new_session(client, other)
     unknown = "s_" + "0" * 32
-    for path in ["", "/params"]:
+    for path in ["", "/params", "/history", "/events", "/checkpoint"]:
         seen = client.get(f"/v1/sessions/{theirs}{path}", headers=auth(acme))
         absent = client.get(f"/v1/sessions/{unknown}{path}", headers=auth(acme))
         assert seen.status_code == absent.status_code == 404
@@ -189,6 +189,12 @@ def test_another_tenants_session_is_exactly_an_unknown_one(client: TestClient) -
     assert patch.status_code == 404
     listed = client.get("/v1/sessions", headers=auth(acme)).json()["sessions"]
     assert [s["id"] for s in listed] == [mine]
+    for secret, sid in ((acme, mine), (other, theirs)):
+        named = client.patch(f"/v1/sessions/{sid}", json={"name": "team-run"}, headers=auth(secret))
+        assert named.status_code == 200
+    for query in ("?order=-updated_at", "?name=team-*", "?name=run"):
+        found = client.get(f"/v1/sessions{query}", headers=auth(acme)).json()["sessions"]
+        assert [s["id"] for s in found] == [mine], query
     # The master key is tenant "default": it sees neither.
     assert client.get("/v1/sessions", headers=auth(MASTER)).json()["sessions"] == []
     assert client.get(f"/v1/sessions/{theirs}", headers=auth(other)).status_code == 200
@@ -207,6 +213,8 @@ def test_a_worker_key_steps_and_reads_its_session_and_nothing_else(client: TestC
     assert client.get(f"/v1/sessions/{sid}/params", headers=auth(worker)).status_code == 200
     for method, path, body in [
         ("GET", f"/v1/sessions/{sid}", None),
+        ("GET", f"/v1/sessions/{sid}/history", None),
+        ("GET", f"/v1/sessions/{sid}/events", None),
         ("PATCH", f"/v1/sessions/{sid}", {"name": "x"}),
         ("PUT", f"/v1/sessions/{sid}/params", {"params": [1, 2, 3]}),
         ("DELETE", f"/v1/sessions/{sid}", None),
