@@ -62,6 +62,18 @@ def _whole(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def refuse_nulls(values: Any, names: tuple[str, ...] | None = None) -> Any:
+    """For a before-validator: the members given (of ``names``, or any) are not null;
+    a member that may be left out has no null in the schema either."""
+    if isinstance(values, dict):
+        nulls = sorted(
+            key for key, value in values.items() if value is None and (not names or key in names)
+        )
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} may be left out but not null")
+    return values
+
+
 PositiveWhole = Annotated[int, Strict(), Field(ge=1), BeforeValidator(_whole)]
 NonNegativeWhole = Annotated[int, Strict(), Field(ge=0), BeforeValidator(_whole)]
 # Step counts: a trillion steps is beyond any run, and within what JSON stores exactly.
@@ -135,11 +147,7 @@ class RoundsSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_nulls(cls, values: Any) -> Any:
-        if isinstance(values, dict):
-            nulls = sorted(name for name, value in values.items() if value is None)
-            if nulls:
-                raise ValueError(f"rounds: {', '.join(nulls)} may be left out but not null")
-        return values
+        return refuse_nulls(values)
 
     @model_validator(mode="after")
     def _one_target(self) -> RoundsSettings:
@@ -237,11 +245,7 @@ class _GroupFields(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_nulls(cls, values: Any) -> Any:
-        if isinstance(values, dict):
-            nulls = sorted(key for key, value in values.items() if value is None)
-            if nulls:
-                raise ValueError(f"{', '.join(nulls)} may be left out but not null")
-        return values
+        return refuse_nulls(values)
 
 
 class GroupPatch(_GroupFields):
@@ -467,15 +471,7 @@ class SessionCreate(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_nulls(cls, values: Any) -> Any:
-        if isinstance(values, dict):
-            nulls = sorted(
-                k
-                for k in ("params", "size", "init", "param_groups")
-                if k in values and values[k] is None
-            )
-            if nulls:
-                raise ValueError(f"{', '.join(nulls)} may be left out but not null")
-        return values
+        return refuse_nulls(values, ("params", "size", "init", "param_groups"))
 
     @model_validator(mode="after")
     def _params_or_size(self) -> SessionCreate:
