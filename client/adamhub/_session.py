@@ -62,6 +62,8 @@ class SessionBase:
         self._apply(resource)
 
     def _apply(self, resource: dict[str, Any]) -> None:
+        # The session as the service last described it, whole.
+        self.resource: dict[str, Any] = resource
         self.id: str = resource["id"]
         self.t: int = resource["t"]
         self.size: int = resource["size"]

@@ -111,14 +111,14 @@ def sessions_command(client: Client, args: argparse.Namespace, out: TextIO) -> i
         found = client.list_sessions(name=args.name, order=args.order)
         if args.json:
             for session in found:
-                print(json.dumps(resource_of(session)), file=out)
+                print(json.dumps(session.resource), file=out)
             return 0
         rows = [
             [s.id, s.name or "", str(s.size), s.dtype, str(s.t), s.updated_at or ""] for s in found
         ]
         print_table(["SESSION", "NAME", "SIZE", "DTYPE", "T", "UPDATED"], rows, out)
     elif args.action == "show":
-        print(json.dumps(resource_of(client.session(args.id)), indent=2), file=out)
+        print(json.dumps(client.session(args.id).resource, indent=2), file=out)
     elif args.action == "rm":
         client.session(args.id).delete()
         print(f"deleted {args.id}", file=out)
@@ -208,26 +208,6 @@ def print_table(header: list[str], rows: list[list[str]], out: TextIO) -> None:
     for row in [header, *rows]:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip(), file=out)
-
-
-def resource_of(session: Session) -> dict[str, Any]:
-    """The fields of a session as the service gave them."""
-    return {
-        "id": session.id,
-        "name": session.name,
-        "size": session.size,
-        "dtype": session.dtype,
-        "t": session.t,
-        "optimizer": session.optimizer.to_dict(),
-        "param_groups": session.param_groups,
-        "rounds": session.rounds,
-        "history_steps": session.history_steps,
-        "history_points": session.history_points,
-        "max_staleness": session.max_staleness,
-        "metadata": session.metadata,
-        "created_at": session.created_at,
-        "updated_at": session.updated_at,
-    }
 
 
 if __name__ == "__main__":
