@@ -41,7 +41,7 @@ from adamhub_service.api.schemas import (
     render,
 )
 from adamhub_service.steps.idempotency import checked_key
-from adamhub_service.steps.rounds import RoundPending
+from adamhub_service.steps.rounds import Contributed, RoundPending
 from adamhub_service.steps.service import SETTINGS_HEADER, Report, StepSettings
 from adamhub_service.tenancy.principal import Principal
 
@@ -171,6 +171,7 @@ async def step(request: Request) -> Response:
     record = await services.sessions.get(session_id, caller, "steps.create", fresh=False)
     if step_settings is not None:
         step_settings.applied_to(record.optimizer)  # 422 before the body is read
+    contributed: Contributed | None = None
     async with services.budget.hold(vector_request_budget(services, record, dtype_header)):
         with services.metrics.step_phases.labels("read_body").time():
             received = await received_vector(
@@ -208,7 +209,7 @@ async def step(request: Request) -> Response:
                 report=report,
                 wait_seconds=wait_seconds,
             )
-    if record.rounds is not None:
+    if contributed is not None:
         # The wait holds no memory: the gradient is stored.
         answer = await services.rounds.answer(contributed, wait_seconds)
         if isinstance(answer, RoundPending):
