@@ -9,6 +9,7 @@
 ``adamhub.torch.RemoteAdam`` (with ``adamhub[torch]``) is a drop-in torch optimizer.
 """
 
+from adamhub._api_keys import ApiKey
 from adamhub._client import AsyncClient, Client
 from adamhub._config import AdamConfig
 from adamhub._errors import (
@@ -30,7 +31,6 @@ from adamhub._errors import (
     UnprocessableEntityError,
     UnsupportedMediaTypeError,
 )
-from adamhub._keys import ApiKey
 from adamhub._session import AsyncSession, Session
 from adamhub._version import __version__
 

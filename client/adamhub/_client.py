@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from adamhub._api_keys import AsyncKeys, Keys
 from adamhub._base_client import BaseClient, ClientOptions, RequestSpec
 from adamhub._config import AdamConfig
-from adamhub._keys import AsyncKeys, Keys
 from adamhub._session import BINARY, AsyncSession, Session
 
 # Larger initial parameters go as raw bytes after creation, not as JSON numbers.

@@ -12,15 +12,14 @@ from fastapi import FastAPI
 
 from adamhub_service import __version__
 from adamhub_service.api import (
+    api_keys,
     checkpoints,
     history,
-    keys,
     operations,
     params,
     sessions,
     steps,
 )
-from adamhub_service.api.budget import InflightBudget
 from adamhub_service.api.deps import Services
 from adamhub_service.api.middleware import FrontDoor
 from adamhub_service.api.openapi import openapi_document
@@ -29,15 +28,13 @@ from adamhub_service.api.ui import install_ui
 from adamhub_service.config import ServerOptions, Settings
 from adamhub_service.observability.logs import AccessLogMiddleware, configure_logging
 from adamhub_service.observability.metrics import Metrics, MetricsMiddleware
+from adamhub_service.sessions.budget import InflightBudget
 from adamhub_service.sessions.janitor import Janitor
 from adamhub_service.sessions.service import SessionLimits, SessionService
 from adamhub_service.steps.rounds import RoundService
 from adamhub_service.steps.service import StepService
-from adamhub_service.storage.api_keys import KeyStore
-from adamhub_service.storage.cache import StateCache
-from adamhub_service.storage.store import RedisStore
-from adamhub_service.storage.versions import SessionStore
-from adamhub_service.tenancy.keys import KeyService
+from adamhub_service.storage.connection import Storage, StorageOptions, connect
+from adamhub_service.tenancy.api_keys import KeyService
 from adamhub_service.tenancy.limits import RateLimiter
 
 
@@ -50,27 +47,40 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis_store = RedisStore.from_url(
+        client = connect(
             redis_url,
             timeout_seconds=settings.redis_timeout_seconds,
             max_connections=settings.redis_max_connections,
-            pending_write_ttl_ms=int(settings.pending_write_ttl_seconds * 1000),
-            round_trip_bytes=settings.round_trip_bytes,
-            metrics=metrics,
         )
-        store = SessionStore(
-            redis_store,
-            StateCache(settings.cache_bytes),
-            commit_attempts=settings.commit_attempts,
-            snapshot_bytes=settings.snapshot_bytes,
-            metrics=metrics,
+        storage = Storage.over(
+            client,
+            StorageOptions(
+                pending_write_ttl_ms=int(settings.pending_write_ttl_seconds * 1000),
+                round_trip_bytes=settings.round_trip_bytes,
+                cache_bytes=settings.cache_bytes,
+                commit_attempts=settings.commit_attempts,
+                snapshot_bytes=settings.snapshot_bytes,
+            ),
+            metrics,
         )
-        metrics.watch_cache(lambda: store.cached_bytes)
+        sessions = storage.sessions
+        metrics.watch_cache(lambda: sessions.cached_bytes)
+        budget = InflightBudget(
+            settings.max_inflight_bytes, wait_seconds=settings.overload_wait_seconds
+        )
+        rounds = RoundService(
+            sessions,
+            storage.rounds,
+            metrics,
+            idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+        )
         app.state.services = Services(
             settings=settings,
-            store=store,
             sessions=SessionService(
-                store,
+                sessions,
+                storage.tenants,
+                storage.create_keys,
+                storage.expiry,
                 chunk_elements=settings.chunk_elements,
                 limits=SessionLimits(
                     max_size=settings.max_size,
@@ -80,31 +90,31 @@ def create_app(settings: Settings) -> FastAPI:
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             ),
             steps=StepService(
-                store,
+                sessions,
                 metrics,
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
-            ),
-            rounds=RoundService(
-                store, metrics, idempotency_ttl_seconds=settings.idempotency_ttl_seconds
+                budget=budget,
+                rounds=rounds,
             ),
             metrics=metrics,
-            keys=KeyService(KeyStore(redis_store.client), master_key=settings.master_key),
+            keys=KeyService(storage.api_keys, master_key=settings.master_key),
             limiter=RateLimiter(
-                store, metrics, rate=settings.rate_limit, burst=settings.rate_limit_burst
+                storage.rates, metrics, rate=settings.rate_limit, burst=settings.rate_limit_burst
             ),
-            budget=InflightBudget(
-                settings.max_inflight_bytes, wait_seconds=settings.overload_wait_seconds
-            ),
+            budget=budget,
+            ready=storage.ping,
         )
-        janitor = asyncio.create_task(Janitor(store, every_seconds=settings.janitor_seconds).run())
+        app.state.janitor = Janitor(
+            sessions, storage.expiry, storage.tenants, every_seconds=settings.janitor_seconds
+        )
+        janitor = asyncio.create_task(app.state.janitor.run())
         try:
             yield
         finally:
             janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await janitor
-            await store.close()
-            await redis_store.close()
+            await storage.close()
             metrics.process_stopped()
 
     app = FastAPI(
@@ -127,7 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
         steps.router,
         history.router,
         checkpoints.router,
-        keys.router,
+        api_keys.router,
         operations.router,
     ):
         app.include_router(router)

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from adamhub_service import errors
 from adamhub_service.api.deps import ServicesDep
-from adamhub_service.tenancy.principal import LOCAL, Principal
+from adamhub_service.model.principal import LOCAL, Principal
 
 PROTECTED_MODE_HELP = (
     "this service has no master key, so it serves clients on this machine only "

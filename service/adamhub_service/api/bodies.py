@@ -15,8 +15,8 @@ from adamhub_service import errors
 from adamhub_service.api import negotiation
 from adamhub_service.api.negotiation import BINARY
 from adamhub_service.api.problems import validation_problem
+from adamhub_service.model.records import SessionRecord
 from adamhub_service.optim import FloatArray
-from adamhub_service.sessions.records import SessionRecord
 
 Model = TypeVar("Model", bound=BaseModel)
 

@@ -11,14 +11,15 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from adamhub_service import errors
-from adamhub_service.api import openapi
+from adamhub_service.api import headers, openapi
 from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.bodies import declared_length, read_body, validate
 from adamhub_service.api.deps import ServicesDep, SessionId
-from adamhub_service.api.negotiation import BINARY, STEP_HEADER, body_kind, etag
-from adamhub_service.api.params import IdempotencyKeyHeader
+from adamhub_service.api.negotiation import BINARY, body_kind, etag
+from adamhub_service.api.parameters import IdempotencyKeyHeader
+from adamhub_service.api.rendering import created_response
 from adamhub_service.api.schemas import ForkIn, Name, SessionOut
-from adamhub_service.api.sessions import created_response
+from adamhub_service.model.settings import MAX_TAGS, SessionSettings, Tag
 from adamhub_service.sessions.checkpoints import FORMAT
 from adamhub_service.steps.idempotency import checked_key
 
@@ -60,12 +61,12 @@ async def export_checkpoint(
     state_bytes = known.size * np.dtype(known.dtype).itemsize * vectors
     async with services.budget.hold(2 * state_bytes):
         record, file = await services.sessions.checkpoint(session_id, caller)
-    headers = {
-        STEP_HEADER: str(record.t),
+    answer_headers = {
+        headers.STEP: str(record.t),
         "ETag": etag(record.head),
         "Content-Disposition": f'attachment; filename="{record.id}-t{record.t}.safetensors"',
     }
-    return Response(file, media_type=BINARY, headers=headers)
+    return Response(file, media_type=BINARY, headers=answer_headers)
 
 
 @router.post(
@@ -84,6 +85,10 @@ async def import_checkpoint(
     services: ServicesDep,
     caller: PrincipalDep,
     name: Annotated[Name | None, Query()] = None,
+    tag: Annotated[
+        list[Tag] | None,
+        Query(max_length=MAX_TAGS, description="A tag of the new session (repeat for more)."),
+    ] = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """A new session that goes on from the checkpoint exactly as the original would."""
@@ -104,7 +109,7 @@ async def import_checkpoint(
         created = await services.sessions.import_checkpoint(
             data,
             caller,
-            name=name,
+            settings=SessionSettings(name=name, tags=tuple(tag or ())),
             idempotency_key=idempotency_key,
             request_digest=xxhash.xxh3_128_hexdigest(data),
         )
@@ -130,7 +135,8 @@ async def import_checkpoint(
 async def fork_session(
     session_id: SessionId, request: Request, services: ServicesDep, caller: PrincipalDep
 ) -> Response:
-    """A new session with this one's state, settings and metadata; `name` optional."""
+    """A new session with this one's state, settings and metadata; `name` and `tags`
+    optional (default: the original's)."""
     settings = services.settings
     body = await read_body(
         request, limit=settings.max_json_bytes, stall_seconds=settings.body_timeout_seconds
@@ -139,5 +145,5 @@ async def fork_session(
     if body:
         body_kind(request.headers.get("content-type"))
         fork = validate(ForkIn, body)
-    created = await services.sessions.fork(session_id, caller, name=fork.name)
+    created = await services.sessions.fork(session_id, caller, changes=fork.settings_changes())
     return created_response(created)

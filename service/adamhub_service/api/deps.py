@@ -2,35 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from adamhub_service.api.budget import InflightBudget
 from adamhub_service.config import Settings
 from adamhub_service.observability.metrics import Metrics
+from adamhub_service.sessions.budget import InflightBudget
 from adamhub_service.sessions.service import SessionService
-from adamhub_service.steps.rounds import RoundService
 from adamhub_service.steps.service import StepService
-from adamhub_service.storage.versions import SessionStore
-from adamhub_service.tenancy.keys import KeyService
+from adamhub_service.tenancy.api_keys import KeyService
 from adamhub_service.tenancy.limits import RateLimiter
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
-    """The app's services and settings."""
+    """The app's services and settings (no store: routes call the domain)."""
 
     settings: Settings
-    store: SessionStore
     sessions: SessionService
     steps: StepService
-    rounds: RoundService
     metrics: Metrics
     keys: KeyService
     limiter: RateLimiter
     budget: InflightBudget
+    # Raises StoreUnavailable unless the store answers (the readiness probe).
+    ready: Callable[[], Awaitable[None]]
 
 
 async def services(request: Request) -> Services:

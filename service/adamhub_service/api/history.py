@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -15,7 +13,7 @@ from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.deps import ServicesDep, SessionId
 from adamhub_service.api.negotiation import JSON
 from adamhub_service.api.schemas import MAX_STEP, HistoryOut
-from adamhub_service.observability.history import MAX_HISTORY_POINTS
+from adamhub_service.model.settings import MAX_HISTORY_POINTS
 
 router = APIRouter(prefix="/v1", tags=["history"])
 
@@ -25,7 +23,6 @@ EVENT_STREAM = "text/event-stream"
 # reconnects with Last-Event-ID, and a service shutting down is not held by its streams.
 KEEPALIVE_SECONDS = 15.0
 STREAM_SECONDS = 300.0
-EVENTS_PER_READ = 1000
 
 
 @router.get(
@@ -49,8 +46,7 @@ async def history(
     """Per step: t, time (Unix seconds), the learning rate used, the gradient's and the
     update's L2 norms, the loss the worker reported, staleness and worker. Without
     `after_t`, the newest `limit` points; all oldest first."""
-    await services.sessions.get(session_id, caller, "sessions.read", fresh=False)
-    points = await services.store.history(session_id, after_t=after_t, limit=limit)
+    points = await services.sessions.history(session_id, caller, after_t=after_t, limit=limit)
     return Response(b'{"points":[' + b",".join(points) + b"]}", media_type=JSON)
 
 
@@ -78,35 +74,26 @@ async def events(
     ] = None,
 ) -> StreamingResponse:
     """One event per step from now on (or after `Last-Event-ID`)."""
-    record = await services.sessions.get(session_id, caller, "sessions.read")
-    after = record.t
-    if last_event_id is not None and last_event_id.strip().isdigit():
-        after = min(int(last_event_id.strip()), record.t)
-    store = services.store
+    resume = last_event_id.strip() if last_event_id is not None else ""
+    events = await services.sessions.events(
+        session_id,
+        caller,
+        last_event_id=int(resume) if resume.isdigit() else None,
+        seconds=min(STREAM_SECONDS, services.settings.max_wait_seconds),
+        keepalive_seconds=KEEPALIVE_SECONDS,
+    )
 
     async def stream() -> AsyncIterator[bytes]:
-        nonlocal after
-        loop = asyncio.get_running_loop()
-        ends = loop.time() + min(STREAM_SECONDS, services.settings.max_wait_seconds)
-        quiet_since = loop.time()
         yield b"retry: 1000\n\n"
-        while loop.time() < ends and not await request.is_disconnected():
-            points = await store.history(session_id, after_t=after, limit=EVENTS_PER_READ)
-            for point in points:
-                t = orjson.loads(point)["t"]
-                yield b"id: %d\nevent: step\ndata: %s\n\n" % (t, point)
-                after = t
-            if points:
-                quiet_since = loop.time()
-                continue
-            now_t = (await store.record(session_id)).t
-            if now_t < after:  # rolled back, or reset
-                after = now_t
-                yield b'id: %d\nevent: rollback\ndata: {"t":%d}\n\n' % (now_t, now_t)
-            if loop.time() - quiet_since >= KEEPALIVE_SECONDS:
-                quiet_since = loop.time()
+        async for event in events:
+            if await request.is_disconnected():
+                return
+            if event.kind == "step":
+                yield b"id: %d\nevent: step\ndata: %s\n\n" % (event.t, event.point)
+            elif event.kind == "rollback":
+                yield b'id: %d\nevent: rollback\ndata: {"t":%d}\n\n' % (event.t, event.t)
+            else:
                 yield b": keep-alive\n\n"
-            await store.notified(session_id, KEEPALIVE_SECONDS)
 
     return StreamingResponse(
         stream(),

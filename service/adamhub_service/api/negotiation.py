@@ -13,12 +13,12 @@ import numpy as np
 import orjson
 
 from adamhub_service import errors
+from adamhub_service.api import headers
 from adamhub_service.optim import FloatArray
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
 PROBLEM_JSON = "application/problem+json"
-DTYPE_HEADER = "Adamhub-Dtype"
 WIRE_DTYPES: tuple[str, ...] = ("float16", "float32", "float64")
 
 
@@ -46,7 +46,7 @@ def wire_dtype(header: str | None, session_dtype: str) -> np.dtype[np.floating]:
     name = session_dtype if header is None else header.strip().lower()
     if name not in WIRE_DTYPES:
         raise errors.UnsupportedMediaType(
-            f"{DTYPE_HEADER} {header!r} is not supported; use one of {', '.join(WIRE_DTYPES)}",
+            f"{headers.DTYPE} {header!r} is not supported; use one of {', '.join(WIRE_DTYPES)}",
             supported=list(WIRE_DTYPES),
         )
     return np.dtype(name).newbyteorder("<")
@@ -195,11 +195,6 @@ def _first_non_number(values: list[Any]) -> int:
 def _json_type(value: Any) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
     return "null" if value is None else names.get(type(value), "a number")
-
-
-STEP_HEADER = "Adamhub-Step"
-APPLIED_STEP_HEADER = "Adamhub-Applied-Step"
-REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def etag(head: str) -> str:

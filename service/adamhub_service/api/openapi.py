@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from adamhub_service.api import headers
 from adamhub_service.api.negotiation import BINARY, JSON, PROBLEM_JSON
 from adamhub_service.api.schemas import (
     ForkIn,
@@ -58,34 +59,34 @@ _DESCRIPTIONS = {
     "`overloaded`: too much in flight. Retry after `Retry-After`.",
 }
 _RETRY_AFTER = {
-    "Retry-After": {
+    headers.RETRY_AFTER: {
         "description": "Seconds to wait before retrying.",
         "schema": {"type": "integer", "minimum": 0},
     }
 }
 _WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}}}
 _RATE_LIMIT = {
-    "RateLimit-Policy": {
+    headers.RATE_LIMIT_POLICY: {
         "description": "The key's limit (draft-ietf-httpapi-ratelimit-headers).",
         "schema": {"type": "string"},
     },
-    "RateLimit": {"description": "Where the key stands.", "schema": {"type": "string"}},
+    headers.RATE_LIMIT: {"description": "Where the key stands.", "schema": {"type": "string"}},
 }
 REPLAYED_HEADERS = {
-    "Idempotent-Replayed": {
+    headers.REPLAYED: {
         "description": "`true` when the answer replays an earlier request with this key.",
         "schema": {"type": "string", "enum": ["true"]},
     }
 }
 STEP_HEADERS = {
-    "Adamhub-Step": {
+    headers.STEP: {
         "description": "`t` of the parameters returned (the newest).",
         "schema": {"type": "integer", "minimum": 0},
     },
     "ETag": {"description": "The version of the parameters.", "schema": {"type": "string"}},
 }
 APPLIED_HEADERS = {
-    "Adamhub-Applied-Step": {
+    headers.APPLIED_STEP: {
         "description": "The step this gradient produced.",
         "schema": {"type": "integer", "minimum": 1},
     },

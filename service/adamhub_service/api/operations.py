@@ -35,7 +35,7 @@ async def healthz() -> Response:
 )
 async def readyz(services: ServicesDep) -> Response:
     """200 when the store answers, else 503."""
-    await services.store.ping()
+    await services.ready()
     return Response(render(Health(status="ready")), media_type=JSON)
 
 

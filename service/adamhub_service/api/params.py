@@ -8,39 +8,23 @@ import numpy as np
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
-from adamhub_service.api import negotiation, openapi
+from adamhub_service.api import headers, negotiation, openapi
 from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.bodies import vector_body
-from adamhub_service.api.budget import vector_request_bytes
-from adamhub_service.api.deps import Services, ServicesDep, SessionId
-from adamhub_service.api.negotiation import BINARY, JSON, STEP_HEADER, etag
-from adamhub_service.api.schemas import WIRE_DTYPES, ParamsIn, ParamsOut, SessionOut, render
-from adamhub_service.sessions.records import SessionRecord
+from adamhub_service.api.deps import ServicesDep, SessionId
+from adamhub_service.api.negotiation import BINARY, JSON, etag
+from adamhub_service.api.parameters import DtypeHeader
+from adamhub_service.api.schemas import ParamsIn, ParamsOut, SessionOut, render
+from adamhub_service.model.records import SessionRecord
+from adamhub_service.sessions.budget import vector_request_bytes
 
 router = APIRouter(prefix="/v1", tags=["parameters"])
 
 # The longest a params request may wait for a step.
 MAX_WAIT_SECONDS = 300
 
-DtypeHeader = Annotated[
-    str | None,
-    Header(
-        description=openapi.DTYPE_PARAMETER_DESCRIPTION,
-        json_schema_extra={"enum": list(WIRE_DTYPES)},
-    ),
-]
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        description=openapi.IDEMPOTENCY_KEY_DESCRIPTION,
-        json_schema_extra={"pattern": openapi.IDEMPOTENCY_KEY_PATTERN},
-    ),
-]
 
-
-def vector_request_budget(
-    services: Services, record: SessionRecord, dtype_header: str | None
-) -> int:
+def vector_request_budget(record: SessionRecord, dtype_header: str | None) -> int:
     """The bytes a request carrying a vector of this session holds while it runs."""
     wire = negotiation.wire_dtype(dtype_header, record.dtype).itemsize
     vectors = 4 if record.optimizer.amsgrad else 3
@@ -87,19 +71,18 @@ async def get_params(
     unless = negotiation.if_none_match_heads(if_none_match)
     wait = min(wait, services.settings.max_wait_seconds)
     if min_step is not None and wait > 0:
-        await services.sessions.get(session_id, caller, "params.read", fresh=False)
         # In a rounds session, a waiter also closes the rounds that come due.
-        await services.rounds.wait_for_step(session_id, min_step, wait)
+        await services.steps.wait_for_step(caller, session_id, min_step, wait)
     record, params = await services.sessions.params(session_id, caller, unless_heads=unless)
-    headers = {STEP_HEADER: str(record.t), "ETag": etag(record.head)}
+    answer_headers = {headers.STEP: str(record.t), "ETag": etag(record.head)}
     if params is None:
-        return Response(status_code=304, headers=headers)
+        return Response(status_code=304, headers=answer_headers)
     if negotiation.wants_binary(accept):
-        return Response(negotiation.vector_bytes(params), media_type=BINARY, headers=headers)
+        return Response(negotiation.vector_bytes(params), media_type=BINARY, headers=answer_headers)
     return Response(
         render(ParamsOut.model_construct(t=record.t, params=params)),
         media_type=JSON,
-        headers=headers,
+        headers=answer_headers,
     )
 
 
@@ -123,7 +106,7 @@ async def put_params(
     """Start over from these parameters: `m`, `v` and `t` go back to zero."""
     settings = services.settings
     record = await services.sessions.get(session_id, caller, "sessions.update", fresh=False)
-    async with services.budget.hold(vector_request_budget(services, record, adamhub_dtype)):
+    async with services.budget.hold(vector_request_budget(record, adamhub_dtype)):
         params = await vector_body(
             request,
             record,
@@ -133,5 +116,5 @@ async def put_params(
             stall_seconds=settings.body_timeout_seconds,
         )
         updated = await services.sessions.replace_params(session_id, params, caller)
-    headers = {STEP_HEADER: str(updated.t), "ETag": etag(updated.head)}
-    return Response(render(SessionOut.of(updated)), media_type=JSON, headers=headers)
+    answer_headers = {headers.STEP: str(updated.t), "ETag": etag(updated.head)}
+    return Response(render(SessionOut.of(updated)), media_type=JSON, headers=answer_headers)

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adamhub_service import errors
+from adamhub_service.api import headers
 from adamhub_service.api.negotiation import PROBLEM_JSON, dump_json
 from adamhub_service.observability.logs import current_request_id
 
@@ -75,19 +76,19 @@ def problem_document(error: errors.AdamhubError, instance: str | None = None) ->
 
 
 def problem_response(
-    error: errors.AdamhubError, request: Request, headers: dict[str, str] | None = None
+    error: errors.AdamhubError, request: Request, extra_headers: dict[str, str] | None = None
 ) -> Response:
     """The problem+json response of ``error``."""
-    all_headers = dict(headers or {})
+    all_headers = dict(extra_headers or {})
     if error.retry_after is not None:
-        all_headers["Retry-After"] = str(error.retry_after)
+        all_headers[headers.RETRY_AFTER] = str(error.retry_after)
     if isinstance(error, errors.Unauthorized):
         all_headers["WWW-Authenticate"] = 'Bearer realm="adamhub"'
     if isinstance(error, errors.RateLimited):
         # draft-ietf-httpapi-ratelimit-headers: the policy, and where the caller stands.
         limit, window = error.extra["limit"], error.extra["window_seconds"]
-        all_headers["RateLimit-Policy"] = f'"per-key";q={limit};w={window}'
-        all_headers["RateLimit"] = (
+        all_headers[headers.RATE_LIMIT_POLICY] = f'"per-key";q={limit};w={window}'
+        all_headers[headers.RATE_LIMIT] = (
             f'"per-key";r={error.extra["remaining"]};t={error.retry_after or 1}'
         )
     if isinstance(
@@ -131,7 +132,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         kind = _BY_STATUS.get(exc.status_code, errors.BadRequest)
-        return problem_response(kind(str(exc.detail)), request, headers=dict(exc.headers or {}))
+        return problem_response(
+            kind(str(exc.detail)), request, extra_headers=dict(exc.headers or {})
+        )
 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import orjson
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -22,12 +21,24 @@ from pydantic import (
     PlainValidator,
     Strict,
     WithJsonSchema,
+    create_model,
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
 from adamhub_service.api import negotiation
-from adamhub_service.observability.history import DEFAULT_HISTORY_POINTS, MAX_HISTORY_POINTS
+from adamhub_service.model.api_keys import ApiKey
+from adamhub_service.model.fields import (
+    MAX_STEP,
+    Finite,
+    NonNegativeWhole,
+    PositiveWhole,
+    StepCount,
+    refuse_nulls,
+)
+from adamhub_service.model.principal import TENANT_PATTERN, Action
+from adamhub_service.model.records import SESSION_ID_PATTERN, SessionRecord
+from adamhub_service.model.settings import MAX_SAMPLES, Name, SessionSettings, Tags
 from adamhub_service.optim import (
     BETA,
     EPS,
@@ -40,153 +51,16 @@ from adamhub_service.optim import (
     ParamGroup,
     Schedule,
 )
-from adamhub_service.sessions.records import SESSION_ID_PATTERN, RoundRule, SessionRecord
 from adamhub_service.sessions.service import NewSession, NormalInitSpec
-from adamhub_service.steps.service import StepSettings
-from adamhub_service.tenancy.principal import TENANT_PATTERN, Action
-from adamhub_service.tenancy.records import ApiKey
+from adamhub_service.steps.values import StepSettings
 
-MAX_METADATA_BYTES = 64 * 1024
-MAX_METADATA_DEPTH = 32
 WIRE_DTYPES = ("float16", "float32", "float64")
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _VECTOR_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "number"}, "minItems": 1}
 
-Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-
-
-def _whole(value: Any) -> Any:
-    # JSON Schema counts 3.0 as an integer; so does the service, but never 3.5 or "3".
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def refuse_nulls(values: Any, names: tuple[str, ...] | None = None) -> Any:
-    """For a before-validator: the members given (of ``names``, or any) are not null;
-    a member that may be left out has no null in the schema either."""
-    if isinstance(values, dict):
-        nulls = sorted(
-            key for key, value in values.items() if value is None and (not names or key in names)
-        )
-        if nulls:
-            raise ValueError(f"{', '.join(nulls)} may be left out but not null")
-    return values
-
-
-PositiveWhole = Annotated[int, Strict(), Field(ge=1), BeforeValidator(_whole)]
-NonNegativeWhole = Annotated[int, Strict(), Field(ge=0), BeforeValidator(_whole)]
-# Step counts: a trillion steps is beyond any run, and within what JSON stores exactly.
-MAX_STEP = 10**12
-StepCount = Annotated[int, Strict(), Field(ge=0, le=MAX_STEP), BeforeValidator(_whole)]
-MAX_HISTORY_STEPS = 1_000_000
-MaxStaleness = Annotated[
-    int,
-    Strict(),
-    Field(
-        ge=0,
-        le=MAX_STEP,
-        description="Refuse a gradient whose Adamhub-Base-Step is more than this many steps "
-        "behind t (409 stale-gradient); null: no bound.",
-    ),
-    BeforeValidator(_whole),
-]
-HistorySteps = Annotated[
-    int,
-    Strict(),
-    Field(
-        ge=0,
-        le=MAX_HISTORY_STEPS,
-        description="Keep what rolling back to any of the last this many steps needs.",
-    ),
-    BeforeValidator(_whole),
-]
-
-# Contributions per round: far beyond any data-parallel job's workers.
-MAX_CONTRIBUTIONS = 100_000
-Contributions = Annotated[int, Strict(), Field(ge=1, le=MAX_CONTRIBUTIONS), BeforeValidator(_whole)]
-MAX_ROUND_TIMEOUT_SECONDS = 86_400.0
-# Samples a contribution stands for (the Adamhub-Samples header), and a round's target.
-MAX_SAMPLES = MAX_STEP
-
-
-class RoundsSettings(BaseModel):
-    """Synchronous rounds: one Adam step per round, on the samples-weighted mean
-    Σ nᵢ·gᵢ / Σ nᵢ of its contributions. Exactly one of `contributions` and
-    `target_samples`."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        json_schema_extra={
-            "oneOf": [
-                {"required": ["contributions"], "not": {"required": ["target_samples"]}},
-                {"required": ["target_samples"], "not": {"required": ["contributions"]}},
-            ]
-        },
-    )
-
-    contributions: Contributions | SkipJsonSchema[None] = Field(
-        default=None, description="Close a round at this many contributions (K workers)."
-    )
-    target_samples: (
-        Annotated[int, Strict(), Field(ge=1, le=MAX_SAMPLES), BeforeValidator(_whole)]
-        | SkipJsonSchema[None]
-    ) = Field(default=None, description="Close a round once its samples reach this many.")
-    timeout_seconds: (
-        Annotated[Finite, Field(gt=0, le=MAX_ROUND_TIMEOUT_SECONDS)] | SkipJsonSchema[None]
-    ) = Field(
-        default=None,
-        description="Close a round this long after its first contribution, when "
-        "min_contributions are in (else at the one that makes them).",
-    )
-    min_contributions: Contributions = Field(
-        default=1, description="The fewest contributions a round closes with at its timeout."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_nulls(cls, values: Any) -> Any:
-        return refuse_nulls(values)
-
-    @model_validator(mode="after")
-    def _one_target(self) -> RoundsSettings:
-        if (self.contributions is None) == (self.target_samples is None):
-            raise ValueError("rounds need exactly one of 'contributions' and 'target_samples'")
-        if self.contributions is not None and self.min_contributions > self.contributions:
-            raise ValueError("rounds.min_contributions may not exceed contributions")
-        return self
-
-    def rule(self) -> RoundRule:
-        """As the session domain takes it."""
-        return RoundRule(
-            self.contributions, self.target_samples, self.timeout_seconds, self.min_contributions
-        )
-
-
-HistoryPoints = Annotated[
-    int,
-    Strict(),
-    Field(
-        ge=0,
-        le=MAX_HISTORY_POINTS,
-        description="Keep the points (loss, norms, lr, …) of this many of the newest steps.",
-    ),
-    BeforeValidator(_whole),
-]
-
-MAX_IDLE_SECONDS = 10 * 365 * 86_400
-IdleSeconds = Annotated[
-    int,
-    Strict(),
-    Field(
-        ge=60,
-        le=MAX_IDLE_SECONDS,
-        description="Delete the session after this many seconds without a change "
-        "(steps, settings); null: keep it.",
-    ),
-    BeforeValidator(_whole),
-]
+__all__ = ["MAX_SAMPLES", "MAX_STEP", "Name", "PositiveWhole", "refuse_nulls"]
 
 
 Lr = Annotated[Finite, Field(**LR.as_field(), description="Learning rate α.")]
@@ -304,35 +178,6 @@ VectorOut = Annotated[
 ]
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether containers nest more than ``limit`` levels deep (iterative: no recursion)."""
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if isinstance(item, dict | list):
-            if depth >= limit:
-                return True
-            stack.extend((child, depth + 1) for child in children)
-    return False
-
-
-def _small_and_shallow(metadata: dict[str, Any]) -> dict[str, Any]:
-    if _deeper_than(metadata, MAX_METADATA_DEPTH):
-        raise ValueError(f"metadata is nested over {MAX_METADATA_DEPTH} levels deep")
-    if len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
-        raise ValueError(f"metadata is over {MAX_METADATA_BYTES} bytes as JSON; keep it small")
-    return metadata
-
-
-Metadata = Annotated[
-    dict[str, Any],
-    AfterValidator(_small_and_shallow),
-    Field(description="A free JSON object, kept as given (at most 64 KiB as JSON)."),
-]
-Name = Annotated[str, Field(max_length=256, description="Free text, to find the session by.")]
-
-
 class OptimizerSettings(BaseModel):
     """Adam's hyperparameters; every field optional, with torch's defaults."""
 
@@ -420,12 +265,14 @@ class NormalInit(BaseModel):
     seed: NonNegativeWhole | None = Field(default=None, description="Random when omitted.")
 
 
-class SessionCreate(BaseModel):
-    """Body of ``POST /v1/sessions``: exactly one of ``params`` and ``size``."""
+class SessionCreate(SessionSettings):
+    """Body of ``POST /v1/sessions``: exactly one of ``params`` and ``size``, the
+    optimizer, and the session's settings (``SessionSettings``)."""
 
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
+        frozen=False,
         json_schema_extra={
             "oneOf": [
                 {
@@ -456,16 +303,6 @@ class SessionCreate(BaseModel):
     )
     dtype: Dtype = "float32"
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
-    name: Name | None = None
-    metadata: Metadata = Field(default_factory=dict)
-    history_steps: HistorySteps = 0
-    max_staleness: MaxStaleness | None = None
-    rounds: RoundsSettings | None = Field(
-        default=None,
-        description="Synchronous rounds (fixed at creation); null: every gradient is a step.",
-    )
-    history_points: HistoryPoints = DEFAULT_HISTORY_POINTS
-    expires_after_idle_seconds: IdleSeconds | None = None
     param_groups: ParamGroups | SkipJsonSchema[None] = None
 
     @model_validator(mode="before")
@@ -500,29 +337,66 @@ class SessionCreate(BaseModel):
             init=NormalInitSpec(init.mean, init.std, init.seed)
             if isinstance(init, NormalInit)
             else None,
-            name=self.name,
-            metadata=self.metadata,
-            history_steps=self.history_steps,
-            max_staleness=self.max_staleness,
-            rounds=None if self.rounds is None else self.rounds.rule(),
-            history_points=self.history_points,
-            expires_after_idle_seconds=self.expires_after_idle_seconds,
+            settings=settings_of(self),
         )
 
 
-class SessionPatch(BaseModel):
-    """Body of ``PATCH /v1/sessions/{id}``: the fields to change."""
+def settings_of(document: SessionSettings) -> SessionSettings:
+    """The settings of a validated document that has them all (a create's)."""
+    return SessionSettings.model_construct(
+        **{name: getattr(document, name) for name in SessionSettings.names()}
+    )
 
+
+def _patch_field(name: str) -> tuple[Any, Any]:
+    """A setting as PATCH takes it: optional; null back to its default where it may be
+    null or empty, else not null (and no null in the schema)."""
+    info = SessionSettings.model_fields[name]
+    annotation: Any = info.annotation
+    if info.metadata:
+        annotation = Annotated[(annotation, *info.metadata)]
+    none: Any = None if SessionSettings.nullable(name) else SkipJsonSchema[None]  # type: ignore[misc]
+    described = info.description or ""
+    if SessionSettings.nullable(name):
+        described = f"{described} null: back to the default.".strip()
+    return annotation | none, Field(default=None, description=described)
+
+
+class _PatchBase(BaseModel):
     model_config = _STRICT
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, values: Any) -> Any:
+        not_nullable = tuple(
+            n for n in SessionSettings.changeable() if not SessionSettings.nullable(n)
+        )
+        return refuse_nulls(values, not_nullable)
+
+
+_SessionPatchFields = create_model(  # type: ignore[call-overload]
+    "_SessionPatchFields",
+    __base__=_PatchBase,
+    **{name: _patch_field(name) for name in SessionSettings.changeable()},
+)
+
+
+class SessionPatch(_SessionPatchFields):  # type: ignore[misc,valid-type]
+    """Body of ``PATCH /v1/sessions/{id}``: the fields to change (every setting but
+    those fixed at creation)."""
+
     optimizer: OptimizerPatch | None = None
-    name: Name | None = None
-    metadata: Metadata | None = None
-    history_steps: HistorySteps = 0
-    max_staleness: MaxStaleness | None = None
-    history_points: HistoryPoints = DEFAULT_HISTORY_POINTS
-    expires_after_idle_seconds: IdleSeconds | None = None
     param_groups: GroupPatches | None = None
+
+    def settings_changes(self) -> dict[str, Any]:
+        """The settings given, by name; null as the setting's default."""
+        given = self.model_fields_set & set(SessionSettings.changeable())
+        return {
+            name: SessionSettings.default_of(name)
+            if getattr(self, name) is None
+            else getattr(self, name)
+            for name in given
+        }
 
 
 class StepSettingsIn(BaseModel):
@@ -550,6 +424,17 @@ class ForkIn(BaseModel):
     model_config = _STRICT
 
     name: Name | None = Field(default=None, description="Default: the original's name.")
+    tags: Tags | SkipJsonSchema[None] = Field(
+        default=None, description="Default: the original's tags."
+    )
+
+    def settings_changes(self) -> dict[str, Any]:
+        """The settings the fork changes."""
+        return {
+            name: getattr(self, name)
+            for name in ("name", "tags")
+            if getattr(self, name) is not None
+        }
 
 
 class RollbackIn(BaseModel):
@@ -560,25 +445,14 @@ class RollbackIn(BaseModel):
     t: StepCount = Field(description="The step to return to.")
 
 
-class SessionOut(BaseModel):
-    """A session resource."""
+class SessionOut(SessionSettings):
+    """A session resource: its settings (``SessionSettings``) and the rest."""
 
     id: str = Field(description="`s_` and 32 hex digits.")
-    name: str | None
     size: int
     dtype: Dtype
     t: int = Field(description="Adam's step counter: 0 after creation, +1 per gradient.")
     optimizer: OptimizerSettings
-    metadata: dict[str, Any]
-    history_steps: int = Field(description="Steps kept for rollback (at least).")
-    max_staleness: int | None = Field(description="The staleness bound; null: none.")
-    rounds: dict[str, Any] | None = Field(
-        default=None, description="The rounds' rule; null: every gradient is a step."
-    )
-    history_points: int = Field(description="Steps whose points are kept (`…/history`).")
-    expires_after_idle_seconds: int | None = Field(
-        default=None, description="Deleted after this long without a change; null: kept."
-    )
     param_groups: list[dict[str, Any]] | None = Field(
         default=None, description="The param groups, when there are any."
     )
@@ -590,20 +464,14 @@ class SessionOut(BaseModel):
         """The resource of a session record."""
         return cls.model_construct(
             id=record.id,
-            name=record.name,
             size=record.size,
             dtype=record.dtype,
             t=record.t,
             optimizer=OptimizerSettings.of(record.optimizer),
-            metadata=record.metadata,
-            history_steps=record.history_steps,
-            max_staleness=record.max_staleness,
-            rounds=None if record.rounds is None else record.rounds.as_dict(),
-            history_points=record.history_points,
-            expires_after_idle_seconds=record.expires_after_idle_seconds,
             param_groups=[GroupSettings.of(g) for g in record.optimizer.param_groups] or None,
             created_at=record.created_at,
             updated_at=record.updated_at,
+            **dict(record.settings),
         )
 
 

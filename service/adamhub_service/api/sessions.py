@@ -13,8 +13,9 @@ from adamhub_service.api import openapi
 from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.bodies import declared_length, json_model, read_body, validate
 from adamhub_service.api.deps import ServicesDep, SessionId
-from adamhub_service.api.negotiation import JSON, REPLAYED_HEADER, body_kind
-from adamhub_service.api.params import IdempotencyKeyHeader
+from adamhub_service.api.negotiation import JSON, body_kind
+from adamhub_service.api.parameters import IdempotencyKeyHeader
+from adamhub_service.api.rendering import created_response
 from adamhub_service.api.schemas import (
     RollbackIn,
     SessionCreate,
@@ -23,8 +24,9 @@ from adamhub_service.api.schemas import (
     SessionPatch,
     render,
 )
-from adamhub_service.sessions.records import SESSION_ID_PATTERN
-from adamhub_service.sessions.service import Created, SessionChanges
+from adamhub_service.model.records import SESSION_ID_PATTERN
+from adamhub_service.model.settings import MAX_TAGS, Tag
+from adamhub_service.sessions.service import SessionChanges
 from adamhub_service.steps.idempotency import checked_key
 
 router = APIRouter(prefix="/v1", tags=["sessions"])
@@ -81,16 +83,6 @@ async def create_session(
     return created_response(created)
 
 
-def created_response(created: Created) -> Response:
-    """201 with the new session, its Location, and whether a retry found it made."""
-    headers = {"Location": f"/v1/sessions/{created.record.id}"}
-    if created.replayed:
-        headers[REPLAYED_HEADER] = "true"
-    return Response(
-        render(SessionOut.of(created.record)), status_code=201, media_type=JSON, headers=headers
-    )
-
-
 @router.get(
     "/sessions",
     response_model=SessionList,
@@ -118,10 +110,17 @@ async def list_sessions(
         Literal["created_at", "-created_at", "updated_at", "-updated_at"],
         Query(description="The order of the list; `-` for newest first."),
     ] = "created_at",
+    tag: Annotated[
+        list[Tag] | None,
+        Query(
+            max_length=MAX_TAGS,
+            description="Only sessions having this tag (repeat: every one of them).",
+        ),
+    ] = None,
 ) -> Response:
     """The caller's sessions, oldest first (or in `order`), a page at a time."""
     records, next_cursor = await services.sessions.list(
-        caller, after=cursor, limit=limit, name=name, order=order
+        caller, after=cursor, limit=limit, name=name, order=order, tags=tag or ()
     )
     page = SessionList.model_construct(
         sessions=[SessionOut.of(record) for record in records], next_cursor=next_cursor
@@ -162,21 +161,12 @@ async def patch_session(
         limit=settings.max_json_bytes,
         stall_seconds=settings.body_timeout_seconds,
     )
-    given = patch.model_fields_set
     changes = SessionChanges(
         optimizer=patch.optimizer.changes() if patch.optimizer else {},
-        name=patch.name,
-        rename="name" in given,
-        metadata=(patch.metadata or {}) if "metadata" in given else None,
-        history_steps=patch.history_steps if "history_steps" in given else None,
-        max_staleness=patch.max_staleness,
-        set_max_staleness="max_staleness" in given,
-        history_points=patch.history_points if "history_points" in given else None,
-        expires_after_idle_seconds=patch.expires_after_idle_seconds,
-        set_expiry="expires_after_idle_seconds" in given,
         param_groups=None
         if patch.param_groups is None
         else [group.model_dump(exclude_none=True) for group in patch.param_groups],
+        settings=patch.settings_changes(),
     )
     record = await services.sessions.update(session_id, changes, caller)
     return Response(render(SessionOut.of(record)), media_type=JSON)

@@ -17,7 +17,7 @@ import uvicorn
 
 from adamhub_service import __version__
 from adamhub_service.api.auth import is_loopback
-from adamhub_service.cli import keys
+from adamhub_service.cli import key_commands
 from adamhub_service.cli.embedded import EmbeddedStoreError, EmbeddedValkey
 from adamhub_service.cli.protocol import BoundedHeadProtocol
 from adamhub_service.config import ServerOptions, Settings
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="synchronous rounds: each step is the mean of every worker's gradient (as DDP)",
     )
-    keys.add_parser(commands)
+    key_commands.add_parser(commands)
     return parser
 
 
@@ -85,7 +85,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys":
         store = ServerOptions(**({"data_dir": args.data_dir} if args.data_dir else {}))
         redis_url = args.redis_url or Settings().redis_url
-        return keys.run(args, redis_url, store.data_dir)
+        return key_commands.run(args, redis_url, store.data_dir)
     flags = {
         key: value for key, value in vars(args).items() if key != "command" and value is not None
     }

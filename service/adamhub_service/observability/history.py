@@ -20,10 +20,6 @@ from adamhub_service.optim.kernel import squared_distance, squared_norm
 # the compiled parallel loops (the norms here are for charts: any summation order does).
 _SMALL = 1 << 16
 
-# Points a session keeps by default, and at most.
-DEFAULT_HISTORY_POINTS = 10_000
-MAX_HISTORY_POINTS = 100_000
-
 
 @dataclass(frozen=True, slots=True)
 class StepPoint:

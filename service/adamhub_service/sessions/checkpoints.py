@@ -18,8 +18,8 @@ import numpy as np
 import safetensors.numpy
 
 from adamhub_service import errors
+from adamhub_service.model.optimizer_json import optimizer_from_json
 from adamhub_service.optim import AdamConfig, AdamState
-from adamhub_service.storage.encoding import optimizer_from_json
 
 FORMAT = "adamhub-checkpoint/1"
 DTYPES = ("float32", "float64")

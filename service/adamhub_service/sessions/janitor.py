@@ -12,8 +12,12 @@ import logging
 from datetime import UTC, datetime
 
 from adamhub_service import errors
-from adamhub_service.storage.outcomes import WriteStatus
-from adamhub_service.storage.versions import SessionStore
+from adamhub_service.model.outcomes import WriteStatus
+from adamhub_service.model.repositories import (
+    ExpiryRepository,
+    SessionRepository,
+    TenantRepository,
+)
 
 logger = logging.getLogger("adamhub.sessions")
 
@@ -26,8 +30,17 @@ def idle_seconds(updated_at: str, now: datetime) -> float:
 class Janitor:
     """Sweeps the expiring sessions every ``every_seconds``."""
 
-    def __init__(self, store: SessionStore, *, every_seconds: float) -> None:
+    def __init__(
+        self,
+        store: SessionRepository,
+        expiry: ExpiryRepository,
+        tenants: TenantRepository,
+        *,
+        every_seconds: float,
+    ) -> None:
         self._store = store
+        self._expiry = expiry
+        self._tenants = tenants
         self._every = every_seconds
 
     async def run(self) -> None:
@@ -41,17 +54,20 @@ class Janitor:
         """Delete the indexed sessions idle past their time; the ids deleted."""
         now = now or datetime.now(UTC)
         deleted = []
-        for session_id, record in await self._store.expiring_records():
-            if record is None or record.expires_after_idle_seconds is None:
-                await self._store.track_expiry(session_id, expires=False)
+        ids = await self._expiry.ids()
+        for session_id, record in zip(ids, await self._store.read_records(ids), strict=True):
+            expires = None if record is None else record.settings.expires_after_idle_seconds
+            if record is None or expires is None:
+                await self._expiry.track(session_id, expires=False)
                 continue
-            if idle_seconds(record.updated_at, now) < record.expires_after_idle_seconds:
+            if idle_seconds(record.updated_at, now) < expires:
                 continue
             status = await self._store.delete(record)
+            if status is WriteStatus.COMMITTED:
+                await self._tenants.release(record.tenant, session_id)
             if status is not WriteStatus.CONFLICT:  # deleted, or gone already
-                await self._store.track_expiry(session_id, expires=False)
+                await self._expiry.track(session_id, expires=False)
             if status is WriteStatus.COMMITTED:
                 deleted.append(session_id)
-                logger.info("session %s expired after %d s idle", session_id,
-                            record.expires_after_idle_seconds)  # fmt: skip
+                logger.info("session %s expired after %d s idle", session_id, expires)
         return deleted

@@ -6,27 +6,35 @@ Every change is a compare-and-set on the session's ``rev`` through the
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from adamhub_service import errors
-from adamhub_service.optim import AdamConfig, AdamState, FloatArray, init_state, with_changes
-from adamhub_service.sessions import checkpoints
-from adamhub_service.sessions.checkpoints import Checkpoint
-from adamhub_service.sessions.records import (
-    RoundRule,
+from adamhub_service.model.outcomes import WriteStatus
+from adamhub_service.model.principal import Principal
+from adamhub_service.model.records import (
     SessionRecord,
     is_session_id,
     new_session_id,
     new_write_id,
     utc_now,
 )
-from adamhub_service.storage.outcomes import WriteStatus
-from adamhub_service.storage.versions import SessionStore
-from adamhub_service.tenancy.principal import Principal
+from adamhub_service.model.repositories import (
+    CreateKeyRepository,
+    ExpiryRepository,
+    SessionRepository,
+    TenantRepository,
+)
+from adamhub_service.model.settings import SessionSettings
+from adamhub_service.optim import AdamConfig, AdamState, FloatArray, init_state, with_changes
+from adamhub_service.sessions import checkpoints
+from adamhub_service.sessions.checkpoints import Checkpoint
+from adamhub_service.sessions.events import SessionEvent, session_events
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +56,7 @@ class NewSession:
     params: FloatArray | None = None
     size: int | None = None
     init: NormalInitSpec | None = None
-    name: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    history_steps: int = 0
-    max_staleness: int | None = None
-    rounds: RoundRule | None = None
-    history_points: int = 10_000
-    expires_after_idle_seconds: int | None = None
+    settings: SessionSettings = field(default_factory=SessionSettings)
     state: AdamState | None = None
 
 
@@ -77,19 +79,12 @@ class Created:
 
 @dataclass(frozen=True, slots=True)
 class SessionChanges:
-    """What a PATCH changes; ``None`` leaves a field as it is (``metadata={}`` clears it)."""
+    """What a PATCH changes: optimizer fields, param groups (None: as they are), and
+    settings by name (validated; those left out stay as they are)."""
 
     optimizer: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
-    rename: bool = False
-    metadata: dict[str, Any] | None = None
-    history_steps: int | None = None
     param_groups: list[dict[str, Any]] | None = None
-    max_staleness: int | None = None
-    set_max_staleness: bool = False
-    history_points: int | None = None
-    expires_after_idle_seconds: int | None = None
-    set_expiry: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def changed_optimizer(config: AdamConfig, changes: SessionChanges) -> AdamConfig:
@@ -137,13 +132,19 @@ class SessionService:
 
     def __init__(
         self,
-        store: SessionStore,
+        store: SessionRepository,
+        tenants: TenantRepository,
+        create_keys: CreateKeyRepository,
+        expiry: ExpiryRepository,
         *,
         chunk_elements: int,
         limits: SessionLimits,
         idempotency_ttl_seconds: float,
     ) -> None:
         self._store = store
+        self._tenants = tenants
+        self._create_keys = create_keys
+        self._expiry = expiry
         self._chunk_elements = chunk_elements
         self._limits = limits
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
@@ -177,7 +178,7 @@ class SessionService:
             )
         session_id = new_session_id()
         if idempotency_key is not None:
-            recorded = await self._store.claim_create(
+            recorded = await self._create_keys.claim(
                 principal.tenant,
                 idempotency_key,
                 f"{session_id}:{request_digest}",
@@ -201,14 +202,8 @@ class SessionService:
             head=new_write_id(),
             created_at=now,
             updated_at=now,
-            name=spec.name,
-            metadata=spec.metadata,
             tenant=principal.tenant,
-            history_steps=spec.history_steps,
-            max_staleness=spec.max_staleness,
-            rounds=spec.rounds,
-            history_points=spec.history_points,
-            expires_after_idle_seconds=spec.expires_after_idle_seconds,
+            settings=spec.settings,
         )
         if spec.state is not None:
             state = spec.state
@@ -217,7 +212,7 @@ class SessionService:
             if params is None:
                 params = initial_params(size, spec.dtype, spec.init)
             state = init_state(params, spec.optimizer)
-        refusal = await self._store.reserve(
+        refusal = await self._tenants.reserve(
             record,
             max_sessions=self._limits.tenant_max_sessions,
             max_parameters=self._limits.tenant_max_parameters,
@@ -235,13 +230,13 @@ class SessionService:
                 limit=limit,
                 current=refusal.current,
             )
-        if record.expires_after_idle_seconds is not None:
+        if record.settings.expires_after_idle_seconds is not None:
             # Indexed first: the janitor drops the ids of sessions that were not made.
-            await self._store.track_expiry(record.id, expires=True)
+            await self._expiry.track(record.id, expires=True)
         try:
             status = await self._store.create(record, state)
         except errors.StoreUnavailable:
-            await self._store.release(record)  # surely not created
+            await self._tenants.release(record.tenant, record.id)  # surely not created
             raise
         if status is WriteStatus.COMMITTED:
             return Created(record)
@@ -266,24 +261,29 @@ class SessionService:
         limit: int,
         name: str | None = None,
         order: str = "created_at",
+        tags: Sequence[str] = (),
     ) -> tuple[list[SessionRecord], str | None]:
         """A page of the caller's sessions, and the next page's cursor (the last id of
         this page). In creation order by default; ``order`` (``created_at``,
-        ``updated_at``, ``-`` for newest first) and ``name`` (see ``name_matches``) read
-        the tenant's whole index, which its session quota bounds."""
+        ``updated_at``, ``-`` for newest first), ``name`` (see ``name_matches``) and
+        ``tags`` (sessions having every one) read the tenant's whole index, which its
+        session quota bounds."""
         principal.require("sessions.read")
         if after is not None and not is_session_id(after):
             raise errors.ValidationFailed(
                 f"cursor {after!r} is not a session id",
                 errors=[{"loc": ["query", "cursor"], "msg": "not a session id"}],
             )
-        if name is None and order == "created_at":
-            records, cursor = await self._store.records(principal.tenant, after=after, limit=limit)
+        if name is None and not tags and order == "created_at":
+            records, cursor = await self._page(principal.tenant, after=after, limit=limit)
             return [record for record in records if principal.sees(record)], cursor
+        wanted = frozenset(tags)
         found = [
             record
-            for record in await self._store.all_records(principal.tenant)
-            if principal.sees(record) and (name is None or name_matches(record.name, name))
+            for record in await self._all_records(principal.tenant)
+            if principal.sees(record)
+            and (name is None or name_matches(record.settings.name, name))
+            and wanted <= frozenset(record.settings.tags)
         ]
         field = order.lstrip("-")
         found.sort(key=lambda record: (getattr(record, field), record.id))
@@ -296,6 +296,30 @@ class SessionService:
         more = start + limit < len(found)
         return page, (page[-1].id if page and more else None)
 
+    async def _page(
+        self, tenant: str, *, after: str | None, limit: int
+    ) -> tuple[builtins.list[SessionRecord], str | None]:
+        """Up to ``limit`` of the tenant's records in creation order after ``after``, and
+        the last id read when more may follow."""
+        ids = await self._tenants.ids(tenant, after=after, limit=limit)
+        found = await self._store.read_records(ids)
+        for session_id, record in zip(ids, found, strict=True):
+            if record is None:
+                # Repair: a delete that stopped between the session and its index.
+                await self._tenants.release(tenant, session_id)
+        records = [record for record in found if record is not None]
+        return records, (ids[-1] if ids and len(ids) == limit else None)
+
+    async def _all_records(self, tenant: str) -> builtins.list[SessionRecord]:
+        """Every record of the tenant, in creation order."""
+        found: builtins.list[SessionRecord] = []
+        after = None
+        while True:
+            records, after = await self._page(tenant, after=after, limit=1000)
+            found += records
+            if after is None:
+                return found
+
     async def params(
         self,
         session_id: str,
@@ -306,6 +330,32 @@ class SessionService:
         """The current record and parameters (None when the head is in ``unless_heads``)."""
         await self.get(session_id, principal, "params.read", fresh=False)
         return await self._store.params(session_id, unless_heads=unless_heads)
+
+    async def history(
+        self, session_id: str, principal: Principal, *, after_t: int | None, limit: int
+    ) -> builtins.list[bytes]:
+        """Up to ``limit`` history points (JSON), oldest first: those after step
+        ``after_t``, or the newest when it is None."""
+        await self.get(session_id, principal, "sessions.read", fresh=False)
+        return await self._store.history(session_id, after_t=after_t, limit=limit)
+
+    async def events(
+        self,
+        session_id: str,
+        principal: Principal,
+        *,
+        last_event_id: int | None,
+        seconds: float,
+        keepalive_seconds: float,
+    ) -> AsyncIterator[SessionEvent]:
+        """The session's steps from now on (or after ``last_event_id``), a rollback when
+        it goes back, and a keep-alive after ``keepalive_seconds`` of quiet; for
+        ``seconds``."""
+        record = await self.get(session_id, principal, "sessions.read")
+        after = record.t if last_event_id is None else min(last_event_id, record.t)
+        return session_events(
+            self._store, session_id, after, seconds=seconds, keepalive_seconds=keepalive_seconds
+        )
 
     async def update(
         self, session_id: str, changes: SessionChanges, principal: Principal
@@ -318,20 +368,10 @@ class SessionService:
             new = current.evolve(updated_at=utc_now())
             if changes.optimizer or changes.param_groups is not None:
                 new = new.evolve(optimizer=changed_optimizer(current.optimizer, changes))
-            if changes.rename:
-                new = new.evolve(name=changes.name)
-            if changes.metadata is not None:
-                new = new.evolve(metadata=changes.metadata)
-            if changes.history_steps is not None:
-                new = new.evolve(history_steps=changes.history_steps)
-            if changes.set_max_staleness:
-                new = new.evolve(max_staleness=changes.max_staleness)
-            if changes.history_points is not None:
-                new = new.evolve(history_points=changes.history_points)
-            if changes.set_expiry:
-                new = new.evolve(expires_after_idle_seconds=changes.expires_after_idle_seconds)
-            if changes.set_expiry and changes.expires_after_idle_seconds is not None:
-                await self._store.track_expiry(session_id, expires=True)
+            if changes.settings:
+                new = new.evolve(settings=current.settings.evolve(**changes.settings))
+            if new.settings.expires_after_idle_seconds is not None:
+                await self._expiry.track(session_id, expires=True)
             outcome = await self._store.commit_record(current, new)
             if outcome.status is WriteStatus.GONE:
                 raise errors.SessionNotFound(session_id)
@@ -397,26 +437,29 @@ class SessionService:
         principal: Principal,
         *,
         name: str | None = None,
+        settings: SessionSettings | None = None,
         idempotency_key: str | None = None,
         request_digest: str = "",
     ) -> Created:
-        """A new session of the caller's tenant that goes on from a checkpoint file."""
+        """A new session of the caller's tenant that goes on from a checkpoint file, with
+        ``settings`` (or only a ``name``)."""
         principal.require("sessions.create")
         checkpoint = checkpoints.decode(data, max_size=self._limits.max_size)
         spec = NewSession(
             dtype=checkpoint.dtype,
             optimizer=checkpoint.config,
             state=checkpoint.state,
-            name=name,
+            settings=SessionSettings(name=name) if settings is None else settings,
         )
         return await self.create(
             spec, principal, idempotency_key=idempotency_key, request_digest=request_digest
         )
 
     async def fork(
-        self, session_id: str, principal: Principal, *, name: str | None = None
+        self, session_id: str, principal: Principal, *, changes: dict[str, Any] | None = None
     ) -> Created:
-        """A new session with this one's state, settings and metadata (and ``name``)."""
+        """A new session with this one's state and settings, with ``changes`` (settings
+        by name, validated)."""
         await self.get(session_id, principal, "params.read", fresh=False)
         current = await self._store.state(session_id)
         record = current.record
@@ -424,13 +467,7 @@ class SessionService:
             dtype=record.dtype,
             optimizer=record.optimizer,
             state=current.state,
-            name=record.name if name is None else name,
-            metadata=record.metadata,
-            history_steps=record.history_steps,
-            max_staleness=record.max_staleness,
-            rounds=record.rounds,
-            history_points=record.history_points,
-            expires_after_idle_seconds=record.expires_after_idle_seconds,
+            settings=record.settings.evolve(**(changes or {})),
         )
         return await self.create(spec, principal)
 
@@ -438,10 +475,13 @@ class SessionService:
         """Delete the session and all its state."""
         await self.get(session_id, principal, "sessions.delete")
 
-        async def attempt() -> bool | None:
-            status = await self._store.delete(await self._store.record(session_id))
+        async def attempt() -> SessionRecord | None:
+            current = await self._store.record(session_id)
+            status = await self._store.delete(current)
             if status is WriteStatus.GONE:
                 raise errors.SessionNotFound(session_id)
-            return True if status is WriteStatus.COMMITTED else None
+            return current if status is WriteStatus.COMMITTED else None
 
-        await self._store.until_committed(attempt)
+        deleted = await self._store.until_committed(attempt)
+        # The tenant's index is another key (slot): released after the session went.
+        await self._tenants.release(deleted.tenant, deleted.id)

@@ -18,39 +18,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adamhub_service import errors
-from adamhub_service.observability.history import step_point
-from adamhub_service.observability.metrics import Metrics
-from adamhub_service.optim import FloatArray, weighted_mean
-from adamhub_service.sessions.records import RoundRule, SessionRecord, new_write_id, utc_now
-from adamhub_service.steps.idempotency import gradient_digest
-from adamhub_service.steps.service import Report, StepResult, StepSettings, compute_step
-from adamhub_service.storage.cache import CachedSession
-from adamhub_service.storage.log import Contribution, LogEntry
-from adamhub_service.storage.outcomes import (
+from adamhub_service.model.log import Contribution
+from adamhub_service.model.outcomes import (
     ContributeOutcome,
     IdempotencyClaim,
     IdempotencyRecord,
     RoundView,
     WriteStatus,
 )
-from adamhub_service.storage.store import LoggedStep
-from adamhub_service.storage.versions import SessionStore
+from adamhub_service.model.records import SessionRecord, new_write_id
+from adamhub_service.model.repositories import RoundRepository, SessionRepository
+from adamhub_service.model.settings import RoundRule
+from adamhub_service.observability.metrics import Metrics
+from adamhub_service.optim import FloatArray, weighted_mean
+from adamhub_service.steps.commit import Commit, Report
+from adamhub_service.steps.idempotency import gradient_digest
+from adamhub_service.steps.staleness import stale_gradient
+from adamhub_service.steps.values import RoundPending, StepRequest, StepResult, compute_step
 
 # A round sealed for closing that has not closed after this long is closed by another
 # waiter: its closer died.
 CLOSE_GRACE_SECONDS = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class RoundPending:
-    """A contribution that is in, in a round that did not close within the wait: the
-    session's ``t``, the step the round will produce, what it holds and still needs
-    (contributions, or samples with ``target_samples``)."""
-
-    t: int
-    round: int
-    contributions: int
-    needed: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +59,15 @@ class RoundService:
 
     def __init__(
         self,
-        store: SessionStore,
+        store: SessionRepository,
+        rounds: RoundRepository,
         metrics: Metrics,
         *,
         idempotency_ttl_seconds: float,
         close_grace_seconds: float = CLOSE_GRACE_SECONDS,
     ) -> None:
         self._store = store
+        self._rounds = rounds
         self._metrics = metrics
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
         self._grace_ms = int(close_grace_seconds * 1000)
@@ -92,22 +82,20 @@ class RoundService:
         gradient: FloatArray,
         *,
         logged: FloatArray | None = None,
-        samples: int = 1,
-        idempotency_key: str | None = None,
-        settings: StepSettings | None = None,
-        base_step: int | None = None,
-        report: Report | None = None,
-        wait_seconds: float,
+        request: StepRequest,
     ) -> Contributed:
         """Add ``gradient`` (validated, in the session dtype; ``logged`` as it arrived
-        when narrower) for ``samples`` samples to the open round of ``record``'s session;
-        close the round when this completes it. ``answer`` waits for the round.
+        when narrower) for the request's samples to the open round of ``record``'s
+        session; close the round when this completes it. ``answer`` waits for the round.
 
         A gradient for another step than the open round's is refused (409
-        ``stale-gradient``), after waiting up to ``wait_seconds`` for a full round to
+        ``stale-gradient``), after waiting up to the request's wait for a full round to
         close; a retry is answered as its first request was.
         """
         session_id = record.id
+        idempotency_key, settings = request.idempotency_key, request.settings
+        base_step, samples, report = request.base_step, request.samples, request.report
+        wait_seconds = request.wait_seconds
         wire = gradient if logged is None else logged
         digest = gradient_digest(gradient) if idempotency_key is not None else ""
         claim = None
@@ -123,17 +111,16 @@ class RoundService:
         async def attempt() -> ContributeOutcome | None:
             nonlocal write_id
             write_id = new_write_id()
-            loss = None if report is None else report.loss
             contribution = Contribution(
-                write_id, wire.dtype.name, wire.nbytes, samples, loss, config
+                write_id, wire.dtype.name, wire.nbytes, samples, report.loss, config
             )
-            outcome = await self._store.contribute(
+            outcome = await self._rounds.contribute(
                 record, contribution, wire, base_step=base_step, idempotency=claim
             )
             return None if outcome.status is WriteStatus.EXPIRED else outcome
 
         outcome = await self._store.until_committed(attempt)
-        rule = record.rounds
+        rule = record.settings.rounds
         assert rule is not None, "contributions go to rounds sessions"
         replayed = False
         if outcome.status is WriteStatus.GONE:
@@ -232,9 +219,9 @@ class RoundService:
                 record = await self._store.record(session_id)
                 if record.t >= min_step:
                     return record, view
-                rule = record.rounds
+                rule = record.settings.rounds
                 if rule is not None:
-                    view = await self._store.seal(session_id, record.t, grace_ms=self._grace_ms)
+                    view = await self._rounds.seal(session_id, record.t, grace_ms=self._grace_ms)
                     if view.status is WriteStatus.GONE:
                         raise errors.SessionNotFound(session_id)
                     if view.status is WriteStatus.CONFLICT:
@@ -305,7 +292,7 @@ class RoundService:
             f"contributions: {exc.detail.replace('this gradient', 'their mean')}; the next "
             f"round starts again from t={base}"
         )
-        status = await self._store.drop_round(session_id, base, contributions, why)
+        status = await self._rounds.drop_round(session_id, base, contributions, why)
         if status is WriteStatus.GONE:
             raise errors.SessionNotFound(session_id)
         if status is WriteStatus.CONFLICT:
@@ -320,7 +307,7 @@ class RoundService:
                 return True  # closed already (or the session went elsewhere)
             held = self._held.get(session_id)
             known = held[1] if held is not None and held[0] == base else None
-            taken = await self._store.round_contributions(current.record, contributions, known)
+            taken = await self._rounds.round_contributions(current.record, contributions, known)
             if taken is None:
                 return None
             record = current.record
@@ -338,43 +325,19 @@ class RoundService:
             except errors.NonFiniteUpdate as exc:
                 await self._drop(session_id, base, contributions, exc)  # raises, when dropped
                 return None
-            point = None
-            if record.history_points:
-                point = step_point(
-                    t=state.step,
-                    config=optimizer,
-                    gradient=mean,
-                    before=current.state.params,
-                    after=state.params,
-                    loss=_mean_loss([contribution for contribution, _ in taken]),
-                ).encode()
-            entry = LogEntry(
-                new_write_id(),
-                mean.dtype.name,
-                mean.nbytes,
-                None if optimizer == current.config else optimizer,
+            commit = Commit(current)
+            loss = _mean_loss([contribution for contribution, _ in taken])
+            commit.add(state, optimizer, mean, mean, report=Report(loss=loss))
+            outcome = await commit.run(
+                self._store,
+                self._metrics,
+                idempotency_ttl_ms=self._idempotency_ttl_ms,
+                round_contributions=contributions,
             )
-            new = record.evolve(
-                t=state.step, head=entry.write_id, updated_at=utc_now(), optimizer=optimizer
-            )
-            phase = self._metrics.step_phases.labels("commit")
-            with phase.time():
-                outcome = await self._store.append(
-                    current,
-                    new,
-                    [LoggedStep(entry, mean, point=point)],
-                    CachedSession(new, state, optimizer),
-                    idempotency_ttl_ms=self._idempotency_ttl_ms,
-                    round_contributions=contributions,
-                )
             if outcome.status is WriteStatus.COMMITTED:
                 self._release(session_id, state.step)
                 self._metrics.rounds.labels(how).inc()
-                self._metrics.steps.labels("applied").inc()
                 return True
-            if outcome.status is WriteStatus.GONE:
-                raise errors.SessionNotFound(session_id)
-            self._metrics.conflicts.inc()
             return None
 
         await self._store.until_committed(attempt)
@@ -390,8 +353,4 @@ def _mean_loss(contributions: Sequence[Contribution]) -> float | None:
 
 
 def _stale(base_step: int | None, t: int) -> errors.StaleGradient:
-    return errors.StaleGradient(
-        f"the gradient was computed at t={base_step}; the open round steps from t={t}: "
-        "fetch the parameters and compute it again",
-        t=t,
-    )
+    return stale_gradient(base_step, t, f"the open round steps from t={t}")

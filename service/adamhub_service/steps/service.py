@@ -12,65 +12,38 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from adamhub_service import errors, optim
-from adamhub_service.observability.history import step_point
+import numpy as np
+
+from adamhub_service import errors
+from adamhub_service.model.outcomes import IdempotencyClaim, IdempotencyRecord, WriteStatus
+from adamhub_service.model.principal import Principal
+from adamhub_service.model.records import SessionRecord
+from adamhub_service.model.repositories import SessionRepository
 from adamhub_service.observability.metrics import Metrics
-from adamhub_service.optim import AdamConfig, AdamState, FloatArray, with_changes
-from adamhub_service.sessions.records import SessionRecord, new_write_id, utc_now
+from adamhub_service.optim import AdamState, FloatArray
+from adamhub_service.sessions.budget import InflightBudget, vector_request_bytes
+from adamhub_service.steps.commit import Commit, Report
 from adamhub_service.steps.idempotency import gradient_digest
-from adamhub_service.storage.cache import CachedSession
-from adamhub_service.storage.log import LogEntry
-from adamhub_service.storage.outcomes import IdempotencyClaim, IdempotencyRecord, WriteStatus
-from adamhub_service.storage.store import LoggedStep
-from adamhub_service.storage.versions import SessionStore
+from adamhub_service.steps.rounds import RoundService
+from adamhub_service.steps.staleness import staleness
+from adamhub_service.steps.values import (
+    RoundPending,
+    StepRequest,
+    StepResult,
+    StepSettings,
+    compute_step,
+)
 
-# Above this many elements the arithmetic runs in a worker thread (the kernel releases
-# the GIL), so that one large session does not stall every other request of the process.
-THREAD_THRESHOLD = 1 << 16
-# The request header of a step's settings (documented with the route).
-SETTINGS_HEADER = "Adamhub-Optimizer"
 # At most this many steps, and this many gradient bytes, go in one commit.
 MAX_GROUP_STEPS = 64
 MAX_GROUP_BYTES = 64 << 20
 
-
-@dataclass(frozen=True, slots=True)
-class StepResult:
-    """The outcome of a step request."""
-
-    record: SessionRecord
-    params: FloatArray
-    applied_t: int
-    replayed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StepSettings:
-    """Hyperparameters a step carries for itself and the steps after it: changes to
-    the optimizer's fields, and per param group in order."""
-
-    optimizer: dict[str, Any]
-    param_groups: list[dict[str, Any]] | None = None
-
-    def applied_to(self, config: AdamConfig) -> AdamConfig:
-        """``config`` with these changes; 422 when they do not fit it."""
-        try:
-            return with_changes(config, self.optimizer, self.param_groups)
-        except ValueError as exc:
-            raise errors.ValidationFailed(
-                str(exc), errors=[{"loc": ["header", SETTINGS_HEADER], "msg": str(exc)}]
-            ) from exc
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """What a worker tells of its step, for the history: its loss, and who it is."""
-
-    loss: float | None = None
-    worker: str | None = None
+# Reads a step's gradient for the session of ``record``: as it arrived (its wire dtype),
+# and in the session's dtype (validated: the session's size, finite).
+GradientReader = Callable[[SessionRecord], Awaitable[tuple[FloatArray, FloatArray]]]
 
 
 @dataclass(slots=True)
@@ -95,16 +68,75 @@ class StepService:
 
     def __init__(
         self,
-        store: SessionStore,
+        store: SessionRepository,
         metrics: Metrics,
         *,
         idempotency_ttl_seconds: float,
+        budget: InflightBudget | None = None,
+        rounds: RoundService | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
+        self._budget = budget or InflightBudget(1 << 62, wait_seconds=0)
+        self._rounds = rounds
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
         self._queues: dict[str, deque[_Queued]] = {}
         self._drains: dict[str, asyncio.Task[None]] = {}
+
+    async def submit(
+        self,
+        principal: Principal,
+        session_id: str,
+        request: StepRequest,
+        read_gradient: GradientReader,
+    ) -> StepResult | RoundPending:
+        """The step use case: a gradient for the session, from a caller who may step it.
+
+        Checks access and the settings the step carries before its body is read (with
+        ``read_gradient``, within this process's memory budget); then applies it, or
+        contributes it to the open round and waits for the round (``RoundPending`` when
+        it stays open past the request's wait).
+        """
+        record = await self._store.record(session_id, fresh=False)
+        principal.authorize(record, "steps.create")
+        if request.settings is not None:
+            request.settings.applied_to(record.optimizer)  # 422 before the body is read
+        itemsize = np.dtype(record.dtype).itemsize
+        vectors = 4 if record.optimizer.amsgrad else 3
+        nbytes = vector_request_bytes(
+            record.size, request.wire_itemsize or itemsize, itemsize, vectors
+        )
+        async with self._budget.hold(nbytes):
+            with self._metrics.step_phases.labels("read_body").time():
+                received, gradient = await read_gradient(record)
+            # The log keeps a narrower wire dtype as it came (it widens exactly).
+            logged = received if received.dtype.itemsize < gradient.dtype.itemsize else None
+            if record.settings.rounds is None:
+                return await self.step(
+                    session_id,
+                    gradient,
+                    logged=logged,
+                    idempotency_key=request.idempotency_key,
+                    settings=request.settings,
+                    base_step=request.base_step,
+                    report=request.report,
+                )
+            assert self._rounds is not None, "rounds sessions need the round service"
+            contributed = await self._rounds.contribute(
+                record, gradient, logged=logged, request=request
+            )
+        # The wait holds no memory: the gradient is stored.
+        return await self._rounds.answer(contributed, request.wait_seconds)
+
+    async def wait_for_step(
+        self, principal: Principal, session_id: str, min_step: int, seconds: float
+    ) -> None:
+        """Wait until the session's t reaches ``min_step`` or ``seconds`` pass (a
+        long-poll); in a rounds session, closing the rounds that come due meanwhile."""
+        record = await self._store.record(session_id, fresh=False)
+        principal.authorize(record, "params.read")
+        if self._rounds is not None:
+            await self._rounds.wait_for_step(session_id, min_step, seconds)
 
     async def step(
         self,
@@ -190,11 +222,12 @@ class StepService:
             # a base step is judged against the session as it is, not as cached here.
             current = await self._store.state(session_id)
         record = current.record
-        state, config = current.state, current.config
+        commit = Commit(current)
         optimizer = record.optimizer
-        applied: list[tuple[_Queued, LoggedStep, AdamState]] = []
+        applied: list[_Queued] = []
         for queued in group:
-            stale = _staleness(queued.base_step, state.step, record.max_staleness)
+            t = commit.state.step
+            stale = staleness(queued.base_step, t, record.settings.max_staleness)
             if stale is not None:
                 # A retry of a step that was applied is stale by its own step: answer it.
                 await self._refuse_unless_applied(session_id, queued, stale)
@@ -210,62 +243,36 @@ class StepService:
                 continue
             try:
                 with self._metrics.step_phases.labels("math").time():
-                    new_state = await compute_step(state, queued.gradient, step_optimizer)
+                    new_state = await compute_step(commit.state, queued.gradient, step_optimizer)
             except errors.NonFiniteUpdate as exc:
                 # A retry of a step that was applied can no longer be applied: answer it.
                 await self._refuse_unless_applied(session_id, queued, exc)
                 continue
-            entry = LogEntry(
-                new_write_id(),
-                queued.logged.dtype.name,
-                queued.logged.nbytes,
-                None if step_optimizer == config else step_optimizer,
+            commit.add(
+                new_state,
+                step_optimizer,
+                queued.gradient,
+                queued.logged,
+                report=queued.report,
+                staleness=None if queued.base_step is None else t - queued.base_step,
+                claim=self._claim(queued, new_state),
             )
-            point = None
-            if record.history_points:
-                point = step_point(
-                    t=new_state.step,
-                    config=step_optimizer,
-                    gradient=queued.gradient,
-                    before=state.params,
-                    after=new_state.params,
-                    loss=queued.report.loss,
-                    staleness=None if queued.base_step is None else state.step - queued.base_step,
-                    worker=queued.report.worker,
-                ).encode()
-            config = optimizer = step_optimizer
-            state = new_state
-            step = LoggedStep(entry, queued.logged, self._claim(queued, state), point)
-            applied.append((queued, step, state))
+            optimizer = step_optimizer
+            applied.append(queued)
         if not applied:
             return True
-        new = record.evolve(
-            t=state.step,
-            head=applied[-1][1].entry.write_id,
-            updated_at=utc_now(),
-            optimizer=optimizer,
+        outcome = await commit.run(
+            self._store, self._metrics, idempotency_ttl_ms=self._idempotency_ttl_ms
         )
-        with self._metrics.step_phases.labels("commit").time():
-            outcome = await self._store.append(
-                current,
-                new,
-                [step for _, step, _ in applied],
-                CachedSession(new, state, config),
-                idempotency_ttl_ms=self._idempotency_ttl_ms,
-            )
         if outcome.status is WriteStatus.COMMITTED:
-            for queued, step, stepped in applied:
-                answered = new.evolve(rev=outcome.rev, t=stepped.step, head=step.entry.write_id)
+            assert outcome.rev is not None
+            for index, queued in enumerate(applied):
+                answered, stepped = commit.answered(index, outcome.rev)
                 queued.answer.set_result(StepResult(answered, stepped.params, stepped.step, False))
-            self._metrics.steps.labels("applied").inc(len(applied))
             return True
         if outcome.replay is not None and outcome.replay_index is not None:
             # That step was applied before: answer it; the others are applied again.
-            await self._answer_replay(session_id, applied[outcome.replay_index][0], outcome.replay)
-            return None
-        if outcome.status is WriteStatus.GONE:
-            raise errors.SessionNotFound(session_id)
-        self._metrics.conflicts.inc()
+            await self._answer_replay(session_id, applied[outcome.replay_index], outcome.replay)
         return None
 
     async def _refuse_unless_applied(
@@ -304,36 +311,7 @@ class StepService:
         queued.answer.set_result(StepResult(current, params, recorded.applied_t, replayed=True))
 
 
-def _staleness(
-    base_step: int | None, t: int, max_staleness: int | None
-) -> errors.StaleGradient | None:
-    """Why a gradient computed at step ``base_step`` may not be applied at ``t``."""
-    if base_step is None:
-        return None
-    if base_step > t:
-        return errors.StaleGradient(
-            f"the gradient was computed at t={base_step}; the session is at t={t} (rolled "
-            "back or reset since?): fetch the parameters and compute it again",
-            t=t,
-        )
-    if max_staleness is not None and t - base_step > max_staleness:
-        return errors.StaleGradient(
-            f"the gradient was computed at t={base_step}, {t - base_step} steps behind "
-            f"t={t}; this session takes at most {max_staleness}: fetch the parameters "
-            "and compute it again",
-            t=t,
-        )
-    return None
-
-
 def _fail(group: list[_Queued], exc: BaseException) -> None:
     for queued in group:
         if not queued.answer.done():
             queued.answer.set_exception(exc)
-
-
-async def compute_step(state: AdamState, gradient: FloatArray, config: AdamConfig) -> AdamState:
-    """One Adam step; in a worker thread for a large state (the kernel releases the GIL)."""
-    if state.size >= THREAD_THRESHOLD:
-        return await asyncio.to_thread(optim.adam_step, state, gradient, config)
-    return optim.adam_step(state, gradient, config)

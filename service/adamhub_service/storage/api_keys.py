@@ -7,10 +7,10 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as redis
 
+from adamhub_service.model.api_keys import ApiKey
 from adamhub_service.storage.encoding import text
 from adamhub_service.storage.errors import unavailable_on_error
-from adamhub_service.storage.keys import API_KEYS_INDEX, api_key_id_key, api_key_key
-from adamhub_service.tenancy.records import ApiKey
+from adamhub_service.storage.keyspace import API_KEYS_INDEX, api_key_id_key, api_key_key
 
 
 def _to_hash(key: ApiKey) -> dict[Any, Any]:
@@ -38,7 +38,7 @@ def _from_hash(raw: dict[Any, Any]) -> ApiKey:
     )
 
 
-class KeyStore:
+class RedisApiKeyRepository:
     """The API keys of a deployment."""
 
     def __init__(self, client: redis.Redis) -> None:

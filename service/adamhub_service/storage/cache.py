@@ -7,29 +7,8 @@ compare-and-set, which fails when another process changed the session meanwhile.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
-from adamhub_service.optim import AdamConfig, AdamState
-from adamhub_service.sessions.records import SessionRecord
-
-
-@dataclass(frozen=True, slots=True)
-class CachedSession:
-    """A session's record, the state of the version it names, the optimizer config
-    that state's step was computed with (a log entry records a change of it), and the
-    bytes logged since the newest snapshot (which decide when to write the next)."""
-
-    record: SessionRecord
-    state: AdamState
-    config: AdamConfig
-    log_bytes: int = 0
-
-    @property
-    def nbytes(self) -> int:
-        """The memory its arrays take."""
-        arrays = (self.state.params, self.state.exp_avg, self.state.exp_avg_sq)
-        extra = self.state.max_exp_avg_sq
-        return sum(a.nbytes for a in arrays) + (0 if extra is None else extra.nbytes)
+from adamhub_service.model.stored import CachedSession
 
 
 class StateCache:

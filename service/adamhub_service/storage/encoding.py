@@ -8,24 +8,19 @@ from typing import Any
 
 import orjson
 
-from adamhub_service.optim import AdamConfig, AdamState, FloatArray, ParamGroup, Schedule
-from adamhub_service.sessions.records import RoundRule, SessionRecord
+from adamhub_service.model.optimizer_json import optimizer_from_json
+from adamhub_service.model.records import SessionRecord
+from adamhub_service.model.settings import SessionSettings
+from adamhub_service.optim import AdamState, FloatArray
 
 # The vectors of a session's state, by their short stored names.
 PARAMS, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = "p", "m", "v", "x"
 
-_INT_FIELDS = ("size", "chunk_elements", "t", "rev", "history_steps", "history_points")
+_INT_FIELDS = ("size", "chunk_elements", "t", "rev")
 # Fields of the meta hash that describe the storage, not the session (lua/common.lua).
 _STORAGE_FIELDS = ("snap", "snap_t", "log_bytes")
-_JSON_FIELDS = (
-    "optimizer",
-    "metadata",
-    "name",
-    "max_staleness",
-    "rounds",
-    "expires_after_idle_seconds",
-)
 _TEXT_FIELDS = ("id", "dtype", "head", "created_at", "updated_at", "tenant")
+# Each session setting is a field of its own, as JSON (a number reads as itself in Lua).
 
 MetaFields = dict[str, bytes | str | int]
 
@@ -69,18 +64,22 @@ def record_to_hash(record: SessionRecord) -> MetaFields:
 
 
 def record_changes(**fields: Any) -> MetaFields:
-    """Meta hash fields for a partial update of a record."""
+    """Meta hash fields for a partial update of a record (``settings``: every setting)."""
     encoded: MetaFields = {}
     for key, value in fields.items():
         if key == "optimizer":
             encoded[key] = orjson.dumps(dataclasses.asdict(value))
-        elif key == "rounds":
-            encoded[key] = orjson.dumps(None if value is None else value.as_dict())
-        elif key in _JSON_FIELDS:
-            encoded[key] = orjson.dumps(value)
+        elif key == "settings":
+            encoded.update(settings_fields(value))
         else:
             encoded[key] = value
     return encoded
+
+
+def settings_fields(settings: SessionSettings, names: Any = None) -> MetaFields:
+    """The meta hash fields of some settings (``names``), or of all."""
+    stored = settings.stored()
+    return {name: orjson.dumps(stored[name]) for name in (names or stored)}
 
 
 def record_from_hash(raw: Mapping[Any, Any]) -> SessionRecord:
@@ -88,35 +87,17 @@ def record_from_hash(raw: Mapping[Any, Any]) -> SessionRecord:
     doc: dict[str, Any] = {text(key): value for key, value in raw.items()}
     for name in _STORAGE_FIELDS:
         doc.pop(name, None)
+    # Records written before a setting existed have none: its default.
+    settings = {
+        name: orjson.loads(doc.pop(name)) for name in SessionSettings.names() if name in doc
+    }
     for name in _INT_FIELDS:
-        if name in doc:  # records of 0.1.0 have no history_steps
-            doc[name] = int(doc[name])
-    for name in _JSON_FIELDS:
-        if name in doc:  # records before max_staleness have none: no bound
-            doc[name] = orjson.loads(doc[name])
+        doc[name] = int(doc[name])
     for name in _TEXT_FIELDS:
         if name in doc:  # records of 0.1.0 have no tenant: theirs is the default
             doc[name] = text(doc[name])
-    doc["optimizer"] = optimizer_from_json(doc["optimizer"])
-    if doc.get("rounds") is not None:
-        doc["rounds"] = RoundRule(**doc["rounds"])
-    return SessionRecord(**doc)
-
-
-def optimizer_from_json(values: dict[str, Any]) -> AdamConfig:
-    """A stored optimizer config (records of 0.1.0 kept ``beta1`` and ``beta2``)."""
-    if "beta1" in values:
-        values["betas"] = (values.pop("beta1"), values.pop("beta2"))
-    values["betas"] = tuple(values["betas"])
-    if "schedule" in values:
-        values["schedule"] = Schedule(**values["schedule"])
-    groups = []
-    for group in values.get("param_groups", ()):
-        if group.get("betas") is not None:
-            group["betas"] = tuple(group["betas"])
-        groups.append(ParamGroup(**group))
-    values["param_groups"] = tuple(groups)
-    return AdamConfig(**values)
+    doc["optimizer"] = optimizer_from_json(orjson.loads(doc["optimizer"]))
+    return SessionRecord(**doc, settings=SessionSettings.model_validate(settings, strict=False))
 
 
 def text(value: bytes | str) -> str:

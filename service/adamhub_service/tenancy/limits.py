@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 
 from adamhub_service import errors
+from adamhub_service.model.repositories import RateRepository
 from adamhub_service.observability.metrics import Metrics
-from adamhub_service.storage.versions import SessionStore
 
 
 class RateLimiter:
     """A token bucket per key: ``rate`` requests per second, ``burst`` at once."""
 
-    def __init__(self, store: SessionStore, metrics: Metrics, *, rate: float, burst: int) -> None:
+    def __init__(self, store: RateRepository, metrics: Metrics, *, rate: float, burst: int) -> None:
         self._store = store
         self._metrics = metrics
         self.rate = rate

@@ -839,8 +839,7 @@ def test_sessions_idle_past_their_time_are_deleted(redis_url: str) -> None:
         busy = create(client, size=2, expires_after_idle_seconds=60)
         idle = create(client, size=2, expires_after_idle_seconds=60)
         assert client.get(f"/v1/sessions/{idle['id']}").json()["expires_after_idle_seconds"] == 60
-        store = app.state.services.store
-        janitor = Janitor(store, every_seconds=60)
+        janitor: Janitor = app.state.janitor
         later = datetime.now(UTC) + timedelta(seconds=61)
         client.post(f"/v1/sessions/{busy['id']}/step", json={"gradient": [1.0, 1.0]})
         # Stepped now: 61 s later it has been idle 61 s too; 30 s later it has not.

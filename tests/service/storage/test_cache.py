@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from adamhub_service.model.records import SessionRecord, new_session_id
+from adamhub_service.model.stored import CachedSession
 from adamhub_service.optim import AdamConfig, init_state
-from adamhub_service.sessions.records import SessionRecord, new_session_id
-from adamhub_service.storage.cache import CachedSession, StateCache
+from adamhub_service.storage.cache import StateCache
 
 
 def entry(size: int) -> CachedSession:

@@ -12,6 +12,8 @@ import redis
 
 from adamhub_service import errors
 from adamhub_service.api.problems import status_of
+from adamhub_service.model.principal import LOCAL
+from adamhub_service.model.settings import SessionSettings
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig, AdamState, adam_step, init_state
 from adamhub_service.sessions.service import (
@@ -21,10 +23,8 @@ from adamhub_service.sessions.service import (
     SessionService,
 )
 from adamhub_service.steps.service import StepService
-from adamhub_service.storage.cache import StateCache
-from adamhub_service.storage.store import RedisStore
-from adamhub_service.storage.versions import SessionStore
-from adamhub_service.tenancy.principal import LOCAL
+from adamhub_service.storage.connection import Storage, StorageOptions, connect
+from adamhub_service.storage.session_repository import RedisSessionRepository
 
 SIZE = 10
 
@@ -33,33 +33,37 @@ SIZE = 10
 class Replica:
     """One process's view of the store: its cache, sessions and steps."""
 
-    redis: RedisStore
-    store: SessionStore
+    storage: Storage
     sessions: SessionService
     steps: StepService
 
+    @property
+    def store(self) -> RedisSessionRepository:
+        return self.storage.sessions
+
     async def close(self) -> None:
-        await self.store.close()
-        await self.redis.close()
+        await self.storage.close()
 
 
 def replica(redis_url: str, *, cache_bytes: int = 1 << 20, snapshot_bytes: int = 100) -> Replica:
     """A process on the test store; snapshots after every ~``snapshot_bytes`` logged."""
-    redis_store = RedisStore.from_url(
-        redis_url, timeout_seconds=5, max_connections=8, pending_write_ttl_ms=60_000
+    storage = Storage.over(
+        connect(redis_url, timeout_seconds=5, max_connections=8),
+        StorageOptions(
+            pending_write_ttl_ms=60_000, cache_bytes=cache_bytes, snapshot_bytes=snapshot_bytes
+        ),
     )
-    store = SessionStore(
-        redis_store, StateCache(cache_bytes), commit_attempts=32, snapshot_bytes=snapshot_bytes
-    )
+    store = storage.sessions
     sessions = SessionService(
         store,
+        storage.tenants,
+        storage.create_keys,
+        storage.expiry,
         chunk_elements=4,
         limits=SessionLimits(max_size=1000, tenant_max_sessions=100, tenant_max_parameters=10**6),
         idempotency_ttl_seconds=60,
     )
-    return Replica(
-        redis_store, store, sessions, StepService(store, Metrics(), idempotency_ttl_seconds=60)
-    )
+    return Replica(storage, sessions, StepService(store, Metrics(), idempotency_ttl_seconds=60))
 
 
 def assert_same_bits(ours: AdamState, expected: AdamState) -> None:
@@ -72,7 +76,7 @@ def assert_same_bits(ours: AdamState, expected: AdamState) -> None:
         assert ours.max_exp_avg_sq.tobytes() == expected.max_exp_avg_sq.tobytes()
 
 
-async def drained(store: SessionStore) -> None:
+async def drained(store: RedisSessionRepository) -> None:
     """Wait for the snapshots a replica is writing."""
     await store.close()
 
@@ -134,7 +138,12 @@ def test_rollback_returns_to_every_kept_step_exactly(redis_url: str) -> None:
         one, other = replica(redis_url), replica(redis_url, cache_bytes=0)
         config = AdamConfig()
         params = np.arange(SIZE, dtype=np.float32)
-        spec = NewSession(dtype="float32", optimizer=config, params=params, history_steps=12)
+        spec = NewSession(
+            dtype="float32",
+            optimizer=config,
+            params=params,
+            settings=SessionSettings(history_steps=12),
+        )
         record = (await one.sessions.create(spec, LOCAL)).record
         states = [init_state(params, config)]
         for grad in gradients(30, seed=1):

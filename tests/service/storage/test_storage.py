@@ -16,27 +16,20 @@ from adamhub_service import errors
 from adamhub_service.api.problems import status_of
 from adamhub_service.app import create_app
 from adamhub_service.config import Settings
+from adamhub_service.model.log import LogEntry
+from adamhub_service.model.outcomes import WriteStatus
+from adamhub_service.model.principal import LOCAL
+from adamhub_service.model.records import new_write_id
+from adamhub_service.model.stored import CachedSession, LoggedStep
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig
-from adamhub_service.sessions.records import new_write_id
 from adamhub_service.sessions.service import NewSession, SessionLimits, SessionService
 from adamhub_service.steps.service import StepService
-from adamhub_service.storage.cache import CachedSession, StateCache
-from adamhub_service.storage.log import LogEntry
-from adamhub_service.storage.outcomes import WriteStatus
-from adamhub_service.storage.store import LoggedStep, RedisStore
-from adamhub_service.storage.versions import SessionStore
-from adamhub_service.tenancy.principal import LOCAL
+from adamhub_service.storage.connection import Storage, StorageOptions, connect
+from adamhub_service.storage.session_repository import RedisSessionRepository
 from adamhub_service.testing import LOOPBACK, free_port
 
 BINARY = "application/octet-stream"
-
-
-def open_store(redis_url: str, *, pending_ttl_ms: int = 60_000) -> RedisStore:
-    """A store on the test Redis, as the service opens it."""
-    return RedisStore.from_url(
-        redis_url, timeout_seconds=5, max_connections=4, pending_write_ttl_ms=pending_ttl_ms
-    )
 
 
 @pytest.fixture
@@ -95,18 +88,27 @@ def test_redis_holds_a_bounded_log_and_one_snapshot_over_1000_steps(
 
 def open_sessions(
     redis_url: str, *, cache_bytes: int = 0, commit_attempts: int = 32
-) -> tuple[RedisStore, SessionStore, SessionService, StepService]:
-    """A process's view of the sessions in the test Redis: store, sessions, steps."""
-    redis_store = open_store(redis_url)
-    store = SessionStore(redis_store, StateCache(cache_bytes), commit_attempts=commit_attempts)
+) -> tuple[Storage, RedisSessionRepository, SessionService, StepService]:
+    """A process's view of the sessions in the test Redis: storage, its session
+    repository, sessions, steps."""
+    storage = Storage.over(
+        connect(redis_url, timeout_seconds=5, max_connections=4),
+        StorageOptions(
+            pending_write_ttl_ms=60_000, cache_bytes=cache_bytes, commit_attempts=commit_attempts
+        ),
+    )
+    store = storage.sessions
     sessions = SessionService(
         store,
+        storage.tenants,
+        storage.create_keys,
+        storage.expiry,
         chunk_elements=3,
         limits=SessionLimits(max_size=1000, tenant_max_sessions=100, tenant_max_parameters=10**6),
         idempotency_ttl_seconds=60,
     )
     steps = StepService(store, Metrics(), idempotency_ttl_seconds=60)
-    return redis_store, store, sessions, steps
+    return storage, store, sessions, steps
 
 
 def new_session(params: np.ndarray) -> NewSession:
@@ -189,7 +191,7 @@ def test_store_down_is_503_with_retry_after() -> None:
 
 def test_losing_every_compare_and_set_is_409_with_retry_after(redis_url: str) -> None:
     async def scenario() -> None:
-        redis_store, _, mine, my_steps = open_sessions(
+        redis_store, store, mine, my_steps = open_sessions(
             redis_url, cache_bytes=1 << 20, commit_attempts=1
         )
         record = (await mine.create(new_session(np.ones(7, np.float32)), LOCAL)).record
@@ -200,8 +202,7 @@ def test_losing_every_compare_and_set_is_409_with_retry_after(redis_url: str) ->
             await my_steps.step(record.id, np.full(7, 2.0, np.float32))
         assert status_of(caught.value) == 409
         assert caught.value.retry_after == 1
-        current = await redis_store.read_record(record.id)
-        assert current is not None
+        current = await store.record(record.id)
         assert current.t == 1  # the refused step changed nothing
         client = redis.Redis.from_url(redis_url)
         # the snapshot (3 vectors × 3 chunks) and the other's step (3): no chunk of its own

@@ -11,7 +11,7 @@ from adamhub_service.api.bodies import json_model
 from adamhub_service.api.deps import ServicesDep
 from adamhub_service.api.negotiation import JSON
 from adamhub_service.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut, render
-from adamhub_service.tenancy.keys import NewKey
+from adamhub_service.tenancy.api_keys import NewKey
 
 router = APIRouter(prefix="/v1", tags=["keys"])
 KeyId = Path(description="A key id: `k_` and 24 hex digits.")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from adamhub_service.model.settings import SessionSettings
 from adamhub_service.optim import AdamConfig
 
 SESSION_ID_PATTERN = re.compile(r"^s_[0-9a-f]{32}$")
@@ -43,48 +44,14 @@ def rfc3339(moment: datetime) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class RoundRule:
-    """When a rounds session closes a round: at ``contributions`` gradients, or at
-    ``target_samples`` samples (exactly one is set), or ``timeout_seconds`` after the
-    round's first contribution when ``min_contributions`` are in."""
-
-    contributions: int | None = None
-    target_samples: int | None = None
-    timeout_seconds: float | None = None
-    min_contributions: int = 1
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields that are set (the stored and served form; ``lua/contribute.lua``
-        reads it)."""
-        fields = {
-            "contributions": self.contributions,
-            "target_samples": self.target_samples,
-            "timeout_seconds": self.timeout_seconds,
-            "min_contributions": self.min_contributions,
-        }
-        return {name: value for name, value in fields.items() if value is not None}
-
-    def needed(self, contributions: int, samples: int) -> int:
-        """What a round holding this much still needs: contributions, or samples."""
-        if self.contributions is not None:
-            return max(0, self.contributions - contributions)
-        assert self.target_samples is not None
-        return max(0, self.target_samples - samples)
-
-
-@dataclass(frozen=True, slots=True)
 class SessionRecord:
     """A session's description and version, without its vectors.
 
     ``rev`` counts every change of the session (steps, parameter writes, settings
     changes) and is the fencing token of every write; ``head`` names the vectors' version
     (the ETag); ``t`` is Adam's step counter; ``chunk_elements`` is how the vectors are
-    split in the store; ``tenant`` owns the session; the store keeps what returning to
-    any of the last ``history_steps`` steps needs; a gradient computed at parameters more
-    than ``max_staleness`` steps old is refused; with ``rounds``, gradients are
-    contributions averaged into one step per round; the newest ``history_points``
-    steps' points are kept for charts; a session idle (no change) for
-    ``expires_after_idle_seconds`` is deleted.
+    split in the store; ``tenant`` owns the session; ``settings`` are the rest
+    (``SessionSettings``).
     """
 
     id: str
@@ -97,14 +64,8 @@ class SessionRecord:
     head: str
     created_at: str
     updated_at: str
-    name: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
     tenant: str = DEFAULT_TENANT
-    history_steps: int = 0
-    max_staleness: int | None = None
-    rounds: RoundRule | None = None
-    history_points: int = 10_000
-    expires_after_idle_seconds: int | None = None
+    settings: SessionSettings = field(default_factory=SessionSettings)
 
     def evolve(self, **changes: Any) -> SessionRecord:
         """A copy with some fields changed."""

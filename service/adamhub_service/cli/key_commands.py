@@ -16,9 +16,9 @@ import redis.asyncio as redis
 
 from adamhub_service import errors
 from adamhub_service.cli.embedded import store_url
-from adamhub_service.storage.api_keys import KeyStore
-from adamhub_service.tenancy.keys import KeyService, NewKey
-from adamhub_service.tenancy.principal import ACTIONS, ALL, MASTER
+from adamhub_service.model.principal import ACTIONS, ALL, MASTER
+from adamhub_service.storage.api_keys import RedisApiKeyRepository
+from adamhub_service.tenancy.api_keys import KeyService, NewKey
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -40,10 +40,15 @@ def add_parser(commands: Any) -> None:
         description="Manage API keys in the store of a service (the same --redis-url or "
         "--data-dir as `serve`), also while it runs.",
     )
-    keys.add_argument("--redis-url", help="Redis of the service (ADAMHUB_REDIS_URL)")
-    keys.add_argument("--data-dir", type=Path, help="embedded store's folder (ADAMHUB_DATA_DIR)")
+    _add_store_flags(keys, default=None)
+    # The store flags go before the sub-command or after it: each sub-command takes them
+    # too, without a default that would hide one given before it.
+    store = argparse.ArgumentParser(add_help=False)
+    _add_store_flags(store, default=argparse.SUPPRESS)
     actions = keys.add_subparsers(dest="keys_command", required=True)
-    create = actions.add_parser("create", help="make a key; prints its secret alone")
+    create = actions.add_parser(
+        "create", parents=[store], help="make a key; prints its secret alone"
+    )
     create.add_argument("--tenant", required=True, help="the tenant the key belongs to")
     create.add_argument(
         "--action",
@@ -56,9 +61,20 @@ def add_parser(commands: Any) -> None:
     )
     create.add_argument("--expires-in", type=duration, help="e.g. 30d, 12h, 45m")
     create.add_argument("--description", help="free text")
-    actions.add_parser("list", help="list the keys (never their secrets)")
-    revoke = actions.add_parser("revoke", help="revoke a key everywhere within a second")
+    actions.add_parser("list", parents=[store], help="list the keys (never their secrets)")
+    revoke = actions.add_parser(
+        "revoke", parents=[store], help="revoke a key everywhere within a second"
+    )
     revoke.add_argument("id", help="the key's id (k_…)")
+
+
+def _add_store_flags(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument(
+        "--redis-url", default=default, help="Redis of the service (ADAMHUB_REDIS_URL)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=default, help="embedded store's folder (ADAMHUB_DATA_DIR)"
+    )
 
 
 def run(args: argparse.Namespace, redis_url: str | None, data_dir: Path) -> int:
@@ -82,7 +98,7 @@ def run(args: argparse.Namespace, redis_url: str | None, data_dir: Path) -> int:
 async def _with_keys(url: str, command: Callable[[KeyService], Coroutine[Any, Any, int]]) -> int:
     client = redis.Redis.from_url(url)
     try:
-        return await command(KeyService(KeyStore(client), master_key=None))
+        return await command(KeyService(RedisApiKeyRepository(client), master_key=None))
     finally:
         await client.aclose()
 

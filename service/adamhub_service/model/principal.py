@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from adamhub_service import errors
-from adamhub_service.sessions.records import DEFAULT_TENANT, SessionRecord
+from adamhub_service.model.records import DEFAULT_TENANT, SessionRecord
 
 ALL = "*"
 # What a key may grant: every action, or one of these.

@@ -15,35 +15,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
 
 from adamhub_service import errors
-from adamhub_service.observability.metrics import Metrics
-from adamhub_service.optim import AdamConfig, AdamState, FloatArray, adam_step
-from adamhub_service.sessions.records import SessionRecord, is_session_id
-from adamhub_service.storage.cache import CachedSession, StateCache
-from adamhub_service.storage.encoding import record_changes, state_of
-from adamhub_service.storage.log import Contribution, LogEntry
-from adamhub_service.storage.notifier import StepNotifier
-from adamhub_service.storage.outcomes import (
+from adamhub_service.model.log import LogEntry
+from adamhub_service.model.outcomes import (
     AppendOutcome,
-    ContributeOutcome,
-    IdempotencyClaim,
     IdempotencyRecord,
-    RoundView,
     WriteOutcome,
     WriteStatus,
 )
-from adamhub_service.storage.store import (
-    LoggedStep,
-    QuotaRefusal,
-    RateDecision,
-    RedisStore,
-    StoredSession,
-)
+from adamhub_service.model.records import SessionRecord, is_session_id
+from adamhub_service.model.settings import SessionSettings
+from adamhub_service.model.stored import CachedSession, LoggedStep, StoredSession
+from adamhub_service.observability.metrics import Metrics
+from adamhub_service.optim import AdamConfig, AdamState, FloatArray, adam_step
+from adamhub_service.storage.cache import StateCache
+from adamhub_service.storage.encoding import record_changes, settings_fields, state_of
+from adamhub_service.storage.notifier import StepNotifier
+from adamhub_service.storage.session_scripts import SessionScripts
 
 _BACKOFF_BASE_SECONDS = 0.002
 _BACKOFF_CAP_SECONDS = 0.05
@@ -80,13 +73,14 @@ def replay(
     return state, config
 
 
-class SessionStore:
-    """Sessions' records and states: the store behind this process's cache."""
+class RedisSessionRepository:
+    """Sessions' records and states: the session scripts behind this process's cache."""
 
     def __init__(
         self,
-        store: RedisStore,
+        store: SessionScripts,
         cache: StateCache,
+        notifier: StepNotifier,
         *,
         commit_attempts: int,
         snapshot_bytes: int | None = None,
@@ -98,16 +92,12 @@ class SessionStore:
         self._commit_attempts = commit_attempts
         self._snapshot_bytes = snapshot_bytes
         self._snapshots: dict[str, asyncio.Task[None]] = {}
-        self._notifier = StepNotifier(store.client)
+        self._notifier = notifier
 
     @property
     def cached_bytes(self) -> int:
         """Bytes of state held by the cache."""
         return self._cache.nbytes
-
-    async def ping(self) -> None:
-        """Raise ``StoreUnavailable`` unless the store answers."""
-        await self._store.ping()
 
     async def close(self) -> None:
         """Wait for the snapshots being written (they are only an optimisation: a
@@ -159,34 +149,6 @@ class SessionStore:
             self._cache.drop(session_id)
             raise errors.SessionNotFound(session_id)
         return record
-
-    async def records(
-        self, tenant: str, *, after: str | None, limit: int
-    ) -> tuple[list[SessionRecord], str | None]:
-        """Up to ``limit`` of the tenant's records in creation order after ``after``, and
-        the last id read when more may follow."""
-        ids = await self._store.list_ids(tenant, after=after, limit=limit)
-        records = [r for r in await self._store.read_records(ids) if r is not None]
-        return records, (ids[-1] if ids and len(ids) == limit else None)
-
-    async def track_expiry(self, session_id: str, *, expires: bool) -> None:
-        """Index (or not) the session among those that expire when idle."""
-        await self._store.track_expiry(session_id, expires=expires)
-
-    async def expiring_records(self) -> list[tuple[str, SessionRecord | None]]:
-        """The indexed expiring sessions' ids and records (None: gone)."""
-        ids = await self._store.expiring_ids()
-        return list(zip(ids, await self._store.read_records(ids), strict=True))
-
-    async def all_records(self, tenant: str) -> list[SessionRecord]:
-        """Every record of the tenant, in creation order."""
-        found: list[SessionRecord] = []
-        after = None
-        while True:
-            records, after = await self.records(tenant, after=after, limit=1000)
-            found += records
-            if after is None:
-                return found
 
     async def load(self, session_id: str) -> CachedSession:
         """The session's state: the cached one (unverified), else the stored one."""
@@ -257,8 +219,13 @@ class SessionStore:
         return await self._rebuild(record.id)
 
     async def history(self, session_id: str, *, after_t: int | None, limit: int) -> list[bytes]:
-        """History points of the session (``RedisStore.history``)."""
+        """Up to ``limit`` history points (JSON), oldest first: those after step
+        ``after_t``, or the newest when it is None."""
         return await self._store.history(session_id, after_t=after_t, limit=limit)
+
+    async def read_records(self, session_ids: Sequence[str]) -> list[SessionRecord | None]:
+        """The records of several sessions, read fresh (None for those that are gone)."""
+        return await self._store.read_records(session_ids)
 
     async def read_idempotency(self, session_id: str, key: str) -> IdempotencyRecord | None:
         """What ``key`` produced on this session, if it is recorded."""
@@ -302,39 +269,6 @@ class SessionStore:
         elif outcome.status is not WriteStatus.REPLAYED:
             self._cache.drop(current.record.id)
         return outcome
-
-    async def contribute(
-        self,
-        record: SessionRecord,
-        contribution: Contribution,
-        gradient: FloatArray,
-        *,
-        base_step: int | None,
-        idempotency: IdempotencyClaim | None,
-    ) -> ContributeOutcome:
-        """Add a contribution to the session's open round (``RedisStore.contribute``)."""
-        return await self._store.contribute(
-            record, contribution, gradient, base_step=base_step, idempotency=idempotency
-        )
-
-    async def seal(self, session_id: str, base: int, *, grace_ms: int) -> RoundView:
-        """The open round at ``base``, sealed for this caller when due (``RedisStore.seal``)."""
-        return await self._store.seal(session_id, base, grace_ms=grace_ms)
-
-    async def drop_round(
-        self, session_id: str, base: int, contributions: int, why: str
-    ) -> WriteStatus:
-        """Drop the open round at ``base`` (``RedisStore.drop_round``)."""
-        return await self._store.drop_round(session_id, base, contributions, why)
-
-    async def round_contributions(
-        self,
-        record: SessionRecord,
-        contributions: int,
-        known: Mapping[str, FloatArray] | None = None,
-    ) -> list[tuple[Contribution, FloatArray]] | None:
-        """The round's first ``contributions``, in order (``RedisStore.round_contributions``)."""
-        return await self._store.round_contributions(record, contributions, known)
 
     async def notified(self, session_id: str, seconds: float) -> bool:
         """Return when the session may have a new t (True), or after ``seconds`` (at
@@ -393,21 +327,17 @@ class SessionStore:
 
     async def commit_record(self, current: SessionRecord, new: SessionRecord) -> WriteOutcome:
         """Change the record's settings (not its vectors) if nothing moved."""
-        changes = {
-            name: getattr(new, name)
-            for name in (
-                "optimizer",
-                "name",
-                "metadata",
-                "history_steps",
-                "max_staleness",
-                "history_points",
-                "expires_after_idle_seconds",
-                "updated_at",
-            )
-            if getattr(new, name) != getattr(current, name)
-        }
-        outcome = await self._store.update_record(current, record_changes(**changes))
+        changes = record_changes(updated_at=new.updated_at)
+        if new.optimizer != current.optimizer:
+            changes.update(record_changes(optimizer=new.optimizer))
+        changed = [
+            name
+            for name in SessionSettings.names()
+            if getattr(new.settings, name) != getattr(current.settings, name)
+        ]
+        if changed:
+            changes.update(settings_fields(new.settings, changed))
+        outcome = await self._store.update_record(current, changes)
         entry = self._cache.get(current.id)
         if (
             outcome.status is WriteStatus.COMMITTED
@@ -430,26 +360,6 @@ class SessionStore:
         )
         self._cache.drop(current.id)
         return outcome
-
-    async def reserve(
-        self, record: SessionRecord, *, max_sessions: int, max_parameters: int
-    ) -> QuotaRefusal | None:
-        """Index a new session in its tenant's quota (see ``RedisStore.reserve``)."""
-        return await self._store.reserve(
-            record, max_sessions=max_sessions, max_parameters=max_parameters
-        )
-
-    async def release(self, record: SessionRecord) -> None:
-        """Undo ``reserve`` for a session that was not created."""
-        await self._store.release(record.tenant, record.id)
-
-    async def claim_create(self, tenant: str, key: str, value: str, ttl_ms: int) -> str:
-        """Record a create's Idempotency-Key unless recorded; return what is recorded."""
-        return await self._store.claim_create(tenant, key, value, ttl_ms)
-
-    async def take_token(self, key_id: str, *, rate: float, burst: int) -> RateDecision:
-        """Take a request token of ``key_id``'s rate limit."""
-        return await self._store.take_token(key_id, rate=rate, burst=burst)
 
     async def delete(self, current: SessionRecord) -> WriteStatus:
         """Delete the session if it is still at ``current.rev``."""

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from adamhub_service import errors
-from adamhub_service.sessions.records import utc_now
-from adamhub_service.storage.api_keys import KeyStore
-from adamhub_service.tenancy.principal import ACTIONS, ALL, MASTER, TENANT_PATTERN, Principal
-from adamhub_service.tenancy.records import ApiKey, new_key_id, new_secret, secret_hash
+from adamhub_service.model.api_keys import ApiKey, new_key_id, new_secret, secret_hash
+from adamhub_service.model.principal import ACTIONS, ALL, MASTER, TENANT_PATTERN, Principal
+from adamhub_service.model.records import utc_now
+from adamhub_service.model.repositories import ApiKeyRepository
 
 CACHE_SECONDS = 0.5
 _CACHE_ENTRIES = 10_000
@@ -52,7 +52,7 @@ def check_new_key(spec: NewKey) -> None:
 class KeyService:
     """The keys of a deployment, and who a request's key says it is."""
 
-    def __init__(self, store: KeyStore, *, master_key: str | None) -> None:
+    def __init__(self, store: ApiKeyRepository, *, master_key: str | None) -> None:
         self._store = store
         self._master_key = master_key
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from adamhub_service.tenancy.principal import ALL, Principal
+from adamhub_service.model.principal import ALL, Principal
 
 SECRET_PREFIX = "ahk_"
 

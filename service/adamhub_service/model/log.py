@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import orjson
 
+from adamhub_service.model.optimizer_json import optimizer_from_json, optimizer_json
 from adamhub_service.optim import AdamConfig
-from adamhub_service.storage.encoding import optimizer_from_json, text
 
 # The one vector of a log entry: its gradient.
 GRADIENT = "g"
 
 
-def optimizer_json(config: AdamConfig) -> str:
-    """A config as stored: compact JSON (no spaces, which separate the parts)."""
-    return orjson.dumps(dataclasses.asdict(config)).decode()
+def text(raw: bytes | str) -> str:
+    """A stored value as text."""
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,187 @@
+"""What the domain needs of storage, as protocols: one per concern.
+
+``storage/`` implements each over Redis (``storage/connection.py`` builds them); the
+domain (``sessions``, ``steps``, ``tenancy``) depends on these only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
+
+from adamhub_service.model.api_keys import ApiKey
+from adamhub_service.model.log import Contribution
+from adamhub_service.model.outcomes import (
+    AppendOutcome,
+    ContributeOutcome,
+    IdempotencyClaim,
+    IdempotencyRecord,
+    RoundView,
+    WriteOutcome,
+    WriteStatus,
+)
+from adamhub_service.model.records import SessionRecord
+from adamhub_service.model.stored import CachedSession, LoggedStep, QuotaRefusal, RateDecision
+from adamhub_service.optim import AdamState, FloatArray
+
+T = TypeVar("T")
+
+
+class SessionRepository(Protocol):
+    """Sessions' records, states (θ, m, v at a version), logs, snapshots and history
+    points; every write a compare-and-set on the record's ``rev``."""
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of state this process holds in memory."""
+
+    async def until_committed(self, attempt: Callable[[], Awaitable[T | None]]) -> T:
+        """Run ``attempt`` until it returns a result (None: it lost a race); 409
+        ``step-conflict`` when every attempt lost."""
+
+    async def record(self, session_id: str, *, fresh: bool = True) -> SessionRecord:
+        """The session's record (404 when there is none); a cached one when not ``fresh``."""
+
+    async def read_records(self, session_ids: Sequence[str]) -> list[SessionRecord | None]:
+        """The records of several sessions (None for those that are gone)."""
+
+    async def load(self, session_id: str) -> CachedSession:
+        """The session's state: the cached one (a hint), else the stored one."""
+
+    async def state(self, session_id: str) -> CachedSession:
+        """The current state, verified against the store."""
+
+    async def params(
+        self, session_id: str, *, unless_heads: frozenset[str] = frozenset()
+    ) -> tuple[SessionRecord, FloatArray | None]:
+        """The current record and parameters (None when the head is in ``unless_heads``)."""
+
+    async def params_of(self, record: SessionRecord) -> tuple[SessionRecord, FloatArray]:
+        """The parameters of ``record``'s version, or newer."""
+
+    async def history(self, session_id: str, *, after_t: int | None, limit: int) -> list[bytes]:
+        """History points (JSON), oldest first: after ``after_t``, or the newest."""
+
+    async def read_idempotency(self, session_id: str, key: str) -> IdempotencyRecord | None:
+        """What ``key`` produced on this session, if it is recorded."""
+
+    async def notified(self, session_id: str, seconds: float) -> bool:
+        """Return when the session may have a new t (True), or after ``seconds``."""
+
+    async def create(self, record: SessionRecord, state: AdamState) -> WriteStatus:
+        """Store a new session: COMMITTED, or ID_TAKEN."""
+
+    async def append(
+        self,
+        current: CachedSession,
+        new: SessionRecord,
+        steps: Sequence[LoggedStep],
+        result: CachedSession,
+        *,
+        idempotency_ttl_ms: int,
+        round_contributions: int | None = None,
+    ) -> AppendOutcome:
+        """Log ``steps`` computed from ``current`` if nothing moved."""
+
+    async def reset(
+        self, current: SessionRecord, new: SessionRecord, state: AdamState
+    ) -> WriteOutcome:
+        """Start the session over from ``state`` (step 0) if nothing moved."""
+
+    async def commit_record(self, current: SessionRecord, new: SessionRecord) -> WriteOutcome:
+        """Change the record's settings (not its vectors) if nothing moved."""
+
+    async def rollback(self, current: SessionRecord, new: SessionRecord) -> WriteOutcome:
+        """Return the session to step ``new.t`` if nothing moved and it is kept."""
+
+    async def delete(self, current: SessionRecord) -> WriteStatus:
+        """Delete the session and all its keys if nothing moved."""
+
+
+class RoundRepository(Protocol):
+    """The open round of each rounds session."""
+
+    async def contribute(
+        self,
+        record: SessionRecord,
+        contribution: Contribution,
+        gradient: FloatArray,
+        *,
+        base_step: int | None,
+        idempotency: IdempotencyClaim | None,
+    ) -> ContributeOutcome:
+        """Add a contribution to the open round (at ``base_step``, or whichever)."""
+
+    async def seal(self, session_id: str, base: int, *, grace_ms: int) -> RoundView:
+        """The open round at ``base``, sealed for this caller to close when it is due."""
+
+    async def drop_round(
+        self, session_id: str, base: int, contributions: int, why: str
+    ) -> WriteStatus:
+        """Drop the open round at ``base`` if it still holds ``contributions``."""
+
+    async def round_contributions(
+        self,
+        record: SessionRecord,
+        contributions: int,
+        known: Mapping[str, FloatArray] | None = None,
+    ) -> list[tuple[Contribution, FloatArray]] | None:
+        """The round's first ``contributions`` in order (None: it is another round now)."""
+
+
+class TenantRepository(Protocol):
+    """Each tenant's index of its sessions, and the quotas counted on it."""
+
+    async def reserve(
+        self, record: SessionRecord, *, max_sessions: int, max_parameters: int
+    ) -> QuotaRefusal | None:
+        """Index a new session in its tenant's quota; a refusal when over a limit."""
+
+    async def release(self, tenant: str, session_id: str) -> None:
+        """Take a session out of its tenant's index and quota."""
+
+    async def ids(self, tenant: str, *, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` of the tenant's session ids in creation order after ``after``."""
+
+
+class CreateKeyRepository(Protocol):
+    """The Idempotency-Keys of creates."""
+
+    async def claim(self, tenant: str, key: str, value: str, ttl_ms: int) -> str:
+        """Record ``value`` for the key unless recorded; return what is recorded."""
+
+
+class ExpiryRepository(Protocol):
+    """The index of the sessions that expire when idle."""
+
+    async def track(self, session_id: str, *, expires: bool) -> None:
+        """Put the session in (or take it out of) the index."""
+
+    async def ids(self) -> list[str]:
+        """The ids in the index."""
+
+
+class RateRepository(Protocol):
+    """Token buckets per API key."""
+
+    async def take_token(self, key_id: str, *, rate: float, burst: int) -> RateDecision:
+        """Take a token from the key's bucket."""
+
+
+class ApiKeyRepository(Protocol):
+    """API keys, by the hash of their secret and by id."""
+
+    async def save(self, key: ApiKey, secret_hash: str) -> None:
+        """Store a new key."""
+
+    async def by_secret_hash(self, secret_hash: str) -> ApiKey | None:
+        """The key whose secret has this hash."""
+
+    async def by_id(self, key_id: str) -> ApiKey | None:
+        """The key with this id."""
+
+    async def all(self) -> list[ApiKey]:
+        """Every key, oldest first."""
+
+    async def delete(self, key_id: str) -> bool:
+        """Delete a key; False when there was none."""

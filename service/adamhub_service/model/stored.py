@@ -1,0 +1,71 @@
+"""The values storage and the domain pass each other: a session's state as read or
+cached, a step to log, and the answers of the quota and rate-limit counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adamhub_service.model.log import LogEntry
+from adamhub_service.model.outcomes import IdempotencyClaim
+from adamhub_service.model.records import SessionRecord
+from adamhub_service.optim import AdamConfig, AdamState, FloatArray
+
+
+@dataclass(frozen=True, slots=True)
+class CachedSession:
+    """A session's record, the state of the version it names, the optimizer config
+    that state's step was computed with (a log entry records a change of it), and the
+    bytes logged since the newest snapshot (which decide when to write the next)."""
+
+    record: SessionRecord
+    state: AdamState
+    config: AdamConfig
+    log_bytes: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its arrays take."""
+        arrays = (self.state.params, self.state.exp_avg, self.state.exp_avg_sq)
+        extra = self.state.max_exp_avg_sq
+        return sum(a.nbytes for a in arrays) + (0 if extra is None else extra.nbytes)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """What a replica rebuilds a session's state from: the newest snapshot (its
+    vectors, step and the optimizer config of that step) and every logged step after
+    it, with its gradient."""
+
+    record: SessionRecord
+    snapshot_config: AdamConfig
+    snapshot: dict[str, FloatArray]
+    snapshot_t: int
+    log: list[tuple[LogEntry, FloatArray]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedStep:
+    """A step to log: its entry, its gradient (in the entry's dtype), its idempotency
+    record to write unless the key is recorded already, its history point (JSON)."""
+
+    entry: LogEntry
+    gradient: FloatArray
+    idempotency: IdempotencyClaim | None = None
+    point: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRefusal:
+    """Which tenant limit a new session would pass, and where the tenant stands."""
+
+    what: str
+    current: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """The token bucket's answer: allowed, tokens left, seconds until the next token."""
+
+    allowed: bool
+    remaining: float
+    wait_seconds: float

@@ -1,0 +1,100 @@
+"""One deployment's storage: a connection pool to its Redis and the stores over it,
+each with one concern. The app and the tools build them here; the domain sees each
+through its protocol (``model/repositories.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+
+from adamhub_service.observability.metrics import Metrics
+from adamhub_service.storage.api_keys import RedisApiKeyRepository
+from adamhub_service.storage.cache import StateCache
+from adamhub_service.storage.chunks import VectorChunks
+from adamhub_service.storage.create_keys import RedisCreateKeyRepository
+from adamhub_service.storage.errors import unavailable_on_error
+from adamhub_service.storage.expiry import RedisExpiryRepository
+from adamhub_service.storage.notifier import StepNotifier
+from adamhub_service.storage.rate_limits import RedisRateRepository
+from adamhub_service.storage.round_store import RedisRoundRepository
+from adamhub_service.storage.session_repository import RedisSessionRepository
+from adamhub_service.storage.session_scripts import SessionScripts
+from adamhub_service.storage.tenants import RedisTenantRepository
+
+
+def connect(url: str, *, timeout_seconds: float, max_connections: int = 100) -> redis.Redis:
+    """A connection pool to the Redis at ``url`` (bytes in, bytes out)."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        max_connections=max_connections,
+        health_check_interval=30,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StorageOptions:
+    """How the stores use Redis (the app's settings of the same names)."""
+
+    pending_write_ttl_ms: int = 600_000
+    round_trip_bytes: int = 64 << 20
+    cache_bytes: int = 1 << 30
+    commit_attempts: int = 32
+    snapshot_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """The stores of one deployment, over one connection pool."""
+
+    client: redis.Redis
+    sessions: RedisSessionRepository
+    rounds: RedisRoundRepository
+    tenants: RedisTenantRepository
+    create_keys: RedisCreateKeyRepository
+    expiry: RedisExpiryRepository
+    rates: RedisRateRepository
+    api_keys: RedisApiKeyRepository
+
+    @classmethod
+    def over(
+        cls, client: redis.Redis, options: StorageOptions, metrics: Metrics | None = None
+    ) -> Storage:
+        """The stores over ``client``."""
+        chunks = VectorChunks(
+            client,
+            pending_write_ttl_ms=options.pending_write_ttl_ms,
+            round_trip_bytes=options.round_trip_bytes,
+            metrics=metrics,
+        )
+        sessions = RedisSessionRepository(
+            SessionScripts(client, chunks),
+            StateCache(options.cache_bytes),
+            StepNotifier(client),
+            commit_attempts=options.commit_attempts,
+            snapshot_bytes=options.snapshot_bytes,
+            metrics=metrics,
+        )
+        return cls(
+            client,
+            sessions,
+            RedisRoundRepository(client, chunks),
+            RedisTenantRepository(client),
+            RedisCreateKeyRepository(client),
+            RedisExpiryRepository(client),
+            RedisRateRepository(client),
+            RedisApiKeyRepository(client),
+        )
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers."""
+        async with unavailable_on_error():
+            await self.client.ping()
+
+    async def close(self) -> None:
+        """Finish the snapshots being written, then close every connection."""
+        await self.sessions.close()
+        await self.client.aclose()

@@ -1,0 +1,137 @@
+"""The open round of a rounds session in Redis: contributions taken, sealed, dropped
+(``lua/contribute.lua``, ``seal.lua``, ``drop.lua``), all in the session's slot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import redis.asyncio as redis
+
+from adamhub_service.model.log import GRADIENT, Contribution
+from adamhub_service.model.outcomes import (
+    ContributeOutcome,
+    IdempotencyClaim,
+    IdempotencyRecord,
+    RoundView,
+    WriteStatus,
+)
+from adamhub_service.model.records import SessionRecord
+from adamhub_service.optim import FloatArray
+from adamhub_service.storage.chunks import VectorChunks, chunked
+from adamhub_service.storage.encoding import chunk_count, text
+from adamhub_service.storage.errors import unavailable_on_error
+from adamhub_service.storage.keyspace import (
+    chunk_keys,
+    idempotency_index_key,
+    idempotency_key,
+    meta_key,
+    round_key,
+)
+from adamhub_service.storage.scripts import register
+
+
+class RedisRoundRepository:
+    """Contributions to sessions' open rounds."""
+
+    def __init__(self, client: redis.Redis, chunks: VectorChunks) -> None:
+        self._redis = client
+        self._chunks = chunks
+        self._contribute = register(client, "contribute")
+        self._seal = register(client, "seal")
+        self._drop = register(client, "drop")
+
+    async def contribute(
+        self,
+        record: SessionRecord,
+        contribution: Contribution,
+        gradient: FloatArray,
+        *,
+        base_step: int | None,
+        idempotency: IdempotencyClaim | None,
+    ) -> ContributeOutcome:
+        """Add a contribution (``gradient``, in its entry's dtype) to the session's open
+        round, if it is computed at that round's base (``None``: whichever is open).
+        ``idempotency.record``'s step is ignored: the script records the round's."""
+        meta = meta_key(record.id)
+        idem = meta if idempotency is None else idempotency_key(record.id, idempotency.key)
+        chunks = chunked(
+            chunk_keys(record.id, contribution.write_id, (GRADIENT,), chunk_count(record)),
+            gradient,
+            record.chunk_elements,
+        )
+        args: list[Any] = [
+            "" if base_step is None else base_step,
+            contribution.encode(),
+            contribution.samples,
+            "" if idempotency is None else idempotency.record.digest,
+            0 if idempotency is None else idempotency.ttl_ms,
+        ]
+        reply = await self._chunks.write_then_run(
+            self._contribute, [meta, idempotency_index_key(record.id), idem], chunks, args
+        )
+        status = WriteStatus(int(reply[0]))
+        if status is WriteStatus.COMMITTED:
+            base, n, samples, complete, first_ms, now_ms = (int(part) for part in reply[1:7])
+            return ContributeOutcome(status, base, n, samples, complete == 1, first_ms, now_ms)
+        if status is WriteStatus.REPLAYED:
+            return ContributeOutcome(status, replay=IdempotencyRecord.decode(text(reply[1])))
+        if status in (WriteStatus.STALE, WriteStatus.SEALED):
+            return ContributeOutcome(status, base=int(reply[1]))
+        return ContributeOutcome(status)
+
+    async def seal(self, session_id: str, base: int, *, grace_ms: int) -> RoundView:
+        """The open round stepping from ``base``, sealed for this caller to close when
+        it is due (see ``lua/seal.lua``)."""
+        async with unavailable_on_error(write=True):
+            reply = await self._seal(keys=[meta_key(session_id)], args=[base, grace_ms])
+        head = int(reply[0])
+        if head == 1:
+            return RoundView(WriteStatus.COMMITTED, True, int(reply[1]), int(reply[2]))
+        if head == 0:
+            n, samples, first_ms, sealed_ms, now_ms = (int(part) for part in reply[1:6])
+            return RoundView(WriteStatus.COMMITTED, False, n, samples, first_ms, sealed_ms, now_ms)
+        if head == WriteStatus.DROPPED:
+            return RoundView(WriteStatus.DROPPED, dropped=text(reply[1]))
+        return RoundView(WriteStatus(head))
+
+    async def drop_round(
+        self, session_id: str, base: int, contributions: int, why: str
+    ) -> WriteStatus:
+        """Drop the open round at ``base`` if it still holds ``contributions``, noting
+        ``why`` for its waiters (see ``lua/drop.lua``)."""
+        async with unavailable_on_error(write=True):
+            reply = await self._drop(keys=[meta_key(session_id)], args=[base, contributions, why])
+        return WriteStatus(int(reply[0]))
+
+    async def round_contributions(
+        self,
+        record: SessionRecord,
+        contributions: int,
+        known: Mapping[str, FloatArray] | None = None,
+    ) -> list[tuple[Contribution, FloatArray]] | None:
+        """The first ``contributions`` of the round stepping from ``record.t``, in their
+        order, with their gradients (those in ``known``, by write id, are not read);
+        None when the round is no longer that one."""
+        async with unavailable_on_error():
+            raw = await self._redis.hgetall(round_key(record.id))
+        fields = {text(name): value for name, value in raw.items()}
+        if text(fields.get("base", b"")) != str(record.t):
+            return None
+        entries = [fields.get(str(i)) for i in range(1, contributions + 1)]
+        if any(entry is None for entry in entries):
+            return None
+        taken = [Contribution.decode(entry) for entry in entries if entry is not None]
+        known = known or {}
+        gradients = [
+            known.get(entry.write_id, np.empty(record.size, dtype=entry.dtype)) for entry in taken
+        ]
+        targets = [
+            (chunk_keys(record.id, entry.write_id, (GRADIENT,), chunk_count(record)), gradient)
+            for entry, gradient in zip(taken, gradients, strict=True)
+            if entry.write_id not in known
+        ]
+        if not await self._chunks.read_into(record, targets):
+            return None
+        return list(zip(taken, gradients, strict=True))
