@@ -24,13 +24,19 @@ $(VENV)/.torch: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(VENV)/bin/adamhub-service serve --port $(PORT)
 
-test: $(VENV)/.torch
+# What the tests need beyond Python: Debian's Chromium for the dashboard's test.
+.PHONY: test-deps
+test-deps:
+	@tools/ensure_chromium.sh
+
+test: $(VENV)/.torch test-deps
 	$(PY) -m pytest
 
 lint: $(VENV)/.torch
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile
 
 format: $(VENV)/.installed

@@ -9,54 +9,21 @@
 ``adamhub.torch.RemoteAdam`` (with ``adamhub[torch]``) is a drop-in torch optimizer.
 """
 
+from adamhub import _errors
 from adamhub._api_keys import ApiKey
 from adamhub._client import AsyncClient, Client
 from adamhub._config import AdamConfig
-from adamhub._errors import (
-    AdamhubError,
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    ConflictError,
-    HistoryUnavailableError,
-    InternalServerError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServiceUnavailableError,
-    StaleGradientError,
-    UnprocessableEntityError,
-    UnsupportedMediaTypeError,
-)
+from adamhub._errors import *  # noqa: F403  (every exception: _errors.__all__)
 from adamhub._session import AsyncSession, Session
 from adamhub._version import __version__
 
 __all__ = [
-    "APIConnectionError",
-    "APIStatusError",
-    "APITimeoutError",
     "AdamConfig",
-    "AdamhubError",
     "ApiKey",
     "AsyncClient",
     "AsyncSession",
-    "AuthenticationError",
-    "BadRequestError",
     "Client",
-    "ConflictError",
-    "HistoryUnavailableError",
-    "InternalServerError",
-    "NotFoundError",
-    "PayloadTooLargeError",
-    "PermissionDeniedError",
-    "RateLimitError",
-    "ServiceUnavailableError",
     "Session",
-    "StaleGradientError",
-    "UnprocessableEntityError",
-    "UnsupportedMediaTypeError",
     "__version__",
 ]
+__all__ += _errors.__all__

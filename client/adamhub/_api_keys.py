@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
+
+import httpx
 
 from adamhub._base_client import RequestSpec
+from adamhub._calls import Call, one, run_async, run_sync
 from adamhub._session import AsyncRequester, Requester
 
 
@@ -38,28 +41,38 @@ class ApiKey:
         )
 
 
-def _create_spec(
-    tenant: str | None,
-    actions: list[str] | None,
-    sessions: list[str] | None,
-    expires_at: datetime | str | None,
-    description: str | None,
-) -> RequestSpec:
-    body: dict[str, Any] = {}
-    if tenant is not None:
-        body["tenant"] = tenant
-    if actions is not None:
-        body["actions"] = list(actions)
-    if sessions is not None:
-        body["sessions"] = list(sessions)
-    if expires_at is not None:
-        body["expires_at"] = (
-            expires_at.isoformat() if isinstance(expires_at, datetime) else expires_at
-        )
-    if description is not None:
-        body["description"] = description
+class NewKey(TypedDict, total=False):
+    """A key to make: its ``tenant`` (default the caller's), the ``actions`` it grants
+    and the ``sessions`` it may touch (default every one), when it ``expires_at`` and a
+    ``description``."""
+
+    tenant: str | None
+    actions: list[str] | None
+    sessions: list[str] | None
+    expires_at: datetime | str | None
+    description: str | None
+
+
+def _create_call(key: NewKey) -> Call[ApiKey]:
+    body = {name: value for name, value in key.items() if value is not None}
+    if isinstance(expires := body.get("expires_at"), datetime):
+        body["expires_at"] = expires.isoformat()
     # A retry could make a second key: send it again only when it surely was not made.
-    return RequestSpec("POST", "/v1/keys", json=body, retry="unsent")
+    response = yield RequestSpec("POST", "/v1/keys", json=body, retry="unsent")
+    return ApiKey.from_dict(response.json())
+
+
+def _list_call() -> Call[list[ApiKey]]:
+    answer = (yield RequestSpec("GET", "/v1/keys")).json()
+    return [ApiKey.from_dict(values) for values in answer["keys"]]
+
+
+def _get_call(key_id: str) -> Call[ApiKey]:
+    return ApiKey.from_dict((yield RequestSpec("GET", f"/v1/keys/{key_id}")).json())
+
+
+def _revoke_call(key_id: str) -> Call[httpx.Response]:
+    return one(RequestSpec("DELETE", f"/v1/keys/{key_id}"))
 
 
 class Keys:
@@ -68,34 +81,22 @@ class Keys:
     def __init__(self, client: Requester) -> None:
         self._client = client
 
-    def create(
-        self,
-        *,
-        tenant: str | None = None,
-        actions: list[str] | None = None,
-        sessions: list[str] | None = None,
-        expires_at: datetime | str | None = None,
-        description: str | None = None,
-    ) -> ApiKey:
+    def create(self, **key: Unpack[NewKey]) -> ApiKey:
         """Make a key (default: every action on every session of the tenant); its secret
         is in ``.key``, shown this once."""
-        spec = _create_spec(tenant, actions, sessions, expires_at, description)
-        return ApiKey.from_dict(self._client.request(spec).json())
+        return run_sync(self._client.request, _create_call(key))
 
     def list(self) -> list[ApiKey]:
         """The keys the caller manages (without secrets)."""
-        answer = self._client.request(RequestSpec("GET", "/v1/keys")).json()
-        return [ApiKey.from_dict(values) for values in answer["keys"]]
+        return run_sync(self._client.request, _list_call())
 
     def get(self, key_id: str) -> ApiKey:
         """One key (without its secret)."""
-        return ApiKey.from_dict(
-            self._client.request(RequestSpec("GET", f"/v1/keys/{key_id}")).json()
-        )
+        return run_sync(self._client.request, _get_call(key_id))
 
     def revoke(self, key_id: str) -> None:
         """Revoke a key: the service refuses it everywhere within a second."""
-        self._client.request(RequestSpec("DELETE", f"/v1/keys/{key_id}"))
+        run_sync(self._client.request, _revoke_call(key_id))
 
 
 class AsyncKeys:
@@ -104,29 +105,18 @@ class AsyncKeys:
     def __init__(self, client: AsyncRequester) -> None:
         self._client = client
 
-    async def create(
-        self,
-        *,
-        tenant: str | None = None,
-        actions: list[str] | None = None,
-        sessions: list[str] | None = None,
-        expires_at: datetime | str | None = None,
-        description: str | None = None,
-    ) -> ApiKey:
+    async def create(self, **key: Unpack[NewKey]) -> ApiKey:
         """Make a key (see ``Keys.create``)."""
-        spec = _create_spec(tenant, actions, sessions, expires_at, description)
-        return ApiKey.from_dict((await self._client.request(spec)).json())
+        return await run_async(self._client.request, _create_call(key))
 
     async def list(self) -> list[ApiKey]:
         """The keys the caller manages (without secrets)."""
-        answer = (await self._client.request(RequestSpec("GET", "/v1/keys"))).json()
-        return [ApiKey.from_dict(values) for values in answer["keys"]]
+        return await run_async(self._client.request, _list_call())
 
     async def get(self, key_id: str) -> ApiKey:
         """One key (without its secret)."""
-        answer = await self._client.request(RequestSpec("GET", f"/v1/keys/{key_id}"))
-        return ApiKey.from_dict(answer.json())
+        return await run_async(self._client.request, _get_call(key_id))
 
     async def revoke(self, key_id: str) -> None:
         """Revoke a key: the service refuses it everywhere within a second."""
-        await self._client.request(RequestSpec("DELETE", f"/v1/keys/{key_id}"))
+        await run_async(self._client.request, _revoke_call(key_id))

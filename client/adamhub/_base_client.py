@@ -13,11 +13,18 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict, Unpack
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
 
 import httpx
 
-from adamhub._errors import AdamhubError, APIConnectionError, APITimeoutError, status_error
+from adamhub._errors import (
+    AdamhubError,
+    APIConnectionError,
+    APITimeoutError,
+    error_class,
+    problem_of,
+    status_error,
+)
 from adamhub._version import __version__
 
 DEFAULT_BASE_URL = "http://localhost:8000"
@@ -28,12 +35,6 @@ MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0
 ROUND_WAIT_SECONDS = 30.0
 
-# Statuses after which the same request may be sent again. A 409 is retried only when
-# the service says a concurrent update won (the request changed nothing).
-RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
-RETRY_PROBLEM_TYPES = frozenset({"step-conflict"})
-# Statuses that guarantee that nothing was changed: safe to retry any request.
-NOTHING_CHANGED_STATUSES = frozenset({429, 503})
 
 # Bodies larger than this go out in pieces of this size: httpx sends one large bytes
 # object several times slower than the same bytes as an iterator of slices
@@ -73,10 +74,20 @@ class ClientOptions(TypedDict, total=False):
     worker: str | None
 
 
-class BaseClient:
-    """Settings and retry policy of a client."""
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 
-    def __init__(self, base_url: str | None, **options: Unpack[ClientOptions]) -> None:
+
+class BaseClient(Generic[H]):
+    """Settings and retry policy of a client, and its httpx client (``http_client``, or
+    one of its own, closed with it)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        http_client: H | None = None,
+        **options: Unpack[ClientOptions],
+    ) -> None:
         url = base_url or os.environ.get("ADAMHUB_BASE_URL") or DEFAULT_BASE_URL
         self.base_url = url.rstrip("/")
         api_key = options.get("api_key")
@@ -96,6 +107,12 @@ class BaseClient:
         self.round_wait_seconds = (
             ROUND_WAIT_SECONDS if read is None else min(ROUND_WAIT_SECONDS, read / 2)
         )
+        self._own_http = http_client is None
+        self._http: H = self._new_http() if http_client is None else http_client
+
+    def _new_http(self) -> H:
+        """An httpx client of this face, with this client's timeout."""
+        raise NotImplementedError
 
     def _default_headers(self) -> dict[str, str]:
         headers = {"User-Agent": f"adamhub-python/{__version__}"}
@@ -134,14 +151,13 @@ class BaseClient:
         return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
 
     def _retry_after_response(self, spec: RequestSpec, response: httpx.Response) -> bool:
-        status = response.status_code
+        """Whether the answer's problem type lets this request be sent again: when it
+        is retryable, and (for a request that may only be repeated unsent) when it
+        surely changed nothing."""
+        kind = error_class(response.status_code, problem_of(response))
         if spec.retry == "unsent":
-            return (
-                status in NOTHING_CHANGED_STATUSES and _problem_slug(response) != "outcome-unknown"
-            )
-        if status in RETRY_STATUSES:
-            return True
-        return status == 409 and _problem_slug(response) in RETRY_PROBLEM_TYPES
+            return kind.retryable and kind.changed_nothing
+        return kind.retryable
 
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float:
         """Retry-After when the service sent it, else exponential backoff, full jitter."""
@@ -178,14 +194,6 @@ class BaseClient:
         if can_retry and self._retry_after_response(spec, result):
             return self._retry_delay(attempt, result)
         raise status_error(result)
-
-
-def _problem_slug(response: httpx.Response) -> str:
-    try:
-        problem_type = response.json().get("type", "")
-    except (ValueError, AttributeError):
-        return ""
-    return str(problem_type).rsplit("/", 1)[-1]
 
 
 def _pieces(data: bytes) -> Iterator[bytes]:

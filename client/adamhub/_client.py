@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, Unpack
@@ -15,97 +15,122 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from adamhub import _headers as headers
 from adamhub._api_keys import AsyncKeys, Keys
-from adamhub._base_client import BaseClient, ClientOptions, RequestSpec
+from adamhub._base_client import BaseClient, RequestSpec
+from adamhub._calls import Call, run_async, run_sync
 from adamhub._config import AdamConfig
+from adamhub._errors import AdamhubError
 from adamhub._session import BINARY, AsyncSession, Session
+from adamhub._settings import SessionSettings
 
 # Larger initial parameters go as raw bytes after creation, not as JSON numbers.
 JSON_PARAMS_LIMIT = 65_536
 PAGE_SIZE = 1000
 
 
-def _list_params(cursor: str | None, name: str | None, order: str) -> dict[str, str]:
-    params = {"limit": str(PAGE_SIZE), "order": order}
-    if cursor:
-        params["cursor"] = cursor
-    if name is not None:
-        params["name"] = name
-    return params
+class CreateOptions(SessionSettings, total=False):
+    """What ``create_session`` takes besides ``params``: the ``size`` of a session made
+    from scratch (zeros, or ``init``, e.g. ``{"kind": "normal", "std": 0.02, "seed":
+    0}``), its ``dtype``, ``optimizer`` (an ``AdamConfig`` or a dict of its fields,
+    ``schedule`` and ``max_grad_norm`` included), ``param_groups``
+    (``[{"size": n, "lr": …}, …]``, as torch's), and every setting (``SessionSettings``)."""
+
+    size: int
+    init: dict[str, Any]
+    dtype: str
+    optimizer: AdamConfig | dict[str, Any]
+    param_groups: list[dict[str, Any]]
 
 
-def _create_specs(
-    params: npt.ArrayLike | None,
-    size: int | None,
-    init: dict[str, Any] | None,
-    dtype: str,
-    optimizer: AdamConfig | dict[str, Any] | None,
-    name: str | None,
-    metadata: dict[str, Any] | None,
-    history_steps: int | None = None,
-    param_groups: list[dict[str, Any]] | None = None,
-    max_staleness: int | None = None,
-    rounds: dict[str, Any] | None = None,
-    history_points: int | None = None,
-    expires_after_idle_seconds: int | None = None,
-) -> tuple[RequestSpec, bytes | None]:
-    """The create request, and the raw parameters to PUT after it (for large ones)."""
+Tags = str | Sequence[str] | None
+
+
+def _create_body(
+    params: npt.ArrayLike | None, options: CreateOptions
+) -> tuple[dict[str, Any], bytes | None]:
+    """The create request's body, and the raw parameters to PUT after it (large ones)."""
+    size = options.get("size")
     if (params is None) == (size is None):
         raise ValueError("give exactly one of params and size")
-    body: dict[str, Any] = {"dtype": dtype}
+    dtype = options.get("dtype", "float32")
+    body: dict[str, Any] = {
+        name: value
+        for name, value in options.items()
+        if value is not None and name not in ("size", "optimizer")
+    }
+    body["dtype"] = dtype
+    optimizer = options.get("optimizer")
     if isinstance(optimizer, AdamConfig):
         body["optimizer"] = optimizer.to_dict()
     elif optimizer is not None:
         body["optimizer"] = {k: list(v) if k == "betas" else v for k, v in optimizer.items()}
-    if name is not None:
-        body["name"] = name
-    if metadata is not None:
-        body["metadata"] = metadata
-    if history_steps is not None:
-        body["history_steps"] = history_steps
-    if param_groups is not None:
-        body["param_groups"] = param_groups
-    if max_staleness is not None:
-        body["max_staleness"] = max_staleness
-    if rounds is not None:
-        body["rounds"] = rounds
-    if history_points is not None:
-        body["history_points"] = history_points
-    if expires_after_idle_seconds is not None:
-        body["expires_after_idle_seconds"] = expires_after_idle_seconds
-    raw = None
-    if params is not None:
-        vector = np.asarray(params, dtype=dtype).reshape(-1)
-        if vector.size > JSON_PARAMS_LIMIT:
-            body["size"] = int(vector.size)
-            raw = vector.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
-        else:
-            body["params"] = vector.tolist()
-    else:
+    if params is None:
         body["size"] = size
-        if init is not None:
-            body["init"] = init
+        return body, None
+    vector = np.asarray(params, dtype=dtype).reshape(-1)
+    if vector.size <= JSON_PARAMS_LIMIT:
+        body["params"] = vector.tolist()
+        return body, None
+    body["size"] = int(vector.size)
+    return body, vector.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def _create_call(params: npt.ArrayLike | None, options: CreateOptions) -> Call[dict[str, Any]]:
+    body, raw = _create_body(params, options)
     # One Idempotency-Key for every attempt: a create whose answer was lost is retried
     # and answered with the session it made, never a second one.
-    headers = {"Idempotency-Key": f"sdk-{uuid.uuid4().hex}"}
-    return RequestSpec("POST", "/v1/sessions", json=body, headers=headers), raw
+    key = {headers.IDEMPOTENCY_KEY: f"sdk-{uuid.uuid4().hex}"}
+    resource: dict[str, Any] = (
+        yield RequestSpec("POST", "/v1/sessions", json=body, headers=key)
+    ).json()
+    if raw is None:
+        return resource
+    path = f"/v1/sessions/{resource['id']}"
+    try:
+        put = RequestSpec("PUT", f"{path}/params", content=raw, headers={"Content-Type": BINARY})
+        filled: dict[str, Any] = (yield put).json()
+    except AdamhubError:
+        yield RequestSpec("DELETE", path)
+        raise
+    return filled
 
 
-def _import_spec(data: bytes, name: str | None) -> RequestSpec:
-    """The import request of a checkpoint file's bytes."""
-    params = {} if name is None else {"name": name}
+def _import_call(
+    checkpoint: bytes, name: str | None, tags: list[str] | None
+) -> Call[dict[str, Any]]:
+    """The import of a checkpoint file's bytes."""
+    query: dict[str, Any] = {} if name is None else {"name": name}
+    if tags:
+        query["tag"] = list(tags)
     # One key for every attempt, as for a create: a retried import makes one session.
-    headers = {"Content-Type": BINARY, "Idempotency-Key": f"sdk-{uuid.uuid4().hex}"}
-    return RequestSpec("POST", "/v1/sessions/import", content=data, headers=headers, params=params)
-
-
-def _put_raw(session_id: str, raw: bytes) -> RequestSpec:
-    return RequestSpec(
-        "PUT", f"/v1/sessions/{session_id}/params", content=raw, headers={"Content-Type": BINARY}
+    sent = {"Content-Type": BINARY, headers.IDEMPOTENCY_KEY: f"sdk-{uuid.uuid4().hex}"}
+    spec = RequestSpec(
+        "POST", "/v1/sessions/import", content=checkpoint, headers=sent, params=query
     )
+    resource: dict[str, Any] = (yield spec).json()
+    return resource
 
 
-class Client(BaseClient):
+def _session_call(session_id: str) -> Call[dict[str, Any]]:
+    resource: dict[str, Any] = (yield RequestSpec("GET", f"/v1/sessions/{session_id}")).json()
+    return resource
+
+
+def _page_call(cursor: str | None, name: str | None, order: str, tag: Tags) -> Call[dict[str, Any]]:
+    """A page of the session list."""
+    query: dict[str, Any] = {"limit": str(PAGE_SIZE), "order": order}
+    if cursor:
+        query["cursor"] = cursor
+    if name is not None:
+        query["name"] = name
+    if tag:
+        query["tag"] = [tag] if isinstance(tag, str) else list(tag)
+    page: dict[str, Any] = (yield RequestSpec("GET", "/v1/sessions", params=query)).json()
+    return page
+
+
+class Client(BaseClient[httpx.Client]):
     """A synchronous client of an adamhub service.
 
     ``base_url`` defaults to ``$ADAMHUB_BASE_URL`` or http://localhost:8000, ``api_key``
@@ -118,17 +143,13 @@ class Client(BaseClient):
     ``httpx.Client``. Use as a context manager, or call ``close()``.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        http_client: httpx.Client | None = None,
-        **options: Unpack[ClientOptions],
-    ) -> None:
-        super().__init__(base_url, **options)
-        self._own_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=self.timeout)
-        self.keys = Keys(self)
+    def _new_http(self) -> httpx.Client:
+        return httpx.Client(timeout=self.timeout)
+
+    @property
+    def keys(self) -> Keys:
+        """The API keys (``client.keys.create(…)``, ``list``, ``get``, ``revoke``)."""
+        return Keys(self)
 
     def request(self, spec: RequestSpec) -> httpx.Response:
         """Send one API call with this client's retries; raise on an error answer.
@@ -150,88 +171,55 @@ class Client(BaseClient):
             attempt += 1
 
     def create_session(
-        self,
-        params: npt.ArrayLike | None = None,
-        *,
-        size: int | None = None,
-        init: dict[str, Any] | None = None,
-        dtype: str = "float32",
-        optimizer: AdamConfig | dict[str, Any] | None = None,
-        name: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        history_steps: int | None = None,
-        param_groups: list[dict[str, Any]] | None = None,
-        max_staleness: int | None = None,
-        rounds: dict[str, Any] | None = None,
-        history_points: int | None = None,
-        expires_after_idle_seconds: int | None = None,
+        self, params: npt.ArrayLike | None = None, **options: Unpack[CreateOptions]
     ) -> Session:
-        """Create a session from initial ``params``, or of ``size`` (zeros, or ``init``);
-        it keeps what rolling back to any of its last ``history_steps`` steps needs.
-        ``param_groups`` (``[{"size": n, "lr": …}, …]``) split it as torch's do; with
-        ``max_staleness``, a gradient computed more than that many steps behind is refused
-        (``StaleGradientError``). ``rounds`` (``{"contributions": K}`` or
-        ``{"target_samples": B}``, with ``timeout_seconds`` and ``min_contributions``)
-        makes each step the samples-weighted mean of a round's contributions, as DDP
-        does. ``history_points`` (default 10,000) steps' points are kept for charts;
-        ``expires_after_idle_seconds`` deletes the session once idle that long."""
-        spec, raw = _create_specs(
-            params,
-            size,
-            init,
-            dtype,
-            optimizer,
-            name,
-            metadata,
-            history_steps,
-            param_groups,
-            max_staleness,
-            rounds,
-            history_points,
-            expires_after_idle_seconds,
-        )
-        resource = self.request(spec).json()
-        if raw is not None:
-            try:
-                resource = self.request(_put_raw(resource["id"], raw)).json()
-            except BaseException:
-                self.request(RequestSpec("DELETE", f"/v1/sessions/{resource['id']}"))
-                raise
+        """Create a session from initial ``params``, or of ``size`` (zeros, or ``init``),
+        with the optimizer, param groups and settings of ``options`` (``CreateOptions``;
+        e.g. ``name=``, ``tags=``, ``rounds={"contributions": K}``). Large ``params`` go
+        as raw bytes after the session is made."""
+        resource = run_sync(self.request, _create_call(params, options))
         return Session(self, resource, gradient_dtype=self.gradient_dtype)
 
     def import_session(
-        self, checkpoint: bytes | str | os.PathLike[str], *, name: str | None = None
+        self,
+        checkpoint: bytes | str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        tags: list[str] | None = None,
     ) -> Session:
         """A new session from a checkpoint (the bytes of ``Session.checkpoint()``, or the
-        path of a file ``Session.save`` wrote) that continues exactly as the original."""
+        path of a file ``Session.save`` wrote) that continues exactly as the original;
+        with a ``name`` and ``tags``."""
         data = checkpoint if isinstance(checkpoint, bytes) else Path(checkpoint).read_bytes()
-        resource = self.request(_import_spec(data, name)).json()
+        resource = run_sync(self.request, _import_call(data, name, tags))
         return Session(self, resource, gradient_dtype=self.gradient_dtype)
 
     def session(self, session_id: str) -> Session:
         """An existing session, read fresh from the service."""
-        resource = self.request(RequestSpec("GET", f"/v1/sessions/{session_id}")).json()
+        resource = run_sync(self.request, _session_call(session_id))
         return Session(self, resource, gradient_dtype=self.gradient_dtype)
 
     def iter_sessions(
-        self, *, name: str | None = None, order: str = "created_at"
+        self, *, name: str | None = None, order: str = "created_at", tag: Tags = None
     ) -> Iterator[Session]:
-        """Every session (whose name contains ``name``, or matches it as a glob), oldest
-        first or in ``order`` (``-updated_at``: the last stepped first), a page at a
-        time."""
+        """Every session (whose name contains ``name``, or matches it as a glob; having
+        every tag of ``tag``), oldest first or in ``order`` (``-updated_at``: the last
+        stepped first), a page at a time."""
         cursor: str | None = None
         while True:
-            params = _list_params(cursor, name, order)
-            page = self.request(RequestSpec("GET", "/v1/sessions", params=params)).json()
-            for resource in page["sessions"]:
-                yield Session(self, resource, gradient_dtype=self.gradient_dtype)
+            page = run_sync(self.request, _page_call(cursor, name, order, tag))
+            yield from (
+                Session(self, r, gradient_dtype=self.gradient_dtype) for r in page["sessions"]
+            )
             cursor = page["next_cursor"]
             if cursor is None:
                 return
 
-    def list_sessions(self, *, name: str | None = None, order: str = "created_at") -> list[Session]:
+    def list_sessions(
+        self, *, name: str | None = None, order: str = "created_at", tag: Tags = None
+    ) -> list[Session]:
         """Every session, oldest first (see ``iter_sessions``)."""
-        return list(self.iter_sessions(name=name, order=order))
+        return list(self.iter_sessions(name=name, order=order, tag=tag))
 
     def close(self) -> None:
         """Close the connections (unless the httpx client was given)."""
@@ -250,20 +238,16 @@ class Client(BaseClient):
         self.close()
 
 
-class AsyncClient(BaseClient):
+class AsyncClient(BaseClient[httpx.AsyncClient]):
     """An asyncio client of an adamhub service: ``Client``'s methods, as coroutines."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        http_client: httpx.AsyncClient | None = None,
-        **options: Unpack[ClientOptions],
-    ) -> None:
-        super().__init__(base_url, **options)
-        self._own_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
-        self.keys = AsyncKeys(self)
+    def _new_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=self.timeout)
+
+    @property
+    def keys(self) -> AsyncKeys:
+        """The API keys (see ``Client.keys``), as coroutines."""
+        return AsyncKeys(self)
 
     async def request(self, spec: RequestSpec) -> httpx.Response:
         """Send one API call with this client's retries (see ``Client.request``)."""
@@ -282,82 +266,50 @@ class AsyncClient(BaseClient):
             attempt += 1
 
     async def create_session(
-        self,
-        params: npt.ArrayLike | None = None,
-        *,
-        size: int | None = None,
-        init: dict[str, Any] | None = None,
-        dtype: str = "float32",
-        optimizer: AdamConfig | dict[str, Any] | None = None,
-        name: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        history_steps: int | None = None,
-        param_groups: list[dict[str, Any]] | None = None,
-        max_staleness: int | None = None,
-        rounds: dict[str, Any] | None = None,
-        history_points: int | None = None,
-        expires_after_idle_seconds: int | None = None,
+        self, params: npt.ArrayLike | None = None, **options: Unpack[CreateOptions]
     ) -> AsyncSession:
         """Create a session (see ``Client.create_session``)."""
-        spec, raw = _create_specs(
-            params,
-            size,
-            init,
-            dtype,
-            optimizer,
-            name,
-            metadata,
-            history_steps,
-            param_groups,
-            max_staleness,
-            rounds,
-            history_points,
-            expires_after_idle_seconds,
-        )
-        resource = (await self.request(spec)).json()
-        if raw is not None:
-            try:
-                resource = (await self.request(_put_raw(resource["id"], raw))).json()
-            except BaseException:
-                await self.request(RequestSpec("DELETE", f"/v1/sessions/{resource['id']}"))
-                raise
+        resource = await run_async(self.request, _create_call(params, options))
         return AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
 
     async def import_session(
-        self, checkpoint: bytes | str | os.PathLike[str], *, name: str | None = None
+        self,
+        checkpoint: bytes | str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        tags: list[str] | None = None,
     ) -> AsyncSession:
         """A new session from a checkpoint (see ``Client.import_session``)."""
         if isinstance(checkpoint, bytes):
             data = checkpoint
         else:
             data = await asyncio.to_thread(Path(checkpoint).read_bytes)
-        resource = (await self.request(_import_spec(data, name))).json()
+        resource = await run_async(self.request, _import_call(data, name, tags))
         return AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
 
     async def session(self, session_id: str) -> AsyncSession:
         """An existing session, read fresh from the service."""
-        resource = (await self.request(RequestSpec("GET", f"/v1/sessions/{session_id}"))).json()
+        resource = await run_async(self.request, _session_call(session_id))
         return AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
 
     async def iter_sessions(
-        self, *, name: str | None = None, order: str = "created_at"
+        self, *, name: str | None = None, order: str = "created_at", tag: Tags = None
     ) -> AsyncIterator[AsyncSession]:
         """Every session (see ``Client.iter_sessions``), a page at a time."""
         cursor: str | None = None
         while True:
-            params = _list_params(cursor, name, order)
-            page = (await self.request(RequestSpec("GET", "/v1/sessions", params=params))).json()
+            page = await run_async(self.request, _page_call(cursor, name, order, tag))
             for resource in page["sessions"]:
                 yield AsyncSession(self, resource, gradient_dtype=self.gradient_dtype)
-            cursor = page["next_cursor"]
-            if cursor is None:
+            if (cursor := page["next_cursor"]) is None:
                 return
 
     async def list_sessions(
-        self, *, name: str | None = None, order: str = "created_at"
+        self, *, name: str | None = None, order: str = "created_at", tag: Tags = None
     ) -> list[AsyncSession]:
         """Every session, oldest first (see ``Client.iter_sessions``)."""
-        return [session async for session in self.iter_sessions(name=name, order=order)]
+        found = self.iter_sessions(name=name, order=order, tag=tag)
+        return [session async for session in found]
 
     async def close(self) -> None:
         """Close the connections (unless the httpx client was given)."""

@@ -8,15 +8,18 @@ import math
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypedDict, TypeVar, Unpack
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 
+from adamhub import _headers as headers
 from adamhub._base_client import RequestSpec
+from adamhub._calls import Call, one, run_async, run_sync
 from adamhub._config import AdamConfig
 from adamhub._errors import StaleGradientError
+from adamhub._settings import SessionSettings, SessionUpdate, settings_of, update_body
 
 
 class Requester(Protocol):
@@ -44,20 +47,33 @@ class AsyncRequester(Protocol):
 BINARY = "application/octet-stream"
 WIRE_DTYPES = ("float16", "float32", "float64")
 FLOAT16_MAX = 65504.0
-SETTINGS_HEADER = "Adamhub-Optimizer"
-BASE_STEP_HEADER = "Adamhub-Base-Step"
-SAMPLES_HEADER = "Adamhub-Samples"
-LOSS_HEADER = "Adamhub-Loss"
-WORKER_HEADER = "Adamhub-Worker"
+Vector = npt.NDArray[np.floating]
 
 
-class SessionBase:
-    """The fields of a session and the requests its methods make."""
+class StepOptions(TypedDict, total=False):
+    """What a step may carry besides its gradient (see ``Session.step``)."""
 
-    def __init__(self, resource: dict[str, Any], *, gradient_dtype: str | None = None) -> None:
+    idempotency_key: str | None
+    settings: dict[str, Any] | None
+    samples: int | None
+    loss: float | None
+
+
+C = TypeVar("C", Requester, AsyncRequester)
+
+
+class SessionBase(Generic[C]):
+    """The fields of a session and the calls its methods make, through ``client``."""
+
+    def __init__(
+        self, client: C, resource: dict[str, Any], *, gradient_dtype: str | None = None
+    ) -> None:
         if gradient_dtype is not None and gradient_dtype not in WIRE_DTYPES:
             raise ValueError(f"gradient_dtype must be one of {WIRE_DTYPES}, not {gradient_dtype!r}")
+        self._client: C = client
         self.gradient_dtype = gradient_dtype
+        self._round_wait_seconds = client.round_wait_seconds
+        self._worker = client.worker
         self.last_applied_t: int | None = None
         self._apply(resource)
 
@@ -68,17 +84,19 @@ class SessionBase:
         self.t: int = resource["t"]
         self.size: int = resource["size"]
         self.dtype: str = resource["dtype"]
-        self.name: str | None = resource.get("name")
-        self.metadata: dict[str, Any] = resource.get("metadata") or {}
-        self.history_steps: int = resource.get("history_steps", 0)
+        # name, metadata, tags, …: also readable as attributes (``session.name``).
+        self.settings: SessionSettings = settings_of(resource)
         self.param_groups: list[dict[str, Any]] | None = resource.get("param_groups")
-        self.max_staleness: int | None = resource.get("max_staleness")
-        self.rounds: dict[str, Any] | None = resource.get("rounds")
-        self.history_points: int = resource.get("history_points", 10_000)
-        self.expires_after_idle_seconds: int | None = resource.get("expires_after_idle_seconds")
         self.optimizer = AdamConfig.from_dict(resource["optimizer"])
         self.created_at: str | None = resource.get("created_at")
         self.updated_at: str | None = resource.get("updated_at")
+
+    def __getattr__(self, name: str) -> Any:
+        # The settings as attributes: session.name, session.tags, session.rounds, …
+        settings = self.__dict__.get("settings", {})
+        if name in settings:
+            return settings[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} size={self.size} dtype={self.dtype} t={self.t}>"
@@ -102,38 +120,38 @@ class SessionBase:
         if wire == "float16" and vector.size and np.abs(vector).max() > FLOAT16_MAX:
             # It would not survive the narrowing: the exact values go instead.
             wire = self.dtype
-        headers = {
+        sent = {
             "Content-Type": BINARY,
             "Accept": BINARY,
-            "Adamhub-Dtype": wire,
+            headers.DTYPE: wire,
             # Made once, before any retry: a step whose answer was lost is applied once.
-            "Idempotency-Key": idempotency_key or f"sdk-{uuid.uuid4().hex}",
+            headers.IDEMPOTENCY_KEY: idempotency_key or f"sdk-{uuid.uuid4().hex}",
             # The parameters this gradient was computed at, for a staleness bound.
-            BASE_STEP_HEADER: str(self.t),
+            headers.BASE_STEP: str(self.t),
         }
         if settings:
-            headers[SETTINGS_HEADER] = json.dumps(settings)
+            sent[headers.SETTINGS] = json.dumps(settings)
         if samples is not None:
             if samples < 1:
                 raise ValueError(f"samples must be at least 1, not {samples}")
-            headers[SAMPLES_HEADER] = str(int(samples))
+            sent[headers.SAMPLES] = str(int(samples))
         if loss is not None and math.isfinite(loss):  # a diverged batch is not recorded
-            headers[LOSS_HEADER] = repr(float(loss))
+            sent[headers.LOSS] = repr(float(loss))
         if worker is not None:
-            headers[WORKER_HEADER] = worker
-        if self.rounds is not None:
+            sent[headers.WORKER] = worker
+        if self.settings["rounds"] is not None:
             # Answer before the client's read timeout; a 202 is followed by long-polls.
-            headers["Prefer"] = f"wait={wait_seconds:g}"
+            sent[headers.PREFER] = f"wait={wait_seconds:g}"
         return RequestSpec(
             "POST",
             f"{self._path}/step",
             content=vector.astype(np.dtype(wire).newbyteorder("<"), copy=False).tobytes(),
-            headers=headers,
+            headers=sent,
         )
 
     def _step_result(self, response: httpx.Response) -> npt.NDArray[np.floating]:
-        self.t = int(response.headers["adamhub-step"])
-        self.last_applied_t = int(response.headers["adamhub-applied-step"])
+        self.t = int(response.headers[headers.STEP])
+        self.last_applied_t = int(response.headers[headers.APPLIED_STEP])
         return self._vector(response)
 
     def _pending_round(self, response: httpx.Response) -> int | None:
@@ -149,7 +167,7 @@ class SessionBase:
         return RequestSpec("GET", f"{self._path}/params", headers={"Accept": BINARY}, params=query)
 
     def _params_result(self, response: httpx.Response) -> npt.NDArray[np.floating]:
-        self.t = int(response.headers["adamhub-step"])
+        self.t = int(response.headers[headers.STEP])
         return self._vector(response)
 
     def _put_params_spec(self, params: npt.ArrayLike) -> RequestSpec:
@@ -161,20 +179,12 @@ class SessionBase:
             headers={"Content-Type": BINARY},
         )
 
-    def _update_spec(self, optimizer: dict[str, Any], extra: dict[str, Any]) -> RequestSpec:
-        body = dict(extra)
-        if optimizer:
-            if "betas" in optimizer:
-                optimizer["betas"] = list(optimizer["betas"])
-            body["optimizer"] = optimizer
-        return RequestSpec("PATCH", self._path, json=body)
-
     def _checkpoint_spec(self) -> RequestSpec:
         return RequestSpec("GET", f"{self._path}/checkpoint")
 
-    def _fork_spec(self, name: str | None) -> RequestSpec:
+    def _fork_spec(self, name: str | None, tags: list[str] | None) -> RequestSpec:
         # Repeated only when surely not sent: a second fork would be a second session.
-        body = {} if name is None else {"name": name}
+        body = {key: value for key, value in (("name", name), ("tags", tags)) if value is not None}
         return RequestSpec("POST", f"{self._path}/fork", json=body, retry="unsent")
 
     def _rollback_spec(self, t: int) -> RequestSpec:
@@ -185,6 +195,71 @@ class SessionBase:
         query = {"limit": str(limit)} | ({} if after_t is None else {"after_t": str(after_t)})
         return RequestSpec("GET", f"{self._path}/history", params=query)
 
+    # The calls, written once for both faces (see ``_calls``).
+
+    def _step_call(self, gradient: npt.ArrayLike, options: StepOptions) -> Call[Vector]:
+        wait = self._round_wait_seconds
+        spec = self._step_spec(
+            gradient,
+            options.get("idempotency_key"),
+            options.get("settings"),
+            options.get("samples"),
+            wait,
+            options.get("loss"),
+            self._worker,
+        )
+        try:
+            response = yield spec
+        except StaleGradientError as exc:
+            exc.params = yield from self._params_call()  # the newest, for the next gradient
+            raise
+        round_step = self._pending_round(response)
+        if round_step is None:
+            return self._step_result(response)
+        while True:  # the contribution is in: wait for its round
+            params = yield from self._params_call(round_step, wait)
+            if self.t >= round_step:
+                self.last_applied_t = round_step
+                return params
+
+    def _params_call(self, min_step: int | None = None, wait_seconds: float = 0.0) -> Call[Vector]:
+        response = yield self._params_spec(min_step, wait_seconds)
+        return self._params_result(response)
+
+    def _history_call(self, after_t: int | None, limit: int) -> Call[list[dict[str, Any]]]:
+        response = yield self._history_spec(after_t, limit)
+        points: list[dict[str, Any]] = response.json()["points"]
+        return points
+
+    def _resource_call(self, spec: RequestSpec) -> Call[None]:
+        """A call that answers this session's resource, taken in."""
+        response = yield spec
+        self._apply(response.json())
+
+    def _put_params_call(self, params: npt.ArrayLike) -> Call[None]:
+        return self._resource_call(self._put_params_spec(params))
+
+    def _update_call(self, changes: SessionUpdate) -> Call[None]:
+        return self._resource_call(RequestSpec("PATCH", self._path, json=update_body(changes)))
+
+    def _rollback_call(self, t: int) -> Call[None]:
+        return self._resource_call(self._rollback_spec(t))
+
+    def _refresh_call(self) -> Call[None]:
+        return self._resource_call(RequestSpec("GET", self._path))
+
+    def _checkpoint_call(self) -> Call[bytes]:
+        response = yield self._checkpoint_spec()
+        return response.content
+
+    def _fork_call(self, name: str | None, tags: list[str] | None) -> Call[dict[str, Any]]:
+        response = yield self._fork_spec(name, tags)
+        resource: dict[str, Any] = response.json()
+        return resource
+
+    def _delete_call(self) -> Call[httpx.Response]:
+        return one(RequestSpec("DELETE", self._path))
+
     def _vector(self, response: httpx.Response) -> npt.NDArray[np.floating]:
         wire = np.dtype(self.dtype).newbyteorder("<")
         vector: npt.NDArray[np.floating] = np.frombuffer(response.content, dtype=wire).astype(
@@ -193,31 +268,17 @@ class SessionBase:
         return vector
 
 
-class Session(SessionBase):
+class Session(SessionBase[Requester]):
     """A session of a ``Client``: its fields are as of the last call that returned them."""
 
-    def __init__(
-        self, client: Requester, resource: dict[str, Any], *, gradient_dtype: str | None = None
-    ) -> None:
-        super().__init__(resource, gradient_dtype=gradient_dtype)
-        self._client = client
-
-    def step(
-        self,
-        gradient: npt.ArrayLike,
-        *,
-        idempotency_key: str | None = None,
-        settings: dict[str, Any] | None = None,
-        samples: int | None = None,
-        loss: float | None = None,
-    ) -> npt.NDArray[np.floating]:
+    def step(self, gradient: npt.ArrayLike, **options: Unpack[StepOptions]) -> Vector:
         """Apply one gradient (any shape, ``size`` elements); return the new parameters.
 
         Sent as raw bytes in the session dtype (or ``gradient_dtype``; as the session
-        dtype when a value is beyond float16), with an Idempotency-Key, so that retries
-        after lost answers apply it exactly once. ``settings`` (``{"optimizer": {…},
-        "param_groups": [{…}, …]}``, as ``update`` takes them) change the
-        hyperparameters from this step on, in the same request.
+        dtype when a value is beyond float16), with an Idempotency-Key (``idempotency_key``,
+        else a fresh one), so that retries after lost answers apply it exactly once.
+        ``settings`` (``{"optimizer": {…}, "param_groups": [{…}, …]}``, as ``update``
+        takes them) change the hyperparameters from this step on, in the same request.
 
         ``loss`` (the batch's loss) is recorded in the session's history, with the
         client's ``worker`` name.
@@ -227,206 +288,111 @@ class Session(SessionBase):
         (every worker of the round gets the same). A gradient computed at parameters
         the round is not at raises ``StaleGradientError``, carrying the newest ones.
         """
-        wait = self._client.round_wait_seconds
-        spec = self._step_spec(
-            gradient, idempotency_key, settings, samples, wait, loss, self._client.worker
-        )
-        try:
-            response = self._client.request(spec)
-        except StaleGradientError as exc:
-            exc.params = self.params()  # the newest, for the next gradient
-            raise
-        round_step = self._pending_round(response)
-        if round_step is None:
-            return self._step_result(response)
-        while True:  # the contribution is in: wait for its round
-            params = self.params(min_step=round_step, wait_seconds=wait)
-            if self.t >= round_step:
-                self.last_applied_t = round_step
-                return params
+        return run_sync(self._client.request, self._step_call(gradient, options))
 
-    def params(
-        self, *, min_step: int | None = None, wait_seconds: float = 0.0
-    ) -> npt.NDArray[np.floating]:
+    def params(self, *, min_step: int | None = None, wait_seconds: float = 0.0) -> Vector:
         """The current parameters (``t`` is updated too); with ``min_step``, as soon as
         t reaches it, or after ``wait_seconds`` as they are then (a long-poll)."""
-        spec = self._params_spec(min_step, wait_seconds)
-        return self._params_result(self._client.request(spec))
+        return run_sync(self._client.request, self._params_call(min_step, wait_seconds))
 
     def history(self, *, after_t: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """What the newest steps recorded, oldest first: per step ``t``, ``time`` (Unix
         seconds), ``lr``, ``grad_norm``, ``update_norm``, ``loss``, ``staleness`` and
         ``worker``; with ``after_t``, the steps after it."""
-        points: list[dict[str, Any]] = self._client.request(
-            self._history_spec(after_t, limit)
-        ).json()["points"]
-        return points
+        return run_sync(self._client.request, self._history_call(after_t, limit))
 
     def set_params(self, params: npt.ArrayLike) -> None:
         """Start over from ``params``: the moments and ``t`` go back to zero."""
-        self._apply(self._client.request(self._put_params_spec(params)).json())
+        run_sync(self._client.request, self._put_params_call(params))
 
-    def update(
-        self,
-        *,
-        name: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        history_steps: int | None = None,
-        param_groups: list[dict[str, Any]] | None = None,
-        history_points: int | None = None,
-        expires_after_idle_seconds: int | None = None,
-        **optimizer: Any,
-    ) -> None:
-        """Change optimizer settings (``lr=…``, ``betas=…``, …), ``name``, ``metadata``,
-        ``history_steps``, ``history_points``, ``expires_after_idle_seconds``, or the
-        param groups' settings (one dict per group, in order)."""
-        extra = _given(
-            name=name,
-            metadata=metadata,
-            history_steps=history_steps,
-            param_groups=param_groups,
-            history_points=history_points,
-            expires_after_idle_seconds=expires_after_idle_seconds,
-        )
-        self._apply(self._client.request(self._update_spec(optimizer, extra)).json())
+    def update(self, **changes: Unpack[SessionUpdate]) -> None:
+        """Change optimizer settings (``lr=…``, ``betas=…``, ``schedule=…``, …), the
+        session's settings (``name``, ``metadata``, ``tags``, ``history_steps``,
+        ``max_staleness``, ``history_points``, ``expires_after_idle_seconds``; None puts
+        one that may be null back to its default), or the param groups' settings
+        (``param_groups``: one dict per group, in order)."""
+        run_sync(self._client.request, self._update_call(changes))
 
     def rollback(self, t: int) -> None:
         """Return to the state right after step ``t`` (θ, m, v and ``t`` exactly as
         then); steps go on from there. ``HistoryUnavailableError`` (409) when the session
         no longer keeps that step (see ``history_steps``)."""
-        self._apply(self._client.request(self._rollback_spec(t)).json())
+        run_sync(self._client.request, self._rollback_call(t))
 
     def refresh(self) -> None:
         """Read the session's fields again."""
-        self._apply(self._client.request(RequestSpec("GET", self._path)).json())
+        run_sync(self._client.request, self._refresh_call())
 
     def checkpoint(self) -> bytes:
         """The session's state at its current step as a safetensors file (θ, m, v, the
         settings): ``client.import_session`` goes on from it bit for bit."""
-        return self._client.request(self._checkpoint_spec()).content
+        return run_sync(self._client.request, self._checkpoint_call())
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``checkpoint()`` to ``path``."""
         Path(path).write_bytes(self.checkpoint())
 
-    def fork(self, *, name: str | None = None) -> Session:
-        """A new session with this one's state and settings (and ``name``)."""
-        resource = self._client.request(self._fork_spec(name)).json()
+    def fork(self, *, name: str | None = None, tags: list[str] | None = None) -> Session:
+        """A new session with this one's state and settings (``name`` and ``tags``
+        default to this one's)."""
+        resource = run_sync(self._client.request, self._fork_call(name, tags))
         return Session(self._client, resource, gradient_dtype=self.gradient_dtype)
 
     def delete(self) -> None:
         """Delete the session and all its state."""
-        self._client.request(RequestSpec("DELETE", self._path))
+        run_sync(self._client.request, self._delete_call())
 
 
-class AsyncSession(SessionBase):
+class AsyncSession(SessionBase[AsyncRequester]):
     """A session of an ``AsyncClient``: the methods of ``Session``, as coroutines."""
 
-    def __init__(
-        self, client: AsyncRequester, resource: dict[str, Any], *, gradient_dtype: str | None = None
-    ) -> None:
-        super().__init__(resource, gradient_dtype=gradient_dtype)
-        self._client = client
+    async def step(self, gradient: npt.ArrayLike, **options: Unpack[StepOptions]) -> Vector:
+        """Apply one gradient, or contribute it to a round (see ``Session.step``)."""
+        return await run_async(self._client.request, self._step_call(gradient, options))
 
-    async def step(
-        self,
-        gradient: npt.ArrayLike,
-        *,
-        idempotency_key: str | None = None,
-        settings: dict[str, Any] | None = None,
-        samples: int | None = None,
-        loss: float | None = None,
-    ) -> npt.NDArray[np.floating]:
-        """Apply one gradient, or contribute it to a round; return the new parameters
-        (see ``Session.step``)."""
-        wait = self._client.round_wait_seconds
-        spec = self._step_spec(
-            gradient, idempotency_key, settings, samples, wait, loss, self._client.worker
-        )
-        try:
-            response = await self._client.request(spec)
-        except StaleGradientError as exc:
-            exc.params = await self.params()  # the newest, for the next gradient
-            raise
-        round_step = self._pending_round(response)
-        if round_step is None:
-            return self._step_result(response)
-        while True:  # the contribution is in: wait for its round
-            params = await self.params(min_step=round_step, wait_seconds=wait)
-            if self.t >= round_step:
-                self.last_applied_t = round_step
-                return params
-
-    async def params(
-        self, *, min_step: int | None = None, wait_seconds: float = 0.0
-    ) -> npt.NDArray[np.floating]:
+    async def params(self, *, min_step: int | None = None, wait_seconds: float = 0.0) -> Vector:
         """The current parameters (see ``Session.params``)."""
-        spec = self._params_spec(min_step, wait_seconds)
-        return self._params_result(await self._client.request(spec))
+        return await run_async(self._client.request, self._params_call(min_step, wait_seconds))
 
     async def history(
         self, *, after_t: int | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
         """What the newest steps recorded (see ``Session.history``)."""
-        response = await self._client.request(self._history_spec(after_t, limit))
-        points: list[dict[str, Any]] = response.json()["points"]
-        return points
+        return await run_async(self._client.request, self._history_call(after_t, limit))
 
     async def set_params(self, params: npt.ArrayLike) -> None:
-        """Start over from ``params``: the moments and ``t`` go back to zero."""
-        self._apply((await self._client.request(self._put_params_spec(params))).json())
+        """Start over from ``params`` (see ``Session.set_params``)."""
+        await run_async(self._client.request, self._put_params_call(params))
 
-    async def update(
-        self,
-        *,
-        name: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        history_steps: int | None = None,
-        param_groups: list[dict[str, Any]] | None = None,
-        history_points: int | None = None,
-        expires_after_idle_seconds: int | None = None,
-        **optimizer: Any,
-    ) -> None:
+    async def update(self, **changes: Unpack[SessionUpdate]) -> None:
         """Change settings (see ``Session.update``)."""
-        extra = _given(
-            name=name,
-            metadata=metadata,
-            history_steps=history_steps,
-            param_groups=param_groups,
-            history_points=history_points,
-            expires_after_idle_seconds=expires_after_idle_seconds,
-        )
-        self._apply((await self._client.request(self._update_spec(optimizer, extra))).json())
+        await run_async(self._client.request, self._update_call(changes))
 
     async def rollback(self, t: int) -> None:
         """Return to the state right after step ``t`` (see ``Session.rollback``)."""
-        self._apply((await self._client.request(self._rollback_spec(t))).json())
+        await run_async(self._client.request, self._rollback_call(t))
 
     async def refresh(self) -> None:
         """Read the session's fields again."""
-        self._apply((await self._client.request(RequestSpec("GET", self._path))).json())
+        await run_async(self._client.request, self._refresh_call())
 
     async def checkpoint(self) -> bytes:
         """The session's state as a safetensors file (see ``Session.checkpoint``)."""
-        return (await self._client.request(self._checkpoint_spec())).content
+        return await run_async(self._client.request, self._checkpoint_call())
 
     async def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``checkpoint()`` to ``path``."""
         data = await self.checkpoint()
         await asyncio.to_thread(Path(path).write_bytes, data)
 
-    async def fork(self, *, name: str | None = None) -> AsyncSession:
-        """A new session with this one's state and settings (and ``name``)."""
-        resource = (await self._client.request(self._fork_spec(name))).json()
+    async def fork(self, *, name: str | None = None, tags: list[str] | None = None) -> AsyncSession:
+        """A new session with this one's state and settings (see ``Session.fork``)."""
+        resource = await run_async(self._client.request, self._fork_call(name, tags))
         return AsyncSession(self._client, resource, gradient_dtype=self.gradient_dtype)
 
     async def delete(self) -> None:
         """Delete the session and all its state."""
-        await self._client.request(RequestSpec("DELETE", self._path))
-
-
-def _given(**fields: Any) -> dict[str, Any]:
-    return {name: value for name, value in fields.items() if value is not None}
+        await run_async(self._client.request, self._delete_call())
 
 
 def flat_vector(values: npt.ArrayLike, size: int, what: str) -> npt.NDArray[Any]:

@@ -327,20 +327,17 @@ class RemoteAdam(torch.optim.Optimizer):
 
 
 class RemoteAdamW(RemoteAdam):
-    """``torch.optim.AdamW`` computed by an adamhub service (see ``RemoteAdam``)."""
+    """``torch.optim.AdamW`` computed by an adamhub service (see ``RemoteAdam``): the
+    same arguments, with AdamW's defaults (``weight_decay=1e-2``, decoupled)."""
 
     def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-        **options: Any,
+        self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], *args: Any, **options: Any
     ) -> None:
+        # lr, betas, eps, weight_decay, amsgrad: positional as torch's, or by name.
+        if len(args) < 4:
+            options.setdefault("weight_decay", 1e-2)
         options.setdefault("decoupled_weight_decay", True)
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **options)
+        super().__init__(params, *args, **options)
 
 
 def default_name(model: torch.nn.Module | None) -> str:

@@ -30,8 +30,8 @@ import numpy as np
 import numpy.typing as npt
 
 import adamhub
+from adamhub_service.cli.processes import ServiceProcess
 from adamhub_service.optim import AdamConfig, adam_step, init_state
-from adamhub_service.testing import ServiceProcess
 
 INPUTS, HIDDEN = 8, 32
 SHAPES = {"w1": (INPUTS, HIDDEN), "b1": (HIDDEN,), "w2": (HIDDEN, 1), "b2": (1,)}

@@ -1,0 +1,15 @@
+"""The HTTP headers the SDK sends and reads (the service's names; a test checks them
+against its OpenAPI document)."""
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+DTYPE = "Adamhub-Dtype"
+SETTINGS = "Adamhub-Optimizer"
+BASE_STEP = "Adamhub-Base-Step"
+SAMPLES = "Adamhub-Samples"
+LOSS = "Adamhub-Loss"
+WORKER = "Adamhub-Worker"
+PREFER = "Prefer"
+STEP = "Adamhub-Step"
+APPLIED_STEP = "Adamhub-Applied-Step"
+REPLAYED = "Idempotent-Replayed"
+RETRY_AFTER = "Retry-After"
