@@ -1,6 +1,6 @@
 """``adamhub``: the users' command line, over the SDK.
 
-    adamhub sessions list [--name PATTERN] [--order -updated_at]
+    adamhub sessions list [--name PATTERN] [--tag TAG]... [--order -updated_at]
     adamhub sessions show|rm ID
     adamhub sessions fork ID [--name NAME]
     adamhub sessions rollback ID T
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     session_commands = sessions.add_subparsers(dest="action", required=True)
     listing = session_commands.add_parser("list", help="the tenant's sessions")
     listing.add_argument("--name", help="a part of the name, or a glob (*, ?)")
+    listing.add_argument(
+        "--tag", dest="tags", action="append", help="only sessions with this tag (repeat: all)"
+    )
     listing.add_argument(
         "--order",
         default="created_at",
@@ -108,15 +111,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 def sessions_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     """``adamhub sessions …``."""
     if args.action == "list":
-        found = client.list_sessions(name=args.name, order=args.order)
+        found = client.list_sessions(name=args.name, order=args.order, tag=args.tags)
         if args.json:
             for session in found:
                 print(json.dumps(session.resource), file=out)
             return 0
         rows = [
-            [s.id, s.name or "", str(s.size), s.dtype, str(s.t), s.updated_at or ""] for s in found
+            [
+                s.id,
+                s.name or "",
+                ",".join(s.tags),
+                str(s.size),
+                s.dtype,
+                str(s.t),
+                s.updated_at or "",
+            ]
+            for s in found
         ]
-        print_table(["SESSION", "NAME", "SIZE", "DTYPE", "T", "UPDATED"], rows, out)
+        print_table(["SESSION", "NAME", "TAGS", "SIZE", "DTYPE", "T", "UPDATED"], rows, out)
     elif args.action == "show":
         print(json.dumps(client.session(args.id).resource, indent=2), file=out)
     elif args.action == "rm":

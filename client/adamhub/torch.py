@@ -52,7 +52,8 @@ class RemoteAdam(torch.optim.Optimizer):
     gradients are left out, as torch leaves them untouched.
 
     A new session is named ``name``, else after ``model``'s class (or the script) and
-    the host, as ``MyNet@gpu-7``, so that it is found in lists and the dashboard.
+    the host, as ``MyNet@gpu-7``, so that it is found in lists and the dashboard;
+    ``tags`` label it (``client.list_sessions(tag=…)``).
 
     ``client`` defaults to ``adamhub.Client()`` (``$ADAMHUB_BASE_URL``,
     ``$ADAMHUB_API_KEY``). ``session`` (an id or a ``Session``) attaches to an existing
@@ -89,6 +90,7 @@ class RemoteAdam(torch.optim.Optimizer):
         client: Client | None = None,
         session: Session | str | None = None,
         name: str | None = None,
+        tags: list[str] | None = None,
         on_nonfinite: Literal["raise", "skip"] = "raise",
         rounds: int | dict[str, Any] | None = None,
         model: torch.nn.Module | None = None,
@@ -134,6 +136,7 @@ class RemoteAdam(torch.optim.Optimizer):
                 optimizer={**_fields(base), "amsgrad": bool(base["amsgrad"])},
                 param_groups=self._session_groups(),
                 name=name if name is not None else default_name(model),
+                tags=list(tags or []),
                 rounds={"contributions": rounds} if isinstance(rounds, int) else rounds,
             )
         else:

@@ -30,13 +30,24 @@ def run(service_url: str, *args: str, check: bool = True) -> subprocess.Complete
 
 def test_sessions_commands(service_url: str, tmp_path: Path) -> None:
     with adamhub.Client(service_url) as client:
-        session = client.create_session(size=3, name="cli-run-1", history_steps=5)
-        client.create_session(size=2, name="other")
+        session = client.create_session(
+            size=3, name="cli-run-1", history_steps=5, tags=["cli-exp", "cli-gpu"]
+        )
+        client.create_session(size=2, name="other", tags=["cli-exp"])
         for _ in range(3):
             session.step(np.ones(3, np.float32))
     listed = run(service_url, "sessions", "list", "--name", "cli-run").stdout
     assert session.id in listed and "cli-run-1" in listed and "other" not in listed
-    assert listed.splitlines()[0].split() == ["SESSION", "NAME", "SIZE", "DTYPE", "T", "UPDATED"]
+    header, row = listed.splitlines()
+    assert header.split() == ["SESSION", "NAME", "TAGS", "SIZE", "DTYPE", "T", "UPDATED"]
+    assert row.split()[:3] == [session.id, "cli-run-1", "cli-exp,cli-gpu"]
+    tagged = run(service_url, "sessions", "list", "--tag", "cli-exp", "--json").stdout
+    assert sorted(json.loads(line)["name"] for line in tagged.splitlines()) == [
+        "cli-run-1",
+        "other",
+    ]
+    both = run(service_url, "sessions", "list", "--tag", "cli-exp", "--tag", "cli-gpu").stdout
+    assert session.id in both and "other" not in both
     lines = run(service_url, "sessions", "list", "--name", "cli-run-*", "--json").stdout
     assert [json.loads(line)["t"] for line in lines.splitlines()] == [3]
     shown = json.loads(run(service_url, "sessions", "show", session.id).stdout)

@@ -194,8 +194,10 @@ def test_sessions_are_named_after_the_model_and_host_and_losses_recorded(
 
     client = adamhub.Client(service_url)
     model = mlp(5)
-    optimizer = RemoteAdam(model.parameters(), client=client, model=model)
+    optimizer = RemoteAdam(model.parameters(), client=client, model=model, tags=["remote-tag"])
     assert optimizer.session.name == f"Sequential@{socket.gethostname()}"
+    assert optimizer.session.tags == ["remote-tag"]
+    assert [s.id for s in client.list_sessions(tag="remote-tag")] == [optimizer.session.id]
     unnamed = RemoteAdam(mlp(5).parameters(), client=client)
     assert unnamed.session.name is not None and unnamed.session.name.endswith(socket.gethostname())
     x, y = data()

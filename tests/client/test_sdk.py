@@ -312,3 +312,40 @@ def test_history_find_and_expiry_settings(client: adamhub.Client) -> None:
         other = client.create_session(size=2, name="sdk-history-b")
         found = client.list_sessions(name="sdk-history-*", order="-created_at")
         assert [s.id for s in found] == [other.id, session.id]
+
+
+def test_tags_and_every_setting_through_the_sdk(client: adamhub.Client) -> None:
+    with client:
+        session = client.create_session(size=2, name="sdk-tags-a", tags=["sdk-exp", "sdk-gpu"])
+        other = client.create_session(size=2, name="sdk-tags-b", tags=["sdk-exp"])
+        assert session.tags == ["sdk-exp", "sdk-gpu"]
+        assert session.settings["tags"] == ["sdk-exp", "sdk-gpu"]
+        assert [s.id for s in client.list_sessions(tag="sdk-exp")] == [session.id, other.id]
+        assert [s.id for s in client.list_sessions(tag=["sdk-exp", "sdk-gpu"])] == [session.id]
+        assert [s.id for s in client.list_sessions(tag="sdk-gpu", name="*-b")] == []
+        session.update(tags=["sdk-best"], max_staleness=2)
+        assert (session.tags, session.max_staleness) == (["sdk-best"], 2)
+        session.update(max_staleness=None)  # back to its default: no bound
+        assert session.max_staleness is None
+        with pytest.raises(ValueError, match="fixed"):
+            session.update(rounds={"contributions": 2})
+        with pytest.raises(adamhub.ValidationFailedError) as refused:
+            session.update(tags=["no spaces"])
+        assert refused.value.status_code == 422
+        fork = session.fork(name="sdk-tags-fork")
+        assert (fork.name, fork.tags) == ("sdk-tags-fork", ["sdk-best"])
+        imported = client.import_session(session.checkpoint(), name="in", tags=["sdk-in"])
+        assert (imported.name, imported.tags) == ("in", ["sdk-in"])
+
+
+def test_async_sessions_take_tags_too(service_url: str) -> None:
+    async def scenario() -> None:
+        async with adamhub.AsyncClient(service_url) as client:
+            session = await client.create_session(size=2, tags=["async-tag"])
+            assert [s.id for s in await client.list_sessions(tag="async-tag")] == [session.id]
+            await session.update(tags=[])
+            assert session.tags == []
+            fork = await session.fork(tags=["async-fork"])
+            assert fork.tags == ["async-fork"]
+
+    asyncio.run(scenario())

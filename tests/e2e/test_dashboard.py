@@ -142,3 +142,38 @@ def test_a_service_with_a_master_key_asks_for_one(
         page.close()
     finally:
         service.stop()
+
+
+def test_the_list_shows_tags_and_filters_by_them(browser: Browser, service_url: str) -> None:
+    with adamhub.Client(service_url) as client:
+        both = client.create_session(size=2, name="tagged-both", tags=["ui-exp", "ui-gpu"])
+        one = client.create_session(size=2, name="tagged-one", tags=["ui-exp"])
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(f"{service_url}/ui")
+        row = page.locator(f'tr[data-session="{both.id}"]')
+        row.wait_for(timeout=10_000)
+        assert [chip.inner_text() for chip in row.locator("button.tag").all()] == [
+            "ui-exp",
+            "ui-gpu",
+        ]
+        rows = (
+            "() => [...document.querySelectorAll('#sessions tbody tr')].map(r => r.dataset.session)"
+        )
+        page.fill("#tag-filter", "ui-exp")
+        page.wait_for_function(f"() => ({rows})().length === 2", timeout=10_000)
+        assert set(page.evaluate(rows)) == {both.id, one.id}
+        # A tag's chip adds it to the filter: only the session with both remains.
+        row.locator('button.tag[data-tag="ui-gpu"]').click()
+        page.wait_for_function(f"() => ({rows})().length === 1", timeout=10_000)
+        assert page.evaluate(rows) == [both.id]
+        assert page.input_value("#tag-filter") == "ui-exp ui-gpu"
+        # The session page shows its tags.
+        row.locator("a").click()
+        page.wait_for_selector("#session-tags button.tag")
+        assert page.inner_text("#session-tags").split() == ["ui-exp", "ui-gpu"]
+    finally:
+        page.close()
+    assert not errors, errors

@@ -39,6 +39,13 @@ def test_the_keys_command_works_beside_a_running_service(tmp_path: Path) -> None
         assert worker.returncode == 0, worker.stderr
         listed = keys_command(data_dir, "list")
         assert listed.returncode == 0 and listed.stdout.count("acme") == 2
+        # The store flags go after the sub-command too, as with `serve`.
+        after = subprocess.run(
+            [*SERVICE_COMMAND, "keys", "list", "--data-dir", str(data_dir)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert after.returncode == 0, after.stderr
+        assert after.stdout == listed.stdout
         assert secret not in listed.stdout
         with adamhub.Client(service.base_url, api_key=secret) as team:
             session = team.create_session(size=4)

@@ -178,20 +178,27 @@ VectorOut = Annotated[
 ]
 
 
+# torch's defaults, as ``optim.AdamConfig`` holds them.
+TORCH_DEFAULTS = AdamConfig()
+
+
 class OptimizerSettings(BaseModel):
     """Adam's hyperparameters; every field optional, with torch's defaults."""
 
     model_config = _STRICT
 
-    lr: Lr = 1e-3
-    betas: Betas = (0.9, 0.999)
-    eps: Eps = 1e-8
-    weight_decay: WeightDecay = 0.0
+    lr: Lr = TORCH_DEFAULTS.lr
+    betas: Betas = TORCH_DEFAULTS.betas
+    eps: Eps = TORCH_DEFAULTS.eps
+    weight_decay: WeightDecay = TORCH_DEFAULTS.weight_decay
     decoupled_weight_decay: bool = Field(
-        default=False, description="true: AdamW (Loshchilov & Hutter); false: L2 in the gradient."
+        default=TORCH_DEFAULTS.decoupled_weight_decay,
+        description="true: AdamW (Loshchilov & Hutter); false: L2 in the gradient.",
     )
-    amsgrad: bool = Field(default=False, description="Fixed when the session is created.")
-    maximize: bool = False
+    amsgrad: bool = Field(
+        default=TORCH_DEFAULTS.amsgrad, description="Fixed when the session is created."
+    )
+    maximize: bool = TORCH_DEFAULTS.maximize
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     max_grad_norm: MaxGradNorm | None = None
 
@@ -427,6 +434,11 @@ class ForkIn(BaseModel):
     tags: Tags | SkipJsonSchema[None] = Field(
         default=None, description="Default: the original's tags."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_tags(cls, values: Any) -> Any:
+        return refuse_nulls(values, ("tags",))
 
     def settings_changes(self) -> dict[str, Any]:
         """The settings the fork changes."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from adamhub_service.model.principal import ALL, Principal
+from adamhub_service.model.records import parse_rfc3339
 
 SECRET_PREFIX = "ahk_"
 
@@ -44,7 +45,7 @@ class ApiKey:
         """Whether the key has expired at ``now`` (timezone-aware)."""
         if self.expires_at is None:
             return False
-        return datetime.fromisoformat(self.expires_at.replace("Z", "+00:00")) <= now
+        return parse_rfc3339(self.expires_at) <= now
 
     def principal(self) -> Principal:
         """The caller a request with this key is."""

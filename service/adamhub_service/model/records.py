@@ -37,6 +37,11 @@ def utc_now() -> str:
     return rfc3339(datetime.now(UTC))
 
 
+def parse_rfc3339(text: str) -> datetime:
+    """A time written by ``rfc3339`` (or any RFC 3339 time), timezone-aware."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def rfc3339(moment: datetime) -> str:
     """A timezone-aware time as RFC 3339 UTC with a ``Z``, to the millisecond."""
     moment = moment.astimezone(UTC)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from adamhub_service import errors
 from adamhub_service.model.outcomes import WriteStatus
+from adamhub_service.model.records import parse_rfc3339
 from adamhub_service.model.repositories import (
     ExpiryRepository,
     SessionRepository,
@@ -24,7 +25,7 @@ logger = logging.getLogger("adamhub.sessions")
 
 def idle_seconds(updated_at: str, now: datetime) -> float:
     """Seconds since an RFC 3339 ``updated_at``."""
-    return (now - datetime.fromisoformat(updated_at.replace("Z", "+00:00"))).total_seconds()
+    return (now - parse_rfc3339(updated_at)).total_seconds()
 
 
 class Janitor:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from adamhub_service import errors
 from adamhub_service.model.api_keys import ApiKey, new_key_id, new_secret, secret_hash
 from adamhub_service.model.principal import ACTIONS, ALL, MASTER, TENANT_PATTERN, Principal
-from adamhub_service.model.records import utc_now
+from adamhub_service.model.records import rfc3339, utc_now
 from adamhub_service.model.repositories import ApiKeyRepository
 
 CACHE_SECONDS = 0.5
@@ -79,10 +79,7 @@ class KeyService:
             )
         expires_at = None
         if spec.expires_at is not None:
-            expires = spec.expires_at.astimezone(UTC)
-            expires_at = (
-                expires.strftime("%Y-%m-%dT%H:%M:%S.") + f"{expires.microsecond // 1000:03d}Z"
-            )
+            expires_at = rfc3339(spec.expires_at)
         key = ApiKey(
             id=new_key_id(),
             tenant=spec.tenant,

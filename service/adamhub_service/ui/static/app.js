@@ -124,12 +124,31 @@ function leave() {
 // -- the list of sessions -------------------------------------------------------------
 
 let search = "";
+let tagFilter = "";
+
+function filterTags() {
+  return tagFilter.split(/[\s,]+/).filter((tag) => tag);
+}
+
+// A tag as a chip; clicking it filters the list by it.
+function tagChip(tag) {
+  const chip = el("button", { class: "tag", type: "button", "data-tag": tag, text: tag });
+  chip.onclick = () => {
+    if (!filterTags().includes(tag)) tagFilter = [...filterTags(), tag].join(" ");
+    if (location.hash !== "#/" && location.hash !== "") location.hash = "#/";
+    else showList().catch(showError);
+  };
+  return chip;
+}
 
 async function showList() {
   mount("list-template");
   const box = document.getElementById("search");
   box.value = search;
   box.oninput = () => { search = box.value; refreshList().catch(showError); };
+  const tags = document.getElementById("tag-filter");
+  tags.value = tagFilter;
+  tags.oninput = () => { tagFilter = tags.value; refreshList().catch(showError); };
   await refreshList();
   current.timers.push(setInterval(() => refreshList().catch(showError), 2000));
 }
@@ -137,6 +156,7 @@ async function showList() {
 async function refreshList() {
   const query = new URLSearchParams({ order: "-updated_at", limit: "100" });
   if (search.trim()) query.set("name", search.trim());
+  for (const tag of filterTags()) query.append("tag", tag);
   const { sessions } = await json("/v1/sessions?" + query);
   const histories = await Promise.all(sessions.slice(0, 50).map(
     (s) => json(`/v1/sessions/${s.id}/history?limit=50`).then((h) => h.points)));
@@ -148,6 +168,7 @@ async function refreshList() {
     const link = el("a", { href: `#/s/${session.id}`, text: session.name || "(unnamed)" });
     return el("tr", { "data-session": session.id },
       el("td", {}, link),
+      el("td", { class: "tags" }, ...(session.tags || []).map(tagChip)),
       el("td", { class: "muted", text: session.id }),
       el("td", { class: "num", text: session.size.toLocaleString() }),
       el("td", { class: "num", text: String(session.t) }),
@@ -177,6 +198,7 @@ async function showSession(id) {
 function renderFacts(page) {
   const s = page.session;
   document.getElementById("session-name").textContent = s.name || "(unnamed)";
+  document.getElementById("session-tags").replaceChildren(...(s.tags || []).map(tagChip));
   document.getElementById("session-facts").textContent =
     `${s.id} · ${s.size.toLocaleString()} ${s.dtype} parameters · t=${s.t}` +
     (s.rounds ? ` · rounds of ${s.rounds.contributions ?? s.rounds.target_samples + " samples"}` : "");
