@@ -16,14 +16,14 @@ from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.bodies import declared_length, read_body, validate
 from adamhub_service.api.deps import ServicesDep, SessionId
 from adamhub_service.api.negotiation import BINARY, body_kind, etag
-from adamhub_service.api.parameters import IdempotencyKeyHeader
+from adamhub_service.api.parameters import IdempotencyKeyHeader, SingleValuedQuery
 from adamhub_service.api.rendering import created_response
 from adamhub_service.api.schemas import ForkIn, Name, SessionOut
 from adamhub_service.model.settings import MAX_TAGS, SessionSettings, Tag
 from adamhub_service.sessions.checkpoints import FORMAT
 from adamhub_service.steps.idempotency import checked_key
 
-router = APIRouter(prefix="/v1", tags=["checkpoints"])
+router = APIRouter(prefix="/v1", tags=["checkpoints"], dependencies=[SingleValuedQuery])
 
 SAFETENSORS = {
     "schema": {

@@ -12,10 +12,11 @@ from adamhub_service.api import openapi
 from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.deps import ServicesDep, SessionId
 from adamhub_service.api.negotiation import JSON
+from adamhub_service.api.parameters import SingleValuedQuery
 from adamhub_service.api.schemas import MAX_STEP, HistoryOut
 from adamhub_service.model.settings import MAX_HISTORY_POINTS
 
-router = APIRouter(prefix="/v1", tags=["history"])
+router = APIRouter(prefix="/v1", tags=["history"], dependencies=[SingleValuedQuery])
 
 EVENT_STREAM = "text/event-stream"
 # An idle stream sends a comment this often (proxies close silent connections), and

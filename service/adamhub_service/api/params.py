@@ -13,12 +13,12 @@ from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.bodies import vector_body
 from adamhub_service.api.deps import ServicesDep, SessionId
 from adamhub_service.api.negotiation import BINARY, JSON, etag
-from adamhub_service.api.parameters import DtypeHeader
+from adamhub_service.api.parameters import DtypeHeader, SingleValuedQuery
 from adamhub_service.api.schemas import ParamsIn, ParamsOut, SessionOut, render
 from adamhub_service.model.records import SessionRecord
 from adamhub_service.sessions.budget import vector_request_bytes
 
-router = APIRouter(prefix="/v1", tags=["parameters"])
+router = APIRouter(prefix="/v1", tags=["parameters"], dependencies=[SingleValuedQuery])
 
 # The longest a params request may wait for a step.
 MAX_WAIT_SECONDS = 300

@@ -14,7 +14,7 @@ from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.bodies import declared_length, json_model, read_body, validate
 from adamhub_service.api.deps import ServicesDep, SessionId
 from adamhub_service.api.negotiation import JSON, body_kind
-from adamhub_service.api.parameters import IdempotencyKeyHeader
+from adamhub_service.api.parameters import IdempotencyKeyHeader, SingleValuedQuery
 from adamhub_service.api.rendering import created_response
 from adamhub_service.api.schemas import (
     RollbackIn,
@@ -29,7 +29,7 @@ from adamhub_service.model.settings import MAX_TAGS, Tag
 from adamhub_service.sessions.service import SessionChanges
 from adamhub_service.steps.idempotency import checked_key
 
-router = APIRouter(prefix="/v1", tags=["sessions"])
+router = APIRouter(prefix="/v1", tags=["sessions"], dependencies=[SingleValuedQuery])
 SESSION_ID_REGEX = SESSION_ID_PATTERN.pattern
 
 # Parsing JSON takes several times the body's bytes of memory while it lasts.

@@ -146,3 +146,12 @@ def test_patch_null_puts_a_setting_back_to_its_default_where_it_may_be_null(
         assert refused.status_code == 422, name
     # Rounds are fixed at creation.
     assert client.patch(f"/v1/sessions/{sid}", json={"rounds": None}).status_code == 422
+
+
+def test_a_query_parameter_of_one_value_given_twice_is_422(client: TestClient) -> None:
+    create(client, name="only", tags=["a", "b"])
+    assert listed(client, "tag=a&tag=b") == ["only"]
+    refused = client.get("/v1/sessions?name=only&name=other")
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["loc"] == ["query", "name"]
+    assert client.get("/v1/sessions?limit=1&limit=2").status_code == 422
