@@ -26,7 +26,7 @@ import safetensors.numpy
 import torch
 
 from adamhub._client import Client
-from adamhub._errors import StaleGradientError, UnprocessableEntityError
+from adamhub._errors import NotFoundError, StaleGradientError, UnprocessableEntityError
 from adamhub._session import Session
 
 # The hyperparameters of a torch param group that a session's param group holds.
@@ -128,27 +128,52 @@ class RemoteAdam(torch.optim.Optimizer):
                 f"alone; got {sorted(str(kind) for kind in kinds)}"
             )
         self._dtype = dtypes.pop()
-        if session is None:
+        # The session is made when it is first needed (a step, state_dict, pull), so
+        # that torch's resume order — make the optimizer, then load_state_dict — leaves
+        # one session: the checkpoint's, not an empty one beside it.
+        self._session: Session | None = None
+        self._name = name
+        self._tags = list(tags or [])
+        self._model_name = default_name(model) if name is None else name
+        self._rounds: dict[str, Any] | None = (
+            {"contributions": rounds} if isinstance(rounds, int) else rounds
+        )
+        if session is not None:
+            if rounds is not None:
+                raise ValueError("rounds is set when a session is made, not when attaching")
+            self._attach(self._client.session(session) if isinstance(session, str) else session)
+            self.pull()
+        self._sent = self._settings()
+
+    @property
+    def session(self) -> Session:
+        """The session this optimizer steps: made on first use (named after ``name``,
+        else the model and host; with ``tags`` and ``rounds``), or the one attached or
+        resumed."""
+        if self._session is None:
             base = self.param_groups[0]
-            self.session = self._client.create_session(
+            self._session = self._client.create_session(
                 self._flat(p.detach() for p in self._trainable()),
                 dtype=self._dtype,
                 optimizer={**_fields(base), "amsgrad": bool(base["amsgrad"])},
                 param_groups=self._session_groups(),
-                name=name if name is not None else default_name(model),
-                tags=list(tags or []),
-                rounds={"contributions": rounds} if isinstance(rounds, int) else rounds,
+                name=self._model_name,
+                tags=self._tags,
+                rounds=self._rounds,
             )
-        else:
-            if rounds is not None:
-                raise ValueError("rounds is set when a session is made, not when attaching")
-            self.session = self._client.session(session) if isinstance(session, str) else session
-            if self.session.size != self._size:
-                raise ValueError(
-                    f"the session has {self.session.size} parameters; the model has {self._size}"
-                )
-            self.pull()
-        self._sent = self._settings()
+            self._sent = self._settings()
+        return self._session
+
+    @session.setter
+    def session(self, session: Session) -> None:
+        self._attach(session)
+
+    def _attach(self, session: Session) -> None:
+        if session.size != self._size:
+            raise ValueError(
+                f"the session has {session.size} parameters; the model has {self._size}"
+            )
+        self._session = session
 
     # -- what the session sees ------------------------------------------------------
 
@@ -273,30 +298,55 @@ class RemoteAdam(torch.optim.Optimizer):
             self.state[param] = state
             offset += count
         document = super().state_dict()
-        document["adamhub"] = {"session": self.session.id, "t": t}
+        document["adamhub"] = {
+            "session": self.session.id,
+            "t": t,
+            "name": self.session.name,
+            "tags": list(self.session.tags),
+        }
         return document
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict of ``state_dict()``, or of ``torch.optim.Adam``/``AdamW``;
-        training then goes on exactly from that state. When the session has moved on
-        from it (or it came from elsewhere), a new session is made from it, with a
-        warning; the model's parameters are taken as they are now (load the model's own
-        state dict first, as with torch)."""
+        training then goes on exactly from that state.
+
+        When the state is where its session still is (torch's resume order: a new
+        optimizer, then this), the optimizer attaches to that session and makes none.
+        Otherwise (the session moved on, is gone, or the state came from elsewhere) a new
+        session is made from it — with its name and tags, if it has them — with a
+        warning when it left a session that moved on; the model's parameters are taken
+        as they are now (load the model's own state dict first, as with torch)."""
         mark = state_dict.get("adamhub")
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "adamhub"})
-        self.session.refresh()
-        if mark is not None and mark["session"] == self.session.id:
-            if mark["t"] == self.session.t:
+        if mark is not None:
+            current = self._session_of(mark["session"])
+            if current is not None and current.t == mark["t"]:
+                self._attach(current)
                 self._sent = self._settings()
-                self.session.update(param_groups=self._settings())
+                current.update(param_groups=self._settings())
                 return
-            warnings.warn(
-                f"session {self.session.id} has moved on to t={self.session.t} since this "
-                f"state (t={mark['t']}); going on from the state in a new session",
-                stacklevel=2,
-            )
-        self.session = self._client.import_session(self._checkpoint_of_state())
+            if current is not None:
+                warnings.warn(
+                    f"session {current.id} has moved on to t={current.t} since this state "
+                    f"(t={mark['t']}); going on from the state in a new session",
+                    stacklevel=2,
+                )
+        name = self._name if self._name is not None else (mark or {}).get("name")
+        tags = self._tags or (mark or {}).get("tags") or None
+        self._session = self._client.import_session(
+            self._checkpoint_of_state(), name=name or self._model_name, tags=tags
+        )
         self._sent = self._settings()
+
+    def _session_of(self, session_id: str) -> Session | None:
+        """The session with this id, fresh; None when it is gone (or not this caller's)."""
+        if self._session is not None and self._session.id == session_id:
+            self._session.refresh()
+            return self._session
+        try:
+            return self._client.session(session_id)
+        except NotFoundError:
+            return None
 
     def _checkpoint_of_state(self) -> bytes:
         """A checkpoint file of the loaded state and the model's current parameters."""

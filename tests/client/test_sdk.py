@@ -261,7 +261,7 @@ def test_a_contribution_answered_202_is_followed_until_its_round_closes(
     first = adamhub.Client(service_url, timeout=2.0)
     assert first.round_wait_seconds == 1.0
     session = first.create_session(size=4, dtype="float64", rounds={"contributions": 2})
-    assert session.rounds == {"contributions": 2, "min_contributions": 1}
+    assert session.rounds == {"contributions": 2, "min_contributions": 1, "aggregate": "mean"}
     answers: dict[str, np.ndarray] = {}
 
     def contribute() -> None:

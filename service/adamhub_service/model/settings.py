@@ -10,6 +10,7 @@ adding a field here (with its docs and a test).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar
 
 import orjson
@@ -26,6 +27,8 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from adamhub_service.model.fields import MAX_STEP, Finite, refuse_nulls, whole
+from adamhub_service.optim import Aggregate, FloatArray, aggregate
+from adamhub_service.optim.aggregates import DEFAULT_TRIM
 
 MAX_HISTORY_STEPS = 1_000_000
 DEFAULT_HISTORY_POINTS = 10_000
@@ -126,6 +129,22 @@ class RoundRule(BaseModel):
     min_contributions: Contributions = Field(
         default=1, description="The fewest contributions a round closes with at its timeout."
     )
+    aggregate: Aggregate = Field(
+        default="mean",
+        description="How a round's contributions become its gradient: `mean` "
+        "(samples-weighted), or a robust aggregate weighing each contribution the same — "
+        "`trimmed_mean` (per coordinate, `trim` of the values cut from each end), "
+        "`median` (per coordinate), `centered_clip` (Karimireddy et al. 2021, radius "
+        "`clip_radius`).",
+    )
+    trim: Annotated[Finite, Field(ge=0, lt=0.5)] | SkipJsonSchema[None] = Field(
+        default=None,
+        description=f"trimmed_mean: floor(trim × n) of n values are cut from each end "
+        f"(default {DEFAULT_TRIM}).",
+    )
+    clip_radius: Annotated[Finite, Field(gt=0)] | SkipJsonSchema[None] = Field(
+        default=None, description="centered_clip (required there): the clipping radius τ."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -138,7 +157,23 @@ class RoundRule(BaseModel):
             raise ValueError("rounds need exactly one of 'contributions' and 'target_samples'")
         if self.contributions is not None and self.min_contributions > self.contributions:
             raise ValueError("rounds.min_contributions may not exceed contributions")
+        if self.trim is not None and self.aggregate != "trimmed_mean":
+            raise ValueError("rounds.trim goes with aggregate 'trimmed_mean'")
+        if (self.clip_radius is not None) != (self.aggregate == "centered_clip"):
+            raise ValueError(
+                "rounds.clip_radius goes with aggregate 'centered_clip', which needs it"
+            )
         return self
+
+    def aggregated(self, contributions: Sequence[tuple[int, FloatArray]], dtype: str) -> FloatArray:
+        """The round's gradient of ``(samples, gradient)`` contributions, in ``dtype``."""
+        return aggregate(
+            contributions,
+            dtype,
+            kind=self.aggregate,
+            trim=DEFAULT_TRIM if self.trim is None else self.trim,
+            clip_radius=self.clip_radius,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set (the stored and served form; ``lua/contribute.lua``

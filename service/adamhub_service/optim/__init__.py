@@ -19,9 +19,11 @@ from adamhub_service.optim.adam import (
     init_state,
     with_changes,
 )
+from adamhub_service.optim.aggregates import AGGREGATES, Aggregate, aggregate
 from adamhub_service.optim.averaging import weighted_mean
 
 __all__ = [
+    "AGGREGATES",
     "BETA",
     "EPS",
     "FINAL_LR_RATIO",
@@ -32,11 +34,13 @@ __all__ = [
     "WEIGHT_DECAY",
     "AdamConfig",
     "AdamState",
+    "Aggregate",
     "Bound",
     "FloatArray",
     "ParamGroup",
     "Schedule",
     "adam_step",
+    "aggregate",
     "init_state",
     "weighted_mean",
     "with_changes",

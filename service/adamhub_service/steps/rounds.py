@@ -30,7 +30,7 @@ from adamhub_service.model.records import SessionRecord, new_write_id
 from adamhub_service.model.repositories import RoundRepository, SessionRepository
 from adamhub_service.model.settings import RoundRule
 from adamhub_service.observability.metrics import Metrics
-from adamhub_service.optim import FloatArray, weighted_mean
+from adamhub_service.optim import FloatArray
 from adamhub_service.steps.commit import Commit, Report
 from adamhub_service.steps.idempotency import gradient_digest
 from adamhub_service.steps.staleness import stale_gradient
@@ -315,7 +315,9 @@ class RoundService:
             for contribution, _ in taken:
                 if contribution.config is not None:
                     optimizer = contribution.config
-            mean = weighted_mean(
+            rule = record.settings.rounds
+            assert rule is not None, "a rounds session has its rule"
+            mean = rule.aggregated(
                 [(contribution.samples, gradient) for contribution, gradient in taken],
                 record.dtype,
             )

@@ -40,7 +40,7 @@ def create(client: TestClient, rounds: dict[str, Any], **body: Any) -> str:
     body = {"size": SIZE, "dtype": "float64", "rounds": rounds} | body
     response = client.post("/v1/sessions", json=body)
     assert response.status_code == 201, response.text
-    assert response.json()["rounds"] == {"min_contributions": 1} | rounds
+    assert response.json()["rounds"] == {"min_contributions": 1, "aggregate": "mean"} | rounds
     session_id: str = response.json()["id"]
     return session_id
 
@@ -339,3 +339,50 @@ def test_settings_carried_by_contributions_apply_to_the_rounds_step(client: Test
     state = adam_step(init_state(np.zeros(SIZE), config), np.mean(grads, axis=0), config)
     np.testing.assert_allclose(np.frombuffer(answers[0].content), state.params, atol=1e-12)
     assert client.get(f"/v1/sessions/{sid}").json()["optimizer"]["lr"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        ({"aggregate": "median"}, lambda grads: np.median(grads, axis=0)),
+        (
+            {"aggregate": "trimmed_mean", "trim": 0.2},
+            lambda grads: np.sort(grads, axis=0)[1:-1].mean(axis=0),
+        ),
+    ],
+)
+def test_a_robust_round_steps_on_its_aggregate_and_replays_bit_for_bit(
+    client: TestClient, redis_url: str, rule: dict[str, Any], expected: Any
+) -> None:
+    sid = create(client, {"contributions": 5} | rule)
+    state = init_state(np.zeros(SIZE), CONFIG)
+    for round_ in range(4):
+        grads = [*gradients(round_, 4), np.full(SIZE, 1e9)]  # one worker sends garbage
+        answers = together([lambda g=g: contribute(client, sid, g) for g in grads])
+        assert [a.status_code for a in answers] == [200] * 5
+        state = adam_step(state, expected(np.array(grads)), CONFIG)
+        np.testing.assert_allclose(np.frombuffer(answers[0].content), state.params, atol=1e-12)
+    with make_client(redis_url) as other:
+        rebuilt = other.get(f"/v1/sessions/{sid}/params", headers={"Accept": BINARY})
+    here = client.get(f"/v1/sessions/{sid}/params", headers={"Accept": BINARY})
+    assert rebuilt.headers["adamhub-step"] == "4"
+    assert rebuilt.content == here.content
+
+
+@pytest.mark.parametrize(
+    ("rounds", "message"),
+    [
+        ({"contributions": 3, "aggregate": "centered_clip"}, "clip_radius"),
+        ({"contributions": 3, "aggregate": "median", "trim": 0.1}, "trim"),
+        ({"contributions": 3, "aggregate": "trimmed_mean", "trim": 0.5}, "less than 0.5"),
+        ({"contributions": 3, "clip_radius": 1.0}, "clip_radius"),
+        ({"contributions": 3, "aggregate": "krum"}, "aggregate"),
+        ({"contributions": 3, "aggregate": "centered_clip", "clip_radius": 0}, "greater than 0"),
+    ],
+)
+def test_bad_aggregates_are_refused(
+    client: TestClient, rounds: dict[str, Any], message: str
+) -> None:
+    response = client.post("/v1/sessions", json={"size": 2, "rounds": rounds})
+    assert response.status_code == 422
+    assert message in response.text

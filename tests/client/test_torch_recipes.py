@@ -1,0 +1,121 @@
+"""Training recipes with RemoteAdam as torch runs them: resuming in torch's order,
+mixed precision with GradScaler."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+import adamhub
+
+pytest.importorskip("torch", reason="RemoteAdam needs torch (adamhub[torch])")
+
+import torch
+
+from adamhub.torch import RemoteAdamW
+
+
+def mlp(seed: int) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(step)
+    x = torch.randn(32, 8, generator=generator)
+    return x, torch.sin(x.sum(dim=1, keepdim=True))
+
+
+def deviation(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max(
+        float(((p - q).abs() / q.abs().clamp(min=1.0)).max().detach())
+        for p, q in zip(a.parameters(), b.parameters(), strict=True)
+    )
+
+
+def test_five_resumes_in_torchs_order_leave_one_session(service_url: str) -> None:
+    """Train, save, and resume five times as torch documents it (a new model and
+    optimizer, then load_state_dict): one session the whole way, keeping its name and
+    tags, and the same parameters as torch's AdamW resumed the same way."""
+    tag = f"resume-{uuid.uuid4().hex[:8]}"
+    with adamhub.Client(service_url) as client:
+        local = mlp(0)
+        local_opt = torch.optim.AdamW(local.parameters(), lr=0.01)
+        saved_model, saved_opt = mlp(0).state_dict(), None
+        run_name = "resumed-run"
+        for resume in range(6):
+            model = mlp(0)
+            model.load_state_dict(saved_model)
+            optimizer = RemoteAdamW(
+                model.parameters(), client=client, lr=0.01, name=run_name, tags=[tag]
+            )
+            if saved_opt is not None:
+                optimizer.load_state_dict(saved_opt)
+            for step in range(resume * 5, resume * 5 + 5):
+                for net, opt in ((model, optimizer), (local, local_opt)):
+                    x, y = batch(step)
+                    opt.zero_grad()
+                    torch.nn.functional.mse_loss(net(x), y).backward()  # type: ignore[no-untyped-call, unused-ignore]
+                    opt.step()
+            saved_model, saved_opt = model.state_dict(), optimizer.state_dict()
+        sessions = client.list_sessions(tag=tag)
+        assert [s.id for s in sessions] == [optimizer.session.id]
+        assert (sessions[0].name, sessions[0].tags, sessions[0].t) == (run_name, [tag], 30)
+        assert deviation(model, local) <= 1e-5
+
+
+def test_a_plain_torch_state_resumes_into_one_new_session(service_url: str) -> None:
+    tag = f"from-torch-{uuid.uuid4().hex[:8]}"
+    local = mlp(1)
+    local_opt = torch.optim.Adam(local.parameters(), lr=0.02)
+    for step in range(4):
+        x, y = batch(step)
+        local_opt.zero_grad()
+        torch.nn.functional.mse_loss(local(x), y).backward()  # type: ignore[no-untyped-call, unused-ignore]
+        local_opt.step()
+    with adamhub.Client(service_url) as client:
+        model = mlp(1)
+        model.load_state_dict(local.state_dict())
+        optimizer = RemoteAdamW(
+            model.parameters(), client=client, lr=0.02, weight_decay=0.0,
+            decoupled_weight_decay=False, tags=[tag],
+        )  # fmt: skip
+        optimizer.load_state_dict(local_opt.state_dict())
+        assert [s.id for s in client.list_sessions(tag=tag)] == [optimizer.session.id]
+        assert optimizer.session.t == 4
+
+
+def test_grad_scaler_with_skipped_steps_matches_torch_and_sends_nothing_for_them(
+    service_url: str,
+) -> None:
+    """Mixed precision as torch.amp does it on CPU (bfloat16 autocast, a GradScaler that
+    grows its scale every 5 steps): three steps whose loss overflows are skipped, the
+    scale halved, as torch's own AdamW sees them."""
+    local, remote = mlp(2), mlp(2)
+    local_opt = torch.optim.AdamW(local.parameters(), lr=0.01)
+    with adamhub.Client(service_url) as client:
+        remote_opt = RemoteAdamW(remote.parameters(), client=client, lr=0.01)
+        scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=5) for _ in "ab"]
+        for step in range(40):
+            scales = []
+            for net, opt, scaler in (
+                (local, local_opt, scalers[0]),
+                (remote, remote_opt, scalers[1]),
+            ):
+                x, y = batch(step)
+                opt.zero_grad()
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = torch.nn.functional.mse_loss(net(x).float(), y)
+                if step in (3, 17, 29):
+                    loss = loss * float("inf")
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scales.append(scaler.get_scale())
+                scaler.update()
+            assert scales[0] == scales[1]
+        assert scalers[1].get_scale() < 2.0**16 * 2 ** (40 // 5)  # it was halved
+        # No request for a skipped step: the session's t counts the 37 applied ones.
+        assert remote_opt.session.t == 37
+        assert len(remote_opt.session.history()) == 37
+        assert deviation(remote, local) <= 1e-5
