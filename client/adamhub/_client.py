@@ -34,13 +34,15 @@ class CreateOptions(SessionSettings, total=False):
     from scratch (zeros, or ``init``, e.g. ``{"kind": "normal", "std": 0.02, "seed":
     0}``), its ``dtype``, ``optimizer`` (an ``AdamConfig`` or a dict of its fields,
     ``schedule`` and ``max_grad_norm`` included), ``param_groups``
-    (``[{"size": n, "lr": …}, …]``, as torch's), and every setting (``SessionSettings``)."""
+    (``[{"size": n, "lr": …}, …]``, as torch's), ``segments`` (the sizes of the tensors,
+    for partial steps), and every setting (``SessionSettings``)."""
 
     size: int
     init: dict[str, Any]
     dtype: str
     optimizer: AdamConfig | dict[str, Any]
     param_groups: list[dict[str, Any]]
+    segments: list[int]
 
 
 Tags = str | Sequence[str] | None

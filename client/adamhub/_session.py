@@ -57,6 +57,7 @@ class StepOptions(TypedDict, total=False):
     settings: dict[str, Any] | None
     samples: int | None
     loss: float | None
+    segments: list[int] | None
 
 
 C = TypeVar("C", Requester, AsyncRequester)
@@ -87,6 +88,7 @@ class SessionBase(Generic[C]):
         # name, metadata, tags, …: also readable as attributes (``session.name``).
         self.settings: SessionSettings = settings_of(resource)
         self.param_groups: list[dict[str, Any]] | None = resource.get("param_groups")
+        self.segments: list[int] | None = resource.get("segments")
         self.optimizer = AdamConfig.from_dict(resource["optimizer"])
         self.created_at: str | None = resource.get("created_at")
         self.updated_at: str | None = resource.get("updated_at")
@@ -114,9 +116,10 @@ class SessionBase(Generic[C]):
         wait_seconds: float = 0.0,
         loss: float | None = None,
         worker: str | None = None,
+        segments: list[int] | None = None,
     ) -> RequestSpec:
         wire = self.gradient_dtype or self.dtype
-        vector = flat_vector(gradient, self.size, "the gradient")
+        vector = flat_vector(gradient, self._carried_size(segments), "the gradient")
         if wire == "float16" and vector.size and np.abs(vector).max() > FLOAT16_MAX:
             # It would not survive the narrowing: the exact values go instead.
             wire = self.dtype
@@ -139,6 +142,8 @@ class SessionBase(Generic[C]):
             sent[headers.LOSS] = repr(float(loss))
         if worker is not None:
             sent[headers.WORKER] = worker
+        if segments is not None:
+            sent[headers.SEGMENTS] = ",".join(str(int(index)) for index in segments)
         if self.settings["rounds"] is not None:
             # Answer before the client's read timeout; a 202 is followed by long-polls.
             sent[headers.PREFER] = f"wait={wait_seconds:g}"
@@ -148,6 +153,14 @@ class SessionBase(Generic[C]):
             content=vector.astype(np.dtype(wire).newbyteorder("<"), copy=False).tobytes(),
             headers=sent,
         )
+
+    def _carried_size(self, segments: list[int] | None) -> int:
+        """The numbers a step carrying ``segments`` (None: all) holds."""
+        if segments is None:
+            return self.size
+        if not self.segments:
+            raise ValueError("this session has no segments: a step carries every parameter")
+        return sum(self.segments[index] for index in segments)
 
     def _step_result(self, response: httpx.Response) -> npt.NDArray[np.floating]:
         self.t = int(response.headers[headers.STEP])
@@ -207,6 +220,7 @@ class SessionBase(Generic[C]):
             wait,
             options.get("loss"),
             self._worker,
+            options.get("segments"),
         )
         try:
             response = yield spec
@@ -282,6 +296,11 @@ class Session(SessionBase[Requester]):
 
         ``loss`` (the batch's loss) is recorded in the session's history, with the
         client's ``worker`` name.
+
+        ``segments`` (in a session made with ``segments``): a partial step carrying the
+        gradients of those segments (tensors) only, one after another; the others keep
+        their values, moments and step counts, as torch skips a parameter without a
+        gradient.
 
         In a rounds session the gradient is a contribution, weighted by ``samples``
         (default 1): this returns when its round closes, with the round's parameters

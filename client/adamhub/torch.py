@@ -157,6 +157,7 @@ class RemoteAdam(torch.optim.Optimizer):
                 dtype=self._dtype,
                 optimizer={**_fields(base), "amsgrad": bool(base["amsgrad"])},
                 param_groups=self._session_groups(),
+                segments=[p.numel() for p in self._trainable()],
                 name=self._model_name,
                 tags=self._tags,
                 rounds=self._rounds,
@@ -229,20 +230,25 @@ class RemoteAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params = self._trainable()
-        missing = [i for i, p in enumerate(params) if p.grad is None]
-        if len(missing) == len(params):
+        carried = [i for i, p in enumerate(params) if p.grad is not None]
+        if not carried:
             return loss  # torch steps nothing either
-        if missing:
-            raise RuntimeError(
-                f"parameters {missing} have no gradient at this step: torch would skip only "
-                "them, but a session steps its parameters together. Freeze them "
-                "(requires_grad=False) before making the optimizer, or give them a gradient"
-            )
-        if any(p.grad is not None and p.grad.is_sparse for p in params):
+        if any(params[i].grad.is_sparse for i in carried):  # type: ignore[union-attr]
             raise RuntimeError(
                 "RemoteAdam does not support sparse gradients, please consider SparseAdam instead"
             )
-        gradient = self._flat(p.grad for p in params if p.grad is not None)
+        segments = None
+        if len(carried) < len(params):
+            # A partial step: torch skips exactly the parameters without a gradient; so
+            # does the session, segment by segment.
+            if not self.session.segments:
+                raise RuntimeError(
+                    f"parameters {sorted(set(range(len(params))) - set(carried))} have no "
+                    "gradient at this step, and this session was made without segments "
+                    "(by an older client): it steps its parameters together"
+                )
+            segments = carried
+        gradient = self._flat(params[i].grad for i in carried)  # type: ignore[misc]
         current = self._settings()
         settings = None
         if current != self._sent:
@@ -253,7 +259,9 @@ class RemoteAdam(torch.optim.Optimizer):
             settings = {"param_groups": changed}
         try:
             reported = None if loss is None else float(loss)  # a tensor or a number
-            new = self.session.step(gradient, settings=settings, samples=samples, loss=reported)
+            new = self.session.step(
+                gradient, settings=settings, samples=samples, loss=reported, segments=segments
+            )
         except StaleGradientError as exc:
             # Computed at parameters the session has left: go on from the newest.
             self.stale_steps += 1
@@ -282,13 +290,16 @@ class RemoteAdam(torch.optim.Optimizer):
         from the session, plus ``adamhub``: the session id and t."""
         file = self.session.checkpoint()
         tensors = safetensors.numpy.load(file)
-        t = int(_metadata(file)["t"])
+        metadata = _metadata(file)
+        t = int(metadata["t"])
+        params = self._trainable()
+        steps = json.loads(metadata.get("segment_steps", "null")) or [t] * len(params)
         offset = 0
-        for param in self._trainable():
+        for param, step in zip(params, steps, strict=True):
             count = param.numel()
             part = slice(offset, offset + count)
             state = {
-                "step": torch.tensor(float(t)),
+                "step": torch.tensor(float(step)),
                 **{
                     name: torch.from_numpy(tensor[part].copy()).view_as(param)
                     for name, tensor in tensors.items()
@@ -351,30 +362,33 @@ class RemoteAdam(torch.optim.Optimizer):
     def _checkpoint_of_state(self) -> bytes:
         """A checkpoint file of the loaded state and the model's current parameters."""
         params = self._trainable()
-        steps = set()
+        steps = []
         names = ["exp_avg", "exp_avg_sq"]
         if self.param_groups[0]["amsgrad"]:
             names.append("max_exp_avg_sq")
         vectors: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         for param in params:
             state = self.state.get(param, {})
-            steps.add(int(state["step"]) if "step" in state else 0)
+            steps.append(int(state["step"]) if "step" in state else 0)
             for name in names:
                 vectors[name].append(state.get(name, torch.zeros_like(param)))
-        if len(steps) != 1:
-            raise ValueError(
-                f"the state has parameters at steps {sorted(steps)}; a session has one t"
-            )
         tensors = {"params": self._flat(p.detach() for p in params)}
         for name in names:
             tensors[name] = self._flat(vectors[name])
         base = self.param_groups[0]
+        optimizer = {
+            **_fields(base),
+            "amsgrad": bool(base["amsgrad"]),
+            "segment_sizes": [p.numel() for p in params],
+        }
+        # The session's t is the most steps a parameter took; each keeps its own count.
         metadata: dict[str, str] = {
             "format": _CHECKPOINT_FORMAT,
-            "t": str(steps.pop()),
+            "t": str(max(steps)),
             "dtype": self._dtype,
-            "optimizer": json.dumps({**_fields(base), "amsgrad": bool(base["amsgrad"])}),
+            "optimizer": json.dumps(optimizer),
             "param_groups": json.dumps(self._session_groups()),
+            "segment_steps": json.dumps(steps),
         }
         return safetensors.numpy.save(tensors, metadata=metadata)
 

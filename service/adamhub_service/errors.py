@@ -87,6 +87,14 @@ class StaleGradient(AdamhubError):
     title = "Stale gradient"
 
 
+class SizeChanged(AdamhubError):
+    """A gradient of the session's size before param groups were added to it: the
+    worker must add them too (``size``, ``segments``: the session as it is now)."""
+
+    slug = "size-changed"
+    title = "The session has grown"
+
+
 class PayloadTooLarge(AdamhubError):
     """The body is over the configured limit."""
 

@@ -13,7 +13,7 @@ pytest.importorskip("torch", reason="RemoteAdam needs torch (adamhub[torch])")
 
 import torch
 
-from adamhub.torch import RemoteAdamW
+from adamhub.torch import RemoteAdam, RemoteAdamW
 
 
 def mlp(seed: int) -> torch.nn.Sequential:
@@ -119,3 +119,84 @@ def test_grad_scaler_with_skipped_steps_matches_torch_and_sends_nothing_for_them
         assert remote_opt.session.t == 37
         assert len(remote_opt.session.history()) == 37
         assert deviation(remote, local) <= 1e-5
+
+
+class Experts(torch.nn.Module):
+    """A shared layer and two experts; each step uses one of them (a mixture of experts
+    routed per batch), so the other has no gradient."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.shared = torch.nn.Linear(8, 16)
+        self.experts = torch.nn.ModuleList([torch.nn.Linear(16, 1) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor, expert: int) -> torch.Tensor:
+        return self.experts[expert](torch.tanh(self.shared(x)))  # type: ignore[no-any-return]
+
+
+def moe_run(model: Experts, optimizer: torch.optim.Optimizer, steps: range) -> None:
+    for step in steps:
+        x, y = batch(step)
+        optimizer.zero_grad(set_to_none=True)
+        expert = 1 if step % 3 == 2 else 0
+        torch.nn.functional.mse_loss(model(x, expert), y).backward()  # type: ignore[no-untyped-call, unused-ignore]
+        optimizer.step()
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_modules_unused_at_some_steps_train_as_torch_does(
+    service_url: str, decoupled: bool
+) -> None:
+    local, remote = Experts(3), Experts(3)
+    options = {"lr": 0.01, "weight_decay": 0.01}
+    local_opt = (torch.optim.AdamW if decoupled else torch.optim.Adam)(
+        local.parameters(), **options
+    )
+    with adamhub.Client(service_url) as client:
+        remote_opt = (RemoteAdamW if decoupled else RemoteAdam)(
+            remote.parameters(), client=client, **options
+        )
+        moe_run(local, local_opt, range(30))
+        moe_run(remote, remote_opt, range(30))
+        assert remote_opt.session.t == 30
+        assert deviation(remote, local) <= 1e-5
+        # Per-parameter step counts, in torch's format both ways.
+        ours = remote_opt.state_dict()["state"]
+        theirs = local_opt.state_dict()["state"]
+        assert [float(ours[i]["step"]) for i in ours] == [float(theirs[i]["step"]) for i in theirs]
+        assert {float(theirs[i]["step"]) for i in theirs} == {30.0, 20.0, 10.0}
+        # torch's state into a new session, and on from there in both.
+        moved = Experts(9)
+        moved.load_state_dict(local.state_dict())
+        resumed = (RemoteAdamW if decoupled else RemoteAdam)(
+            moved.parameters(), client=client, **options
+        )
+        resumed.load_state_dict(local_opt.state_dict())
+        moe_run(moved, resumed, range(30, 45))
+        moe_run(local, local_opt, range(30, 45))
+        assert deviation(moved, local) <= 1e-5
+
+
+def test_a_partial_step_uploads_only_the_gradients_it_has(service_url: str) -> None:
+    sizes: list[int] = []
+    http = __import__("httpx").Client(
+        timeout=60,
+        event_hooks={
+            "request": [
+                lambda r: (
+                    sizes.append(int(r.headers.get("content-length", 0)))
+                    if r.url.path.endswith("/step")
+                    else None
+                )
+            ]
+        },
+    )
+    model = Experts(4)
+    with adamhub.Client(service_url, http_client=http) as client:
+        optimizer = RemoteAdam(model.parameters(), client=client, lr=0.01)
+        moe_run(model, optimizer, range(3))  # experts 0, 0, then 1
+    http.close()
+    total = sum(p.numel() for p in model.parameters())
+    one_expert = total - 17  # the other expert: 16 weights and a bias
+    assert sizes == [one_expert * 4] * 3

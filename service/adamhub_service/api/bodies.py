@@ -90,7 +90,7 @@ def validate(model: type[Model], body: bytes) -> Model:
         raise validation_problem(exc.errors()) from exc
 
 
-def _check_length(nbytes: int, itemsize: int, size: int, field: str) -> None:
+def _check_length(nbytes: int, itemsize: int, size: int, field: str, whose: str) -> None:
     if nbytes == 0:
         raise errors.InvalidVector("the request body is empty; a binary vector was expected")
     if nbytes % itemsize:
@@ -100,7 +100,7 @@ def _check_length(nbytes: int, itemsize: int, size: int, field: str) -> None:
         )
     if nbytes != size * itemsize:
         raise errors.WrongSize(
-            f"{field!r} has {nbytes // itemsize} elements; the session has {size}",
+            f"{field!r} has {nbytes // itemsize} elements; {whose} {size}",
             field=field,
             expected_size=size,
             actual_size=nbytes // itemsize,
@@ -108,14 +108,19 @@ def _check_length(nbytes: int, itemsize: int, size: int, field: str) -> None:
 
 
 async def _binary_vector(
-    request: Request, dtype: np.dtype[np.floating], size: int, field: str, stall_seconds: float
+    request: Request,
+    dtype: np.dtype[np.floating],
+    size: int,
+    field: str,
+    stall_seconds: float,
+    whose: str,
 ) -> FloatArray:
     """Raw bytes straight into an array of the expected size: a body of another length
     is refused before it is read (Content-Length) or as soon as it passes the size."""
     expected = size * dtype.itemsize
     declared = declared_length(request)
     if declared is not None:
-        _check_length(declared, dtype.itemsize, size, field)
+        _check_length(declared, dtype.itemsize, size, field, whose)
     buffer = bytearray(expected)
     view = memoryview(buffer)
     received = 0
@@ -124,7 +129,7 @@ async def _binary_vector(
         nonlocal received
         if received + len(part) > expected:
             raise errors.WrongSize(
-                f"{field!r} is longer than the session's {size} elements",
+                f"{field!r} is longer than the {size} elements expected",
                 field=field,
                 expected_size=size,
             )
@@ -132,7 +137,7 @@ async def _binary_vector(
         received += len(part)
 
     await _consume(request, stall_seconds, take)
-    _check_length(received, dtype.itemsize, size, field)
+    _check_length(received, dtype.itemsize, size, field, whose)
     return np.frombuffer(buffer, dtype=dtype)
 
 
@@ -165,13 +170,17 @@ async def received_vector(
     *,
     json_limit: int,
     stall_seconds: float,
+    size: int | None = None,
 ) -> FloatArray:
     """A vector as it arrived (its wire dtype; float64 from JSON), of the session's size
-    when binary; ``negotiation.conform`` checks and converts it."""
+    (or ``size``: a partial step's) when binary; ``negotiation.conform`` checks and
+    converts it."""
     kind = negotiation.body_kind(request.headers.get("content-type"))
     if kind == BINARY:
         dtype = negotiation.wire_dtype(dtype_header, record.dtype)
-        return await _binary_vector(request, dtype, record.size, field, stall_seconds)
+        expected = record.size if size is None else size
+        whose = "the session has" if size is None else "the step's segments have"
+        return await _binary_vector(request, dtype, expected, field, stall_seconds, whose)
     body = await read_body(request, limit=json_limit, stall_seconds=stall_seconds)
     document = negotiation.json_object(body)
     if field not in document:

@@ -6,6 +6,7 @@ The SDK sends the same names; a test checks them against the OpenAPI document.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -21,6 +22,7 @@ BASE_STEP = "Adamhub-Base-Step"
 SAMPLES = "Adamhub-Samples"
 LOSS = "Adamhub-Loss"
 WORKER = "Adamhub-Worker"
+SEGMENTS = "Adamhub-Segments"
 PREFER = "Prefer"
 LAST_EVENT_ID = "Last-Event-ID"
 # Answer headers.
@@ -99,3 +101,24 @@ def preferred_wait(header: str | None, default: float) -> float:
             if math.isfinite(seconds) and seconds >= 0:
                 return seconds
     return default
+
+
+def segments(header: str | None) -> tuple[int, ...] | None:
+    """The Adamhub-Segments header (a partial step: the indices of the segments its body
+    holds, increasing, comma-separated), or 422 naming it."""
+    if header is None:
+        return None
+    parts = [part.strip() for part in header.split(",")]
+    if not all(part.isdigit() and len(part) <= 9 for part in parts):
+        raise errors.InvalidHeader(
+            f"{SEGMENTS} must be segment indices separated by commas, such as 0,2,5, "
+            f"not {header!r}",
+            header=SEGMENTS,
+        )
+    indices = tuple(int(part) for part in parts)
+    if any(b <= a for a, b in itertools.pairwise(indices)):
+        raise errors.InvalidHeader(
+            f"{SEGMENTS} must list each segment once, in increasing order, not {header!r}",
+            header=SEGMENTS,
+        )
+    return indices

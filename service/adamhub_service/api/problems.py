@@ -27,6 +27,7 @@ STATUS: dict[type[errors.AdamhubError], int] = {
     errors.StepConflict: 409,
     errors.HistoryUnavailable: 409,
     errors.StaleGradient: 409,
+    errors.SizeChanged: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.Unprocessable: 422,

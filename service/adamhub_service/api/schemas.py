@@ -8,6 +8,7 @@ Hyperparameter bounds come from ``optim`` (one rule set for create and PATCH).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -152,6 +153,17 @@ GroupPatches = Annotated[
     list[GroupPatch],
     Field(max_length=MAX_PARAM_GROUPS, description="One entry per group, in order."),
 ]
+MAX_SEGMENTS = 65_536
+Segments = Annotated[
+    list[PositiveWhole],
+    Field(
+        min_length=1,
+        max_length=MAX_SEGMENTS,
+        description="The sizes of the parameter tensors, in order, summing to `size`: a "
+        "step may carry some of them only (`Adamhub-Segments`), each keeping its own step "
+        "count. Param groups are whole segments.",
+    ),
+]
 ParamGroups = Annotated[
     list[GroupSettings],
     Field(
@@ -202,13 +214,16 @@ class OptimizerSettings(BaseModel):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     max_grad_norm: MaxGradNorm | None = None
 
-    def config(self, groups: list[GroupSettings] | None = None) -> AdamConfig:
-        """As the optimiser's config, with ``groups``."""
+    def config(
+        self, groups: list[GroupSettings] | None = None, segments: list[int] | None = None
+    ) -> AdamConfig:
+        """As the optimiser's config, with ``groups`` and the tensors' ``segments``."""
         fields = self.model_dump(exclude={"schedule"})
         return AdamConfig(
             **fields,
             schedule=self.schedule.schedule(),
             param_groups=tuple(group.group() for group in groups or ()),
+            segment_sizes=tuple(segments or ()),
         )
 
     @classmethod
@@ -311,11 +326,12 @@ class SessionCreate(SessionSettings):
     dtype: Dtype = "float32"
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     param_groups: ParamGroups | SkipJsonSchema[None] = None
+    segments: Segments | SkipJsonSchema[None] = None
 
     @model_validator(mode="before")
     @classmethod
     def _no_nulls(cls, values: Any) -> Any:
-        return refuse_nulls(values, ("params", "size", "init", "param_groups"))
+        return refuse_nulls(values, ("params", "size", "init", "param_groups", "segments"))
 
     @model_validator(mode="after")
     def _params_or_size(self) -> SessionCreate:
@@ -323,11 +339,20 @@ class SessionCreate(SessionSettings):
             raise ValueError("give exactly one of 'params' and 'size'")
         if self.params is not None and self.init is not None:
             raise ValueError("'init' goes with 'size', not with 'params'")
+        size = self.size if self.params is None else len(self.params)
         if self.param_groups is not None:
             covered = sum(group.size for group in self.param_groups)
-            size = self.size if self.params is None else len(self.params)
             if covered != size:
                 raise ValueError(f"param_groups cover {covered} parameters; the session has {size}")
+        if self.segments is not None:
+            if sum(self.segments) != size:
+                raise ValueError(
+                    f"segments cover {sum(self.segments)} parameters; the session has {size}"
+                )
+            if self.param_groups is not None:
+                ends = set(itertools.accumulate(self.segments))
+                if not set(itertools.accumulate(g.size for g in self.param_groups)) <= ends:
+                    raise ValueError("each param group must be whole segments (tensors), in order")
         return self
 
     def new_session(self) -> NewSession:
@@ -338,7 +363,7 @@ class SessionCreate(SessionSettings):
         init = self.init
         return NewSession(
             dtype=self.dtype,
-            optimizer=self.optimizer.config(self.param_groups),
+            optimizer=self.optimizer.config(self.param_groups, self.segments),
             params=params,
             size=self.size,
             init=NormalInitSpec(init.mean, init.std, init.seed)
@@ -468,6 +493,9 @@ class SessionOut(SessionSettings):
     param_groups: list[dict[str, Any]] | None = Field(
         default=None, description="The param groups, when there are any."
     )
+    segments: list[int] | None = Field(
+        default=None, description="The sizes of the parameter tensors, when given."
+    )
     created_at: str = Field(description="RFC 3339, UTC.")
     updated_at: str = Field(description="RFC 3339, UTC.")
 
@@ -481,6 +509,7 @@ class SessionOut(SessionSettings):
             t=record.t,
             optimizer=OptimizerSettings.of(record.optimizer),
             param_groups=[GroupSettings.of(g) for g in record.optimizer.param_groups] or None,
+            segments=list(record.optimizer.segment_sizes) or None,
             created_at=record.created_at,
             updated_at=record.updated_at,
             **dict(record.settings),

@@ -72,6 +72,14 @@ _PARAMETERS = [
         "stale-gradient beyond the session's max_staleness, or when not reached.",
     ),
     openapi.parameter(
+        headers.SEGMENTS.lower(),
+        "header",
+        {"type": "string", "pattern": "^[0-9]{1,9}( *, *[0-9]{1,9})*$"},
+        "A partial step, in a session made with `segments`: the indices of the segments "
+        "(tensors) the body holds, increasing, comma-separated; the body holds their "
+        "gradients one after another. The others keep θ, m, v and their step counts.",
+    ),
+    openapi.parameter(
         headers.SAMPLES.lower(),
         "header",
         {"type": "string", "pattern": "^[0-9]{1,13}$"},
@@ -153,13 +161,14 @@ async def step(request: Request) -> Response:
             headers.worker(sent.get(headers.WORKER), caller.key_id),
         ),
         wait_seconds=min(wait_seconds, settings.max_wait_seconds),
+        segments=headers.segments(sent.get(headers.SEGMENTS)),
         # 415 for a dtype the service does not take, before anything is read.
         wire_itemsize=None
         if dtype_header is None
         else negotiation.wire_dtype(dtype_header, "float32").itemsize,
     )
 
-    async def read_gradient(record: SessionRecord) -> tuple[FloatArray, FloatArray]:
+    async def read_gradient(record: SessionRecord, size: int) -> tuple[FloatArray, FloatArray]:
         received = await received_vector(
             request,
             record,
@@ -167,10 +176,9 @@ async def step(request: Request) -> Response:
             dtype_header,
             json_limit=settings.max_json_bytes,
             stall_seconds=settings.body_timeout_seconds,
+            size=None if size == record.size else size,
         )
-        gradient = negotiation.conform(
-            received, size=record.size, dtype=record.dtype, field="gradient"
-        )
+        gradient = negotiation.conform(received, size=size, dtype=record.dtype, field="gradient")
         return received, gradient
 
     session_id: str = request.path_params["session_id"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 
 from adamhub_service.model.optimizer_json import optimizer_from_json, optimizer_json
@@ -11,6 +12,16 @@ from adamhub_service.optim import AdamConfig
 
 # The one vector of a log entry: its gradient.
 GRADIENT = "g"
+
+
+def encode_indices(values: tuple[int, ...]) -> str:
+    """Whole numbers as stored: ``3,0,7``."""
+    return ",".join(str(value) for value in values)
+
+
+def decode_indices(raw: str) -> tuple[int, ...]:
+    """Whole numbers from their stored form."""
+    return tuple(int(part) for part in raw.split(","))
 
 
 def text(raw: bytes | str) -> str:
@@ -27,18 +38,31 @@ class LogEntry:
     dtype: str
     nbytes: int
     config: AdamConfig | None = None
+    # The segments (tensors) the step carried, when not all (a partial step).
+    segments: tuple[int, ...] | None = None
 
     def encode(self) -> str:
-        """As stored: ``<write id> <dtype> <bytes>[ <optimizer json>]``."""
+        """As stored: ``<write id> <dtype> <bytes>[ <optimizer json or ->[ <segments,…>]]``."""
         head = f"{self.write_id} {self.dtype} {self.nbytes}"
-        return head if self.config is None else f"{head} {optimizer_json(self.config)}"
+        config = None if self.config is None else optimizer_json(self.config)
+        if self.segments is None:
+            return head if config is None else f"{head} {config}"
+        return f"{head} {config or '-'} {encode_indices(self.segments)}"
 
     @classmethod
     def decode(cls, raw: bytes | str) -> LogEntry:
         """From its stored form."""
-        parts = text(raw).split(" ", 3)
-        config = optimizer_from_json(orjson.loads(parts[3])) if len(parts) > 3 else None
-        return cls(parts[0], parts[1], int(parts[2]), config)
+        parts = text(raw).split(" ")
+        config = None
+        if len(parts) > 3 and parts[3] != "-":
+            config = optimizer_from_json(orjson.loads(parts[3]))
+        segments = decode_indices(parts[4]) if len(parts) > 4 else None
+        return cls(parts[0], parts[1], int(parts[2]), config, segments)
+
+    @property
+    def elements(self) -> int:
+        """How many numbers the logged gradient holds."""
+        return self.nbytes // np.dtype(self.dtype).itemsize
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +73,22 @@ class SnapshotRef:
     write_id: str
     vectors: str
     config: AdamConfig
+    # The segments' step counts when they differ from the snapshot's step.
+    segment_steps: tuple[int, ...] | None = None
 
     def encode(self) -> str:
-        """As stored: ``<write id> <vectors> <optimizer json>``."""
-        return f"{self.write_id} {self.vectors} {optimizer_json(self.config)}"
+        """As stored: ``<write id> <vectors> <optimizer json>[ <segment steps,…>]``."""
+        head = f"{self.write_id} {self.vectors} {optimizer_json(self.config)}"
+        return (
+            head if self.segment_steps is None else f"{head} {encode_indices(self.segment_steps)}"
+        )
 
     @classmethod
     def decode(cls, raw: bytes | str) -> SnapshotRef:
         """From its stored form."""
-        write_id, vectors, config = text(raw).split(" ", 2)
-        return cls(write_id, vectors, optimizer_from_json(orjson.loads(config)))
+        parts = text(raw).split(" ")
+        steps = decode_indices(parts[3]) if len(parts) > 3 else None
+        return cls(parts[0], parts[1], optimizer_from_json(orjson.loads(parts[2])), steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,18 +103,31 @@ class Contribution:
     samples: int
     loss: float | None = None
     config: AdamConfig | None = None
+    # The segments (tensors) it carries, when not all.
+    segments: tuple[int, ...] | None = None
 
     def encode(self) -> str:
         """As stored: ``<write id> <dtype> <bytes> <samples> <loss or ->[ <optimizer
-        json>]``."""
+        json or ->[ <segments,…>]]``."""
         loss = "-" if self.loss is None else repr(self.loss)
         head = f"{self.write_id} {self.dtype} {self.nbytes} {self.samples} {loss}"
-        return head if self.config is None else f"{head} {optimizer_json(self.config)}"
+        config = None if self.config is None else optimizer_json(self.config)
+        if self.segments is None:
+            return head if config is None else f"{head} {config}"
+        return f"{head} {config or '-'} {encode_indices(self.segments)}"
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Contribution:
         """From its stored form."""
-        parts = text(raw).split(" ", 5)
+        parts = text(raw).split(" ")
         loss = None if parts[4] == "-" else float(parts[4])
-        config = optimizer_from_json(orjson.loads(parts[5])) if len(parts) > 5 else None
-        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]), loss, config)
+        config = None
+        if len(parts) > 5 and parts[5] != "-":
+            config = optimizer_from_json(orjson.loads(parts[5]))
+        segments = decode_indices(parts[6]) if len(parts) > 6 else None
+        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]), loss, config, segments)
+
+    @property
+    def elements(self) -> int:
+        """How many numbers the contribution's gradient holds."""
+        return self.nbytes // np.dtype(self.dtype).itemsize

@@ -28,4 +28,5 @@ def optimizer_from_json(values: dict[str, Any]) -> AdamConfig:
             group["betas"] = tuple(group["betas"])
         groups.append(ParamGroup(**group))
     values["param_groups"] = tuple(groups)
+    values["segment_sizes"] = tuple(values.get("segment_sizes", ()))
     return AdamConfig(**values)

@@ -56,7 +56,8 @@ class SessionRecord:
     changes) and is the fencing token of every write; ``head`` names the vectors' version
     (the ETag); ``t`` is Adam's step counter; ``chunk_elements`` is how the vectors are
     split in the store; ``tenant`` owns the session; ``settings`` are the rest
-    (``SessionSettings``).
+    (``SessionSettings``); ``grown_from`` the sizes it had before param groups were
+    added to it.
     """
 
     id: str
@@ -71,6 +72,8 @@ class SessionRecord:
     updated_at: str
     tenant: str = DEFAULT_TENANT
     settings: SessionSettings = field(default_factory=SessionSettings)
+    # The sizes the session had before param groups were added to it, oldest first.
+    grown_from: tuple[int, ...] = ()
 
     def evolve(self, **changes: Any) -> SessionRecord:
         """A copy with some fields changed."""

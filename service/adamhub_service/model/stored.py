@@ -41,6 +41,7 @@ class StoredSession:
     snapshot: dict[str, FloatArray]
     snapshot_t: int
     log: list[tuple[LogEntry, FloatArray]]
+    snapshot_segment_steps: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

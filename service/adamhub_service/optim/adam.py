@@ -13,6 +13,7 @@ module does no I/O.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -144,6 +145,9 @@ class AdamConfig:
     schedule: Schedule = Schedule()
     max_grad_norm: float | None = None
     param_groups: tuple[ParamGroup, ...] = ()
+    # The sizes of the parameter tensors, in order (empty: one tensor). A step may carry
+    # some of them only; each keeps its own step count, as torch's per-parameter state.
+    segment_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -161,11 +165,24 @@ class AdamConfig:
             if group.size < 1:
                 found.append(f"{prefix}size must be >= 1")
             found += _bound_problems(prefix, group.overrides())
+        if any(size < 1 for size in self.segment_sizes):
+            found.append("segments must each be >= 1")
+        elif self.segment_sizes and self.param_groups:
+            ends = set(itertools.accumulate(self.segment_sizes))
+            if not set(itertools.accumulate(g.size for g in self.param_groups)) <= ends:
+                found.append("each param group must be whole segments (tensors), in order")
         return found
 
     def evolve(self, **changes: Any) -> AdamConfig:
         """A copy with some fields changed (checked like a new one)."""
         return replace(self, **changes)
+
+    def tensor_ranges(self, size: int) -> list[tuple[int, int]]:
+        """Each segment (tensor) as (start, stop); the whole vector when none are set."""
+        if not self.segment_sizes:
+            return [(0, size)]
+        starts = [0, *itertools.accumulate(self.segment_sizes)]
+        return list(itertools.pairwise(starts))
 
     def segments(self, size: int) -> list[tuple[int, int, AdamConfig]]:
         """Each param group as (start, stop, its hyperparameters); the whole vector when
@@ -228,7 +245,9 @@ class AdamState:
     """The optimiser state of one parameter vector after ``step`` updates.
 
     ``max_exp_avg_sq`` is the running maximum of ``exp_avg_sq`` and exists only with
-    AMSGrad. All arrays are flat and share one dtype.
+    AMSGrad. All arrays are flat and share one dtype. ``segment_steps`` are the step
+    counts of the segments (tensors) when they differ from ``step`` (partial steps);
+    None when every segment has taken every step.
     """
 
     params: FloatArray
@@ -236,6 +255,13 @@ class AdamState:
     exp_avg_sq: FloatArray
     max_exp_avg_sq: FloatArray | None
     step: int
+    segment_steps: tuple[int, ...] | None = None
+
+    def steps_of(self, segments: int) -> tuple[int, ...]:
+        """The step count of each of ``segments`` segments."""
+        if self.segment_steps is None:
+            return (self.step,) * segments
+        return self.segment_steps
 
     @property
     def dtype(self) -> np.dtype[np.floating]:
@@ -260,16 +286,26 @@ def init_state(params: FloatArray, config: AdamConfig) -> AdamState:
     )
 
 
-def adam_step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamState:
+def adam_step(
+    state: AdamState,
+    grad: FloatArray,
+    config: AdamConfig,
+    present: tuple[int, ...] | None = None,
+) -> AdamState:
     """One Adam update: the state after applying ``grad`` to ``state``.
 
-    ``grad`` must have the state's size and dtype. The input state is not modified.
-    Raises ``NonFiniteUpdate`` when a new parameter or moment would be NaN or infinite.
+    ``grad`` must have the state's dtype, and its size: or, with ``present`` (the
+    indices of the segments the step carries, increasing), the size of those segments,
+    whose gradients it holds one after another. Segments left out keep θ, m, v and their
+    step count, as torch skips a parameter whose ``grad`` is None; each carried segment's
+    bias correction uses its own count. The input state is not modified. Raises
+    ``NonFiniteUpdate`` when a new parameter or moment would be NaN or infinite.
 
     With ``max_grad_norm``, the gradient is first scaled by max_norm / (‖g‖₂ + 1e-6)
-    when that is below 1 (``clip_grad_norm_``); each param group's learning rate is
-    its ``lr`` times the schedule's f(t). The arithmetic is one fused pass
-    (``kernel``) per group doing, per element and in the state's dtype, what torch's
+    when that is below 1 (``clip_grad_norm_``, over the gradients carried); each param
+    group's learning rate is its ``lr`` times the schedule's f(t), t the session's step.
+    The arithmetic is one fused pass (``kernel``) per group (per run of segments with
+    one step count) doing, per element and in the state's dtype, what torch's
     single-tensor Adam does with whole tensors::
 
         g ← −g (maximize);  g ← g + λθ (weight decay) or θ ← θ(1 − αλ) (decoupled)
@@ -292,33 +328,74 @@ def adam_step(state: AdamState, grad: FloatArray, config: AdamConfig) -> AdamSta
         previous_max = (
             np.zeros_like(params) if previous_max is None else np.ascontiguousarray(previous_max)
         )
+    ranges = config.tensor_ranges(state.size)
+    counts = list(state.steps_of(len(ranges)))
+    carried = range(len(ranges)) if present is None else present
+    for index in carried:
+        counts[index] += 1
+    partial = present is not None and len(present) < len(ranges)
     out = AdamState(
-        params=np.empty_like(params),
-        exp_avg=np.empty_like(params),
-        exp_avg_sq=np.empty_like(params),
-        max_exp_avg_sq=np.empty_like(params) if config.amsgrad else None,
+        params=params.copy() if partial else np.empty_like(params),
+        exp_avg=exp_avg.copy() if partial else np.empty_like(params),
+        exp_avg_sq=exp_avg_sq.copy() if partial else np.empty_like(params),
+        max_exp_avg_sq=None
+        if previous_max is None
+        else (previous_max.copy() if partial else np.empty_like(params)),
         step=step,
+        segment_steps=None if all(count == step for count in counts) else tuple(counts),
     )
     no_max = np.empty(0, dtype)
     factor = config.schedule.factor(step)
     not_finite = 0
-    for start, stop, group in config.segments(state.size):
-        part = slice(start, stop)
+    for start, stop, group, offset, count in _runs(config, state.size, ranges, counts, present):
+        part, given = slice(start, stop), slice(offset, offset + stop - start)
         not_finite += kernel.fused_update(
             params[part],
             exp_avg[part],
             exp_avg_sq[part],
             no_max if previous_max is None else previous_max[part],
-            grad[part],
+            grad[given],
             out.params[part],
             out.exp_avg[part],
             out.exp_avg_sq[part],
             no_max if out.max_exp_avg_sq is None else out.max_exp_avg_sq[part],
-            scalars=_scalars(group, step, group.lr * factor, dtype),
+            scalars=_scalars(group, count, group.lr * factor, dtype),
         )
     if not_finite:
         _require_finite(out)
     return out
+
+
+def _runs(
+    config: AdamConfig,
+    size: int,
+    ranges: list[tuple[int, int]],
+    counts: list[int],
+    present: tuple[int, ...] | None,
+) -> list[tuple[int, int, AdamConfig, int, int]]:
+    """What one step updates, as runs (start, stop, group config, offset of the run in
+    the carried gradient, step count): each param group, split where a segment is left
+    out or has another step count. A full step of segments with one count: one run per
+    group."""
+    groups = config.segments(size)
+    if present is None and len(set(counts)) == 1:
+        return [(start, stop, group, start, counts[0]) for start, stop, group in groups]
+    carried = range(len(ranges)) if present is None else present
+    runs: list[tuple[int, int, AdamConfig, int, int]] = []
+    offset = 0
+    group_index = 0
+    for index in carried:
+        start, stop = ranges[index]
+        while groups[group_index][1] <= start:
+            group_index += 1
+        group = groups[group_index][2]
+        last = runs[-1] if runs else None
+        if last and last[1] == start and last[2] is group and last[4] == counts[index]:
+            runs[-1] = (last[0], stop, group, last[3], last[4])
+        else:
+            runs.append((start, stop, group, offset, counts[index]))
+        offset += stop - start
+    return runs
 
 
 def _scalars(config: AdamConfig, step: int, lr: float, dtype: np.dtype[Any]) -> tuple[Any, ...]:

@@ -56,6 +56,9 @@ def encode(checkpoint: Checkpoint) -> bytes:
             [{k: v for k, v in group.items() if v is not None} for group in groups]
         ),
     }
+    if state.segment_steps is not None:
+        # Each segment's (tensor's) own step count, as torch's per-parameter ``step``.
+        metadata["segment_steps"] = json.dumps(list(state.segment_steps))
     return safetensors.numpy.save(tensors, metadata=metadata)
 
 
@@ -95,14 +98,36 @@ def decode(data: bytes, *, max_size: int) -> Checkpoint:
         config.segments(size)
     except ValueError as exc:
         raise _invalid(str(exc)) from exc
+    ranges = config.tensor_ranges(size)
+    if ranges[-1][1] != size:
+        raise _invalid(f"the segments cover {ranges[-1][1]} parameters; the tensors hold {size}")
+    segment_steps = _segment_steps(metadata, len(ranges), int(t))
     state = AdamState(
         params=tensors["params"],
         exp_avg=tensors["exp_avg"],
         exp_avg_sq=tensors["exp_avg_sq"],
         max_exp_avg_sq=tensors.get("max_exp_avg_sq"),
         step=int(t),
+        segment_steps=segment_steps,
     )
     return Checkpoint(state, config, dtype)
+
+
+def _segment_steps(metadata: dict[str, Any], segments: int, t: int) -> tuple[int, ...] | None:
+    """The segments' own step counts (None when each is at ``t``)."""
+    if "segment_steps" not in metadata:
+        return None
+    try:
+        steps = json.loads(metadata["segment_steps"])
+    except ValueError as exc:
+        raise _invalid("metadata 'segment_steps' is not JSON") from exc
+    if (
+        not isinstance(steps, list)
+        or len(steps) != segments
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= t for s in steps)
+    ):
+        raise _invalid(f"metadata 'segment_steps' must be {segments} step counts from 0 to t={t}")
+    return None if all(step == t for step in steps) else tuple(steps)
 
 
 def _metadata(data: bytes) -> dict[str, Any]:

@@ -53,14 +53,17 @@ class Commit:
         report: Report = Report(),
         staleness: int | None = None,
         claim: IdempotencyClaim | None = None,
+        segments: tuple[int, ...] | None = None,
     ) -> None:
         """Add the step that took the state so far to ``new_state`` with ``gradient``
-        (``logged`` as the log keeps it) under ``config``."""
+        (``logged`` as the log keeps it; of ``segments`` only, for a partial step) under
+        ``config``."""
         entry = LogEntry(
             new_write_id(),
             logged.dtype.name,
             logged.nbytes,
             None if config == self.config else config,
+            segments,
         )
         point = None
         if self.current.record.settings.history_points:

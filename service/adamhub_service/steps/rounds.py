@@ -17,6 +17,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from adamhub_service import errors
 from adamhub_service.model.log import Contribution
 from adamhub_service.model.outcomes import (
@@ -112,8 +114,9 @@ class RoundService:
             nonlocal write_id
             write_id = new_write_id()
             contribution = Contribution(
-                write_id, wire.dtype.name, wire.nbytes, samples, report.loss, config
-            )
+                write_id, wire.dtype.name, wire.nbytes, samples, report.loss, config,
+                request.segments,
+            )  # fmt: skip
             outcome = await self._rounds.contribute(
                 record, contribution, wire, base_step=base_step, idempotency=claim
             )
@@ -317,19 +320,16 @@ class RoundService:
                     optimizer = contribution.config
             rule = record.settings.rounds
             assert rule is not None, "a rounds session has its rule"
-            mean = rule.aggregated(
-                [(contribution.samples, gradient) for contribution, gradient in taken],
-                record.dtype,
-            )
+            mean, present = round_gradient(rule, record, taken)
             try:
                 with self._metrics.step_phases.labels("math").time():
-                    state = await compute_step(current.state, mean, optimizer)
+                    state = await compute_step(current.state, mean, optimizer, present)
             except errors.NonFiniteUpdate as exc:
                 await self._drop(session_id, base, contributions, exc)  # raises, when dropped
                 return None
             commit = Commit(current)
             loss = _mean_loss([contribution for contribution, _ in taken])
-            commit.add(state, optimizer, mean, mean, report=Report(loss=loss))
+            commit.add(state, optimizer, mean, mean, report=Report(loss=loss), segments=present)
             outcome = await commit.run(
                 self._store,
                 self._metrics,
@@ -343,6 +343,38 @@ class RoundService:
             return None
 
         await self._store.until_committed(attempt)
+
+
+def round_gradient(
+    rule: RoundRule, record: SessionRecord, taken: Sequence[tuple[Contribution, FloatArray]]
+) -> tuple[FloatArray, tuple[int, ...] | None]:
+    """The round's gradient, and the segments it carries (None: all): each segment is
+    aggregated over the contributions that carry it (partial steps), in their order."""
+    contributions = [(contribution.samples, gradient) for contribution, gradient in taken]
+    if all(contribution.segments is None for contribution, _ in taken):
+        return rule.aggregated(contributions, record.dtype), None
+    ranges = record.optimizer.tensor_ranges(record.size)
+    every = tuple(range(len(ranges)))
+    # Where each contribution holds each of its segments.
+    offsets: list[dict[int, int]] = []
+    for contribution, _ in taken:
+        where, offset = {}, 0
+        for index in contribution.segments or every:
+            where[index] = offset
+            offset += ranges[index][1] - ranges[index][0]
+        offsets.append(where)
+    carried = sorted({index for where in offsets for index in where})
+    parts = []
+    for index in carried:
+        length = ranges[index][1] - ranges[index][0]
+        holders = [
+            (samples, gradient[where[index] : where[index] + length])
+            for (samples, gradient), where in zip(contributions, offsets, strict=True)
+            if index in where
+        ]
+        parts.append(rule.aggregated(holders, record.dtype))
+    present = None if len(carried) == len(ranges) else tuple(carried)
+    return np.concatenate(parts), present
 
 
 def _mean_loss(contributions: Sequence[Contribution]) -> float | None:

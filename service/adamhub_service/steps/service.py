@@ -41,9 +41,9 @@ from adamhub_service.steps.values import (
 MAX_GROUP_STEPS = 64
 MAX_GROUP_BYTES = 64 << 20
 
-# Reads a step's gradient for the session of ``record``: as it arrived (its wire dtype),
-# and in the session's dtype (validated: the session's size, finite).
-GradientReader = Callable[[SessionRecord], Awaitable[tuple[FloatArray, FloatArray]]]
+# Reads a step's gradient of ``size`` elements for the session of ``record``: as it
+# arrived (its wire dtype), and in the session's dtype (validated: that size, finite).
+GradientReader = Callable[[SessionRecord, int], Awaitable[tuple[FloatArray, FloatArray]]]
 
 
 @dataclass(slots=True)
@@ -58,6 +58,7 @@ class _Queued:
     settings: StepSettings | None
     base_step: int | None
     report: Report
+    segments: tuple[int, ...] | None = None
     answer: asyncio.Future[StepResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -106,9 +107,15 @@ class StepService:
         nbytes = vector_request_bytes(
             record.size, request.wire_itemsize or itemsize, itemsize, vectors
         )
+        size = carried_size(record, request.segments)
         async with self._budget.hold(nbytes):
             with self._metrics.step_phases.labels("read_body").time():
-                received, gradient = await read_gradient(record)
+                try:
+                    received, gradient = await read_gradient(record, size)
+                except errors.WrongSize as exc:
+                    if request.segments is None and (grown := grown_since(record, exc)):
+                        raise grown from None
+                    raise
             # The log keeps a narrower wire dtype as it came (it widens exactly).
             logged = received if received.dtype.itemsize < gradient.dtype.itemsize else None
             if record.settings.rounds is None:
@@ -120,6 +127,7 @@ class StepService:
                     settings=request.settings,
                     base_step=request.base_step,
                     report=request.report,
+                    segments=request.segments,
                 )
             assert self._rounds is not None, "rounds sessions need the round service"
             contributed = await self._rounds.contribute(
@@ -148,6 +156,7 @@ class StepService:
         settings: StepSettings | None = None,
         base_step: int | None = None,
         report: Report | None = None,
+        segments: tuple[int, ...] | None = None,
     ) -> StepResult:
         """Apply ``gradient`` (already validated: the session's size, dtype, finite).
 
@@ -157,6 +166,7 @@ class StepService:
         ``base_step`` is the t of the parameters the gradient was computed at: one the
         session is past by more than its ``max_staleness``, or has never reached, is
         refused (409 ``stale-gradient``). ``report`` goes in the step's history point.
+        ``segments``: a partial step, the gradients of those segments only.
         """
         digest = gradient_digest(gradient) if idempotency_key is not None else ""
         queued = _Queued(
@@ -167,6 +177,7 @@ class StepService:
             settings,
             base_step,
             report or Report(),
+            segments,
         )
         self._queues.setdefault(session_id, deque()).append(queued)
         if session_id not in self._drains:
@@ -243,7 +254,9 @@ class StepService:
                 continue
             try:
                 with self._metrics.step_phases.labels("math").time():
-                    new_state = await compute_step(commit.state, queued.gradient, step_optimizer)
+                    new_state = await compute_step(
+                        commit.state, queued.gradient, step_optimizer, queued.segments
+                    )
             except errors.NonFiniteUpdate as exc:
                 # A retry of a step that was applied can no longer be applied: answer it.
                 await self._refuse_unless_applied(session_id, queued, exc)
@@ -256,6 +269,7 @@ class StepService:
                 report=queued.report,
                 staleness=None if queued.base_step is None else t - queued.base_step,
                 claim=self._claim(queued, new_state),
+                segments=queued.segments,
             )
             optimizer = step_optimizer
             applied.append(queued)
@@ -315,3 +329,39 @@ def _fail(group: list[_Queued], exc: BaseException) -> None:
     for queued in group:
         if not queued.answer.done():
             queued.answer.set_exception(exc)
+
+
+def carried_size(record: SessionRecord, segments: tuple[int, ...] | None) -> int:
+    """How many numbers a step carrying ``segments`` (None: all) holds; 422 when the
+    session has no such segments."""
+    if segments is None:
+        return record.size
+    ranges = record.optimizer.tensor_ranges(record.size)
+    if not record.optimizer.segment_sizes:
+        raise errors.ValidationFailed(
+            "this session was made without segments, so a step carries every parameter",
+            errors=[{"loc": ["segments"], "msg": "the session has no segments"}],
+        )
+    if segments[-1] >= len(ranges):
+        raise errors.ValidationFailed(
+            f"the session has {len(ranges)} segments (0 to {len(ranges) - 1}); the step "
+            f"names segment {segments[-1]}",
+            errors=[{"loc": ["segments"], "msg": f"at most {len(ranges) - 1}"}],
+        )
+    return sum(ranges[i][1] - ranges[i][0] for i in segments)
+
+
+def grown_since(record: SessionRecord, wrong: errors.WrongSize) -> errors.SizeChanged | None:
+    """409 ``size-changed`` for a whole gradient of the session's size before param
+    groups were added to it (the size of its first segments), else None."""
+    sizes = record.optimizer.segment_sizes
+    actual = wrong.extra.get("actual_size")
+    if actual not in record.grown_from:
+        return None
+    return errors.SizeChanged(
+        f"this gradient has {actual} elements: the session's size before param groups were "
+        f"added to it; it has {record.size} now, in {len(sizes)} segments. Add the same "
+        "param groups on this worker (or attach again) and compute the gradient again",
+        size=record.size,
+        segments=list(sizes),
+    )

@@ -48,7 +48,8 @@ class StepSettings:
 class StepRequest:
     """A gradient's request apart from its body: its Idempotency-Key, the settings it
     carries, the step it was computed at, the samples it stands for (rounds), what its
-    worker reports, how long it waits for its round, and its wire dtype's item size."""
+    worker reports, how long it waits for its round, its wire dtype's item size, and the
+    segments it carries (a partial step)."""
 
     idempotency_key: str | None = None
     settings: StepSettings | None = None
@@ -57,6 +58,8 @@ class StepRequest:
     report: Report = field(default_factory=Report)
     wait_seconds: float = 0.0
     wire_itemsize: int | None = None
+    # A partial step: the segments (tensors) its body holds, increasing.
+    segments: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +74,14 @@ class RoundPending:
     needed: int
 
 
-async def compute_step(state: AdamState, gradient: FloatArray, config: AdamConfig) -> AdamState:
-    """One Adam step; in a worker thread for a large state (the kernel releases the GIL)."""
+async def compute_step(
+    state: AdamState,
+    gradient: FloatArray,
+    config: AdamConfig,
+    present: tuple[int, ...] | None = None,
+) -> AdamState:
+    """One Adam step (of the ``present`` segments only, when given); in a worker thread
+    for a large state (the kernel releases the GIL)."""
     if state.size >= THREAD_THRESHOLD:
-        return await asyncio.to_thread(optim.adam_step, state, gradient, config)
-    return optim.adam_step(state, gradient, config)
+        return await asyncio.to_thread(optim.adam_step, state, gradient, config, present)
+    return optim.adam_step(state, gradient, config, present)

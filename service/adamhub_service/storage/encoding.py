@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from adamhub_service.model.log import Contribution, LogEntry
 from adamhub_service.model.optimizer_json import optimizer_from_json
 from adamhub_service.model.records import SessionRecord
 from adamhub_service.model.settings import SessionSettings
@@ -37,6 +38,11 @@ def chunk_count(record: SessionRecord) -> int:
     return -(-record.size // record.chunk_elements)
 
 
+def chunks_of(record: SessionRecord, logged: LogEntry | Contribution) -> int:
+    """How many chunks a logged gradient is stored in (a partial one: fewer)."""
+    return -(-logged.elements // record.chunk_elements)
+
+
 def vectors_of(state: AdamState) -> dict[str, FloatArray]:
     """The stored vectors of a state, by stored name."""
     vectors = {PARAMS: state.params, EXP_AVG: state.exp_avg, EXP_AVG_SQ: state.exp_avg_sq}
@@ -45,7 +51,9 @@ def vectors_of(state: AdamState) -> dict[str, FloatArray]:
     return vectors
 
 
-def state_of(vectors: Mapping[str, FloatArray], step: int) -> AdamState:
+def state_of(
+    vectors: Mapping[str, FloatArray], step: int, segment_steps: tuple[int, ...] | None = None
+) -> AdamState:
     """The state made of stored vectors."""
     return AdamState(
         params=vectors[PARAMS],
@@ -53,6 +61,7 @@ def state_of(vectors: Mapping[str, FloatArray], step: int) -> AdamState:
         exp_avg_sq=vectors[EXP_AVG_SQ],
         max_exp_avg_sq=vectors.get(MAX_EXP_AVG_SQ),
         step=step,
+        segment_steps=segment_steps,
     )
 
 
@@ -71,6 +80,8 @@ def record_changes(**fields: Any) -> MetaFields:
             encoded[key] = orjson.dumps(dataclasses.asdict(value))
         elif key == "settings":
             encoded.update(settings_fields(value))
+        elif key == "grown_from":
+            encoded[key] = orjson.dumps(list(value))
         else:
             encoded[key] = value
     return encoded
@@ -97,6 +108,8 @@ def record_from_hash(raw: Mapping[Any, Any]) -> SessionRecord:
         if name in doc:  # records of 0.1.0 have no tenant: theirs is the default
             doc[name] = text(doc[name])
     doc["optimizer"] = optimizer_from_json(orjson.loads(doc["optimizer"]))
+    if "grown_from" in doc:
+        doc["grown_from"] = tuple(orjson.loads(doc["grown_from"]))
     return SessionRecord(**doc, settings=SessionSettings.model_validate(settings, strict=False))
 
 

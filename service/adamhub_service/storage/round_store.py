@@ -20,7 +20,7 @@ from adamhub_service.model.outcomes import (
 from adamhub_service.model.records import SessionRecord
 from adamhub_service.optim import FloatArray
 from adamhub_service.storage.chunks import VectorChunks, chunked
-from adamhub_service.storage.encoding import chunk_count, text
+from adamhub_service.storage.encoding import chunks_of, text
 from adamhub_service.storage.errors import unavailable_on_error
 from adamhub_service.storage.keyspace import (
     chunk_keys,
@@ -57,7 +57,9 @@ class RedisRoundRepository:
         meta = meta_key(record.id)
         idem = meta if idempotency is None else idempotency_key(record.id, idempotency.key)
         chunks = chunked(
-            chunk_keys(record.id, contribution.write_id, (GRADIENT,), chunk_count(record)),
+            chunk_keys(
+                record.id, contribution.write_id, (GRADIENT,), chunks_of(record, contribution)
+            ),
             gradient,
             record.chunk_elements,
         )
@@ -125,10 +127,11 @@ class RedisRoundRepository:
         taken = [Contribution.decode(entry) for entry in entries if entry is not None]
         known = known or {}
         gradients = [
-            known.get(entry.write_id, np.empty(record.size, dtype=entry.dtype)) for entry in taken
+            known.get(entry.write_id, np.empty(entry.elements, dtype=entry.dtype))
+            for entry in taken
         ]
         targets = [
-            (chunk_keys(record.id, entry.write_id, (GRADIENT,), chunk_count(record)), gradient)
+            (chunk_keys(record.id, entry.write_id, (GRADIENT,), chunks_of(record, entry)), gradient)
             for entry, gradient in zip(taken, gradients, strict=True)
             if entry.write_id not in known
         ]

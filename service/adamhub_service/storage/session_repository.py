@@ -69,7 +69,7 @@ def replay(
     for entry, gradient in log:
         if entry.config is not None:
             config = entry.config
-        state = adam_step(state, gradient.astype(state.dtype, copy=False), config)
+        state = adam_step(state, gradient.astype(state.dtype, copy=False), config, entry.segments)
     return state, config
 
 
@@ -370,7 +370,7 @@ class RedisSessionRepository:
 
 
 def _replayed(stored: StoredSession) -> CachedSession:
-    state = state_of(stored.snapshot, stored.snapshot_t)
+    state = state_of(stored.snapshot, stored.snapshot_t, stored.snapshot_segment_steps)
     state, config = replay(state, stored.snapshot_config, stored.log)
     logged = sum(entry.nbytes for entry, _ in stored.log)
     return CachedSession(stored.record, state, config, logged)

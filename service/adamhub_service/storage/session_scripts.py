@@ -28,6 +28,7 @@ from adamhub_service.storage.chunks import Chunk, VectorChunks, chunked
 from adamhub_service.storage.encoding import (
     MetaFields,
     chunk_count,
+    chunks_of,
     record_changes,
     record_from_hash,
     record_to_hash,
@@ -98,15 +99,18 @@ class SessionScripts:
             (chunk_keys(record.id, snapshot.write_id, (name,), chunk_count(record)), vector)
             for name, vector in vectors.items()
         ]
-        gradients = [np.empty(record.size, dtype=entry.dtype) for entry in entries]
+        # A partial step's gradient holds its segments only.
+        gradients = [np.empty(entry.elements, dtype=entry.dtype) for entry in entries]
         targets += [
-            (chunk_keys(record.id, entry.write_id, (GRADIENT,), chunk_count(record)), gradient)
+            (chunk_keys(record.id, entry.write_id, (GRADIENT,), chunks_of(record, entry)), gradient)
             for entry, gradient in zip(entries, gradients, strict=True)
         ]
         if not await self._chunks.read_into(record, targets):
             return WriteStatus.CONFLICT
         log = list(zip(entries, gradients, strict=True))
-        return StoredSession(record, snapshot.config, vectors, int(snapshot_t), log)
+        return StoredSession(
+            record, snapshot.config, vectors, int(snapshot_t), log, snapshot.segment_steps
+        )
 
     async def history(self, session_id: str, *, after_t: int | None, limit: int) -> list[bytes]:
         """Up to ``limit`` history points (JSON), oldest first: those after step
@@ -160,7 +164,9 @@ class SessionScripts:
         state: AdamState,
         changes: MetaFields,
     ) -> WriteOutcome:
-        ref = SnapshotRef(record.head, "".join(vectors_of(state)), record.optimizer)
+        ref = SnapshotRef(
+            record.head, "".join(vectors_of(state)), record.optimizer, state.segment_steps
+        )
         chunks = self._state_chunks(record, ref.write_id, state)
         args: list[Any] = [
             "" if expected_rev is None else expected_rev,
@@ -195,7 +201,9 @@ class SessionScripts:
         chunks: list[Chunk] = []
         for step in steps:
             chunks += chunked(
-                chunk_keys(current.id, step.entry.write_id, (GRADIENT,), chunk_count(current)),
+                chunk_keys(
+                    current.id, step.entry.write_id, (GRADIENT,), chunks_of(current, step.entry)
+                ),
                 step.gradient,
                 current.chunk_elements,
             )
@@ -231,7 +239,7 @@ class SessionScripts:
         """Make ``state`` (the state right after the logged ``entry`` of step
         ``state.step``) the session's newest snapshot; the status and, when committed, the
         bytes logged since. Does not change the session's rev."""
-        ref = SnapshotRef(new_write_id(), "".join(vectors_of(state)), config)
+        ref = SnapshotRef(new_write_id(), "".join(vectors_of(state)), config, state.segment_steps)
         chunks = self._state_chunks(record, ref.write_id, state)
         args = [state.step, entry.encode(), ref.encode()]
         reply = await self._chunks.write_then_run(
