@@ -49,6 +49,7 @@ __all__ = [
     "RequestTimeoutError",
     "ServiceUnavailableError",
     "SessionNotFoundError",
+    "SizeChangedError",
     "StaleGradientError",
     "StepConflictError",
     "StoreUnavailableError",
@@ -200,6 +201,12 @@ class StaleGradientError(ConflictError, slug="stale-gradient"):
     parameters, fetched for the next gradient; ``problem["t"]`` is the session's t."""
 
     params: Any = None
+
+
+class SizeChangedError(ConflictError, slug="size-changed"):
+    """409 ``size-changed``: param groups were added to the session since this worker
+    learnt its size; ``problem["size"]`` and ``problem["segments"]`` are the session's
+    now. Add the same groups on this worker (or attach again)."""
 
 
 class PayloadTooLargeError(APIStatusError, slug="payload-too-large", status=413):

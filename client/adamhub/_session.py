@@ -271,6 +271,19 @@ class SessionBase(Generic[C]):
         resource: dict[str, Any] = response.json()
         return resource
 
+    def _add_group_call(
+        self, params: npt.ArrayLike, segments: list[int] | None, fields: dict[str, Any]
+    ) -> Call[None]:
+        vector = np.asarray(params, dtype=self.dtype).reshape(-1)
+        body: dict[str, Any] = {"params": vector.tolist(), **fields}
+        if "betas" in body:
+            body["betas"] = list(body["betas"])
+        if segments is not None:
+            body["segments"] = list(segments)
+        # Sent again only when surely not applied: a second one would add a second group.
+        spec = RequestSpec("POST", f"{self._path}/param_groups", json=body, retry="unsent")
+        return self._resource_call(spec)
+
     def _delete_call(self) -> Call[httpx.Response]:
         return one(RequestSpec("DELETE", self._path))
 
@@ -332,6 +345,14 @@ class Session(SessionBase[Requester]):
         (``param_groups``: one dict per group, in order)."""
         run_sync(self._client.request, self._update_call(changes))
 
+    def add_param_group(
+        self, params: npt.ArrayLike, *, segments: list[int] | None = None, **fields: Any
+    ) -> None:
+        """Append ``params`` as a new param group (as torch's ``add_param_group``), with
+        the hyperparameters ``fields`` sets (``lr=…``, ``betas=…``, …) and its tensors'
+        ``segments``; their moments start at zero. The session's ``size`` grows."""
+        run_sync(self._client.request, self._add_group_call(params, segments, fields))
+
     def rollback(self, t: int) -> None:
         """Return to the state right after step ``t`` (θ, m, v and ``t`` exactly as
         then); steps go on from there. ``HistoryUnavailableError`` (409) when the session
@@ -386,6 +407,12 @@ class AsyncSession(SessionBase[AsyncRequester]):
     async def update(self, **changes: Unpack[SessionUpdate]) -> None:
         """Change settings (see ``Session.update``)."""
         await run_async(self._client.request, self._update_call(changes))
+
+    async def add_param_group(
+        self, params: npt.ArrayLike, *, segments: list[int] | None = None, **fields: Any
+    ) -> None:
+        """Append a param group (see ``Session.add_param_group``)."""
+        await run_async(self._client.request, self._add_group_call(params, segments, fields))
 
     async def rollback(self, t: int) -> None:
         """Return to the state right after step ``t`` (see ``Session.rollback``)."""

@@ -26,7 +26,12 @@ import safetensors.numpy
 import torch
 
 from adamhub._client import Client
-from adamhub._errors import NotFoundError, StaleGradientError, UnprocessableEntityError
+from adamhub._errors import (
+    NotFoundError,
+    SizeChangedError,
+    StaleGradientError,
+    UnprocessableEntityError,
+)
 from adamhub._session import Session
 
 # The hyperparameters of a torch param group that a session's param group holds.
@@ -176,6 +181,31 @@ class RemoteAdam(torch.optim.Optimizer):
             )
         self._session = session
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``; once the optimizer is made, the session grows by
+        the group too (its parameters as they are now, m = v = 0), as torch's state does.
+        When another worker has added the same group already, this one takes the
+        session's values for it instead."""
+        super().add_param_group(param_group)
+        if not hasattr(self, "_size"):
+            return  # torch's constructor adding the groups it was given
+        added = [p for p in self.param_groups[-1]["params"] if p.requires_grad]
+        if not added:
+            return
+        self._size += sum(p.numel() for p in added)
+        if self._session is None:
+            return  # made at its first use, with every group
+        session = self._session
+        session.refresh()
+        if session.size != self._size:
+            session.add_param_group(
+                self._flat(p.detach() for p in added),
+                segments=[p.numel() for p in added],
+                **_fields(self.param_groups[-1]),
+            )
+        self.pull()
+        self._sent = self._settings()
+
     # -- what the session sees ------------------------------------------------------
 
     def _groups(self) -> list[list[torch.Tensor]]:
@@ -262,6 +292,14 @@ class RemoteAdam(torch.optim.Optimizer):
             new = self.session.step(
                 gradient, settings=settings, samples=samples, loss=reported, segments=segments
             )
+        except SizeChangedError as exc:
+            raise RuntimeError(
+                f"session {self.session.id} has grown to {exc.problem.get('size')} "
+                f"parameters (segments {exc.problem.get('segments')}): another worker added "
+                "a param group. Call add_param_group with the same parameters here (this "
+                "worker then takes the session's values for them), or make a new RemoteAdam "
+                "attached to the session"
+            ) from exc
         except StaleGradientError as exc:
             # Computed at parameters the session has left: go on from the newest.
             self.stale_steps += 1

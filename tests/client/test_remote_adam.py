@@ -99,22 +99,28 @@ def test_scheduler_changes_reach_the_session_and_attaching_resumes(service_url: 
         assert attached.session.t == 30
 
 
-def test_missing_and_sparse_gradients_are_refused(service_url: str) -> None:
+def test_missing_gradients_step_the_others_and_sparse_ones_are_refused(
+    service_url: str,
+) -> None:
     model = mlp(2)
     with adamhub.Client(service_url) as client:
         optimizer = RemoteAdam(model.parameters(), client=client)
         optimizer.step()  # no gradient at all: torch steps nothing, and so does this
+        assert optimizer._session is None  # nor made a session
         first = model[0]
         assert isinstance(first, torch.nn.Linear)
         first.weight.grad = torch.zeros_like(first.weight)
-        with pytest.raises(RuntimeError, match="have no gradient"):
-            optimizer.step()
+        untouched = [p.detach().clone() for p in model.parameters()][1:]
+        optimizer.step()  # only the first weight has a gradient: only it steps
+        assert optimizer.session.t == 1
+        assert all(
+            torch.equal(p, q) for p, q in zip(list(model.parameters())[1:], untouched, strict=True)
+        )
         embedding = torch.nn.Embedding(10, 3, sparse=True)
         sparse_opt = RemoteAdam(embedding.parameters(), client=client)
         embedding(torch.tensor([1, 2])).sum().backward()
         with pytest.raises(RuntimeError, match="sparse gradients"):
             sparse_opt.step()
-        assert optimizer.session.t == 0
         assert sparse_opt.session.t == 0
 
 

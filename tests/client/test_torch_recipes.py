@@ -4,6 +4,7 @@ mixed precision with GradScaler."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -109,7 +110,7 @@ def test_grad_scaler_with_skipped_steps_matches_torch_and_sends_nothing_for_them
                     loss = torch.nn.functional.mse_loss(net(x).float(), y)
                 if step in (3, 17, 29):
                     loss = loss * float("inf")
-                scaler.scale(loss).backward()
+                scaler.scale(loss).backward()  # type: ignore[no-untyped-call, unused-ignore]
                 scaler.step(opt)
                 scales.append(scaler.get_scale())
                 scaler.update()
@@ -149,7 +150,7 @@ def test_modules_unused_at_some_steps_train_as_torch_does(
     service_url: str, decoupled: bool
 ) -> None:
     local, remote = Experts(3), Experts(3)
-    options = {"lr": 0.01, "weight_decay": 0.01}
+    options: dict[str, Any] = {"lr": 0.01, "weight_decay": 0.01}
     local_opt = (torch.optim.AdamW if decoupled else torch.optim.Adam)(
         local.parameters(), **options
     )
@@ -200,3 +201,54 @@ def test_a_partial_step_uploads_only_the_gradients_it_has(service_url: str) -> N
     total = sum(p.numel() for p in model.parameters())
     one_expert = total - 17  # the other expert: 16 weights and a bias
     assert sizes == [one_expert * 4] * 3
+
+
+def test_progressive_unfreezing_matches_torch_and_other_workers_follow(
+    service_url: str,
+) -> None:
+    """A head trained alone for 10 steps, then the body added as a param group with its
+    own lr (as torch's add_param_group): the parameters match torch's AdamW; a second
+    worker on the session is told to follow, and does."""
+
+    def model(seed: int) -> torch.nn.Sequential:
+        net = mlp(seed)
+        for p in net[0].parameters():
+            p.requires_grad_(False)
+        return net
+
+    def train(net: torch.nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
+        for step in steps:
+            x, y = batch(step)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x), y).backward()  # type: ignore[no-untyped-call, unused-ignore]
+            opt.step()
+
+    def unfreeze(net: torch.nn.Sequential, opt: torch.optim.Optimizer) -> None:
+        for p in net[0].parameters():
+            p.requires_grad_(True)
+        opt.add_param_group({"params": list(net[0].parameters()), "lr": 3e-3})
+
+    local, remote, other = model(5), model(5), model(5)
+    local_opt = torch.optim.AdamW(local[2].parameters(), lr=1e-2)
+    train(local, local_opt, range(10))
+    unfreeze(local, local_opt)
+    train(local, local_opt, range(10, 25))
+    with adamhub.Client(service_url) as client:
+        remote_opt = RemoteAdamW(remote[2].parameters(), client=client, lr=1e-2)
+        train(remote, remote_opt, range(10))
+        # A second worker attached before the group is added.
+        follower = RemoteAdamW(
+            other[2].parameters(), client=client, lr=1e-2, session=remote_opt.session.id
+        )
+        unfreeze(remote, remote_opt)
+        train(remote, remote_opt, range(10, 25))
+        assert remote_opt.session.size == sum(p.numel() for p in remote.parameters())
+        assert remote_opt.session.t == 25
+        assert deviation(remote, local) <= 1e-5
+        # The follower is told how to follow, and follows.
+        with pytest.raises(RuntimeError, match="add_param_group"):
+            train(other, follower, range(25, 26))
+        unfreeze(other, follower)
+        assert deviation(other, remote) == 0.0  # the session's values
+        train(other, follower, range(25, 27))
+        assert follower.session.t == 27

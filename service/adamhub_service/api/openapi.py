@@ -19,6 +19,7 @@ from adamhub_service.api.negotiation import BINARY, JSON, PROBLEM_JSON
 from adamhub_service.api.schemas import (
     ForkIn,
     KeyCreate,
+    ParamGroupIn,
     ParamsIn,
     Problem,
     RollbackIn,
@@ -35,6 +36,7 @@ BODY_MODELS: tuple[type[BaseModel], ...] = (
     RollbackIn,
     ForkIn,
     ParamsIn,
+    ParamGroupIn,
     StepIn,
     KeyCreate,
     Problem,

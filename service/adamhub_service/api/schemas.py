@@ -52,7 +52,7 @@ from adamhub_service.optim import (
     ParamGroup,
     Schedule,
 )
-from adamhub_service.sessions.service import NewSession, NormalInitSpec
+from adamhub_service.sessions.service import NewGroup, NewSession, NormalInitSpec
 from adamhub_service.steps.values import StepSettings
 
 WIRE_DTYPES = ("float16", "float32", "float64")
@@ -448,6 +448,28 @@ class StepSettingsIn(BaseModel):
             if groups is None
             else [group.model_dump(exclude_none=True) for group in groups],
         )
+
+
+class ParamGroupIn(GroupPatch):
+    """Body of ``POST /v1/sessions/{id}/param_groups``: a group's initial parameters,
+    the hyperparameters it sets (the session's otherwise), and its tensors' sizes."""
+
+    params: JsonVector = Field(description="The new parameters' initial values.")
+    segments: Segments | SkipJsonSchema[None] = Field(
+        default=None, description="The sizes of the group's tensors (default: one)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_vectors(cls, values: Any) -> Any:
+        return refuse_nulls(values, ("params", "segments"))
+
+    def new_group(self, dtype: str) -> NewGroup:
+        """As the session domain takes it."""
+        params = negotiation.conform(self.params, size=None, dtype=dtype, field="params")
+        overrides = self.model_dump(exclude={"params", "segments"}, exclude_none=True)
+        segments = None if self.segments is None else tuple(self.segments)
+        return NewGroup(params, overrides, segments)
 
 
 class ForkIn(BaseModel):

@@ -17,6 +17,7 @@ from adamhub_service.api.negotiation import JSON, body_kind
 from adamhub_service.api.parameters import IdempotencyKeyHeader, SingleValuedQuery
 from adamhub_service.api.rendering import created_response
 from adamhub_service.api.schemas import (
+    ParamGroupIn,
     RollbackIn,
     SessionCreate,
     SessionList,
@@ -170,6 +171,34 @@ async def patch_session(
     )
     record = await services.sessions.update(session_id, changes, caller)
     return Response(render(SessionOut.of(record)), media_type=JSON)
+
+
+@router.post(
+    "/sessions/{session_id}/param_groups",
+    response_model=SessionOut,
+    responses=openapi.problems(404, 408, 409, 413, 415, 422),
+    openapi_extra=openapi.json_body(ParamGroupIn),
+    summary="Add a param group",
+)
+async def add_param_group(
+    session_id: SessionId, request: Request, services: ServicesDep, caller: PrincipalDep
+) -> Response:
+    """Append parameters as a new param group, as torch's `add_param_group`: their
+    moments start at zero and their step counts at 0; the session's size grows (within
+    the tenant's quota). A worker stepping with the old size is answered 409
+    `size-changed`. The session cannot be rolled back past this."""
+    settings = services.settings
+    record = await services.sessions.get(session_id, caller, "sessions.update", fresh=False)
+    body = await json_model(
+        request,
+        ParamGroupIn,
+        limit=settings.max_json_bytes,
+        stall_seconds=settings.body_timeout_seconds,
+    )
+    grown = await services.sessions.add_param_group(
+        session_id, body.new_group(record.dtype), caller
+    )
+    return Response(render(SessionOut.of(grown)), media_type=JSON)
 
 
 @router.post(

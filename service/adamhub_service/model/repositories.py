@@ -88,6 +88,12 @@ class SessionRepository(Protocol):
     ) -> WriteOutcome:
         """Start the session over from ``state`` (step 0) if nothing moved."""
 
+    async def grow(
+        self, current: SessionRecord, new: SessionRecord, state: AdamState
+    ) -> WriteOutcome:
+        """Grow the session (size, groups, segments) to ``new`` with ``state`` at its t,
+        if nothing moved; older snapshots and the log are retired."""
+
     async def commit_record(self, current: SessionRecord, new: SessionRecord) -> WriteOutcome:
         """Change the record's settings (not its vectors) if nothing moved."""
 
@@ -136,6 +142,9 @@ class TenantRepository(Protocol):
         self, record: SessionRecord, *, max_sessions: int, max_parameters: int
     ) -> QuotaRefusal | None:
         """Index a new session in its tenant's quota; a refusal when over a limit."""
+
+    async def resize(self, record: SessionRecord, *, max_parameters: int) -> QuotaRefusal | None:
+        """Count the session at its new size; a refusal when over the parameter limit."""
 
     async def release(self, tenant: str, session_id: str) -> None:
         """Take a session out of its tenant's index and quota."""

@@ -31,7 +31,14 @@ from adamhub_service.model.repositories import (
     TenantRepository,
 )
 from adamhub_service.model.settings import SessionSettings
-from adamhub_service.optim import AdamConfig, AdamState, FloatArray, init_state, with_changes
+from adamhub_service.optim import (
+    AdamConfig,
+    AdamState,
+    FloatArray,
+    ParamGroup,
+    init_state,
+    with_changes,
+)
 from adamhub_service.sessions import checkpoints
 from adamhub_service.sessions.checkpoints import Checkpoint
 from adamhub_service.sessions.events import SessionEvent, session_events
@@ -85,6 +92,38 @@ class SessionChanges:
     optimizer: dict[str, Any] = field(default_factory=dict)
     param_groups: list[dict[str, Any]] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NewGroup:
+    """A param group to append to a session: its initial parameters (in the session's
+    dtype), the hyperparameters it sets, and the sizes of its tensors (None: one)."""
+
+    params: FloatArray
+    overrides: dict[str, Any] = field(default_factory=dict)
+    segments: tuple[int, ...] | None = None
+
+
+def grown_config(config: AdamConfig, size: int, group: NewGroup) -> AdamConfig:
+    """``config`` with ``group`` appended: the vector so far becomes one group (and one
+    segment) when it had none; 422 when the group does not fit."""
+    added = int(group.params.size)
+    segments = group.segments or (added,)
+    if sum(segments) != added:
+        raise errors.ValidationFailed(
+            f"segments cover {sum(segments)} parameters; the group has {added}",
+            errors=[{"loc": ["body", "segments"], "msg": f"must sum to {added}"}],
+        )
+    groups = config.param_groups or (ParamGroup(size),)
+    try:
+        return config.evolve(
+            param_groups=(*groups, ParamGroup(added, **group.overrides)),
+            segment_sizes=(*(config.segment_sizes or (size,)), *segments),
+        )
+    except (TypeError, ValueError) as exc:
+        raise errors.ValidationFailed(
+            str(exc), errors=[{"loc": ["body"], "msg": str(exc)}]
+        ) from exc
 
 
 def changed_optimizer(config: AdamConfig, changes: SessionChanges) -> AdamConfig:
@@ -379,6 +418,64 @@ class SessionService:
 
         return await self._store.until_committed(attempt)
 
+    async def add_param_group(
+        self, session_id: str, group: NewGroup, principal: Principal
+    ) -> SessionRecord:
+        """Append a param group (as torch's ``add_param_group``): its parameters join the
+        vector with m = v = 0 and step counts 0, within the tenant's quota; the session's
+        snapshots and log before it are retired (a rollback cannot cross it)."""
+        record = await self.get(session_id, principal, "sessions.update", fresh=False)
+        if record.settings.rounds is not None:
+            raise errors.ValidationFailed(
+                "param groups cannot be added to a rounds session: its workers' "
+                "contributions are of one size",
+                errors=[{"loc": ["body"], "msg": "a rounds session"}],
+            )
+        added = int(group.params.size)
+        max_size = self._limits.max_size
+        if record.size + added > max_size:
+            raise errors.ValidationFailed(
+                f"{record.size + added} parameters are over this service's maximum of {max_size}",
+                max_size=max_size,
+                errors=[{"loc": ["body", "params"], "msg": f"at most {max_size - record.size}"}],
+            )
+        grown_config(record.optimizer, record.size, group)  # 422 before anything is written
+
+        async def attempt() -> SessionRecord | None:
+            current = await self._store.state(session_id)
+            before = current.record
+            config = grown_config(before.optimizer, before.size, group)
+            new = before.evolve(
+                size=before.size + added,
+                optimizer=config,
+                head=new_write_id(),
+                updated_at=utc_now(),
+                grown_from=(*before.grown_from, before.size),
+            )
+            refusal = await self._tenants.resize(
+                new, max_parameters=self._limits.tenant_max_parameters
+            )
+            if refusal is not None:
+                limit = self._limits.tenant_max_parameters
+                raise errors.QuotaExceeded(
+                    f"tenant {principal.tenant!r} has {refusal.current} parameters of "
+                    f"{limit}; {added} more would pass the limit",
+                    quota=refusal.what,
+                    limit=limit,
+                    current=refusal.current,
+                )
+            old = len(before.optimizer.segment_sizes) or 1
+            state = grown_state(current.state, group.params, old, len(config.segment_sizes) - old)
+            outcome = await self._store.grow(before, new, state)
+            if outcome.status is not WriteStatus.COMMITTED:
+                # Counted at the new size for nothing: back to the size it has.
+                await self._tenants.resize(before, max_parameters=2**62)
+            if outcome.status is WriteStatus.GONE:
+                raise errors.SessionNotFound(session_id)
+            return new.evolve(rev=outcome.rev) if outcome.status is WriteStatus.COMMITTED else None
+
+        return await self._store.until_committed(attempt)
+
     async def replace_params(
         self, session_id: str, params: FloatArray, principal: Principal
     ) -> SessionRecord:
@@ -485,3 +582,20 @@ class SessionService:
         deleted = await self._store.until_committed(attempt)
         # The tenant's index is another key (slot): released after the session went.
         await self._tenants.release(deleted.tenant, deleted.id)
+
+
+def grown_state(state: AdamState, params: FloatArray, old: int, new: int) -> AdamState:
+    """``state`` (of ``old`` segments) with ``params`` appended as ``new`` segments: zero
+    moments, step counts 0."""
+    added = params.astype(state.dtype, copy=False)
+    zeros = np.zeros(added.size, dtype=state.dtype)
+    return AdamState(
+        params=np.concatenate([state.params, added]),
+        exp_avg=np.concatenate([state.exp_avg, zeros]),
+        exp_avg_sq=np.concatenate([state.exp_avg_sq, zeros]),
+        max_exp_avg_sq=None
+        if state.max_exp_avg_sq is None
+        else np.concatenate([state.max_exp_avg_sq, zeros]),
+        step=state.step,
+        segment_steps=(*state.steps_of(old), *(0,) * new),
+    )

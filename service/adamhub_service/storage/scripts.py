@@ -20,6 +20,7 @@ SESSION_SCRIPTS = (
     "contribute",
     "seal",
     "drop",
+    "grow",
 )
 
 

@@ -325,6 +325,18 @@ class RedisSessionRepository:
             self._cache.drop(current.id)
         return outcome
 
+    async def grow(
+        self, current: SessionRecord, new: SessionRecord, state: AdamState
+    ) -> WriteOutcome:
+        """Grow the session to ``new`` (its size, groups, segments) with ``state`` if
+        nothing moved."""
+        outcome = await self._store.grow(current, new, state)
+        if outcome.status is WriteStatus.COMMITTED:
+            self._cache.put(CachedSession(new.evolve(rev=outcome.rev), state, new.optimizer))
+        else:
+            self._cache.drop(current.id)
+        return outcome
+
     async def commit_record(self, current: SessionRecord, new: SessionRecord) -> WriteOutcome:
         """Change the record's settings (not its vectors) if nothing moved."""
         changes = record_changes(updated_at=new.updated_at)

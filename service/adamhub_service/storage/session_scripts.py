@@ -65,6 +65,7 @@ class SessionScripts:
         self._rollback = register(client, "rollback")
         self._delete = register(client, "delete")
         self._load = register(client, "load")
+        self._grow = register(client, "grow")
 
     async def read_record(self, session_id: str) -> SessionRecord | None:
         """The session's record, or None when there is no such session."""
@@ -148,6 +149,24 @@ class SessionScripts:
         return await self._commit_snapshot(
             new, expected_rev=current.rev, state=state, changes=changes
         )
+
+    async def grow(
+        self, current: SessionRecord, new: SessionRecord, state: AdamState
+    ) -> WriteOutcome:
+        """Make ``state`` (of ``new.size``, at the session's t) its one snapshot, and
+        ``new`` its record, if it is still at ``current.rev`` (``lua/grow.lua``)."""
+        ref = SnapshotRef(new.head, "".join(vectors_of(state)), new.optimizer, state.segment_steps)
+        chunks = self._state_chunks(new, ref.write_id, state)
+        changes = record_changes(
+            size=new.size,
+            optimizer=new.optimizer,
+            head=new.head,
+            updated_at=new.updated_at,
+            grown_from=new.grown_from,
+        )
+        args: list[Any] = [current.rev, ref.encode(), *_pairs(changes)]
+        reply = await self._chunks.write_then_run(self._grow, [meta_key(new.id)], chunks, args)
+        return _outcome(reply)
 
     async def update_record(self, current: SessionRecord, changes: MetaFields) -> WriteOutcome:
         """Set fields of the record if the session is still at ``current.rev``."""

@@ -19,6 +19,7 @@ class RedisTenantRepository:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._reserve = register(client, "reserve")
+        self._resize = register(client, "resize")
 
     async def reserve(
         self, record: SessionRecord, *, max_sessions: int, max_parameters: int
@@ -28,6 +29,18 @@ class RedisTenantRepository:
         async with unavailable_on_error(write=True):
             reply = await self._reserve(
                 keys=keys, args=[record.id, record.size, max_sessions, max_parameters]
+            )
+        if int(reply[0]) == 1:
+            return None
+        return QuotaRefusal(text(reply[1]), int(reply[2]))
+
+    async def resize(self, record: SessionRecord, *, max_parameters: int) -> QuotaRefusal | None:
+        """Count the session at ``record.size`` in its tenant's quota; a refusal when the
+        tenant would pass its parameter limit."""
+        async with unavailable_on_error(write=True):
+            reply = await self._resize(
+                keys=[tenant_sizes_key(record.tenant)],
+                args=[record.id, record.size, max_parameters],
             )
         if int(reply[0]) == 1:
             return None

@@ -211,3 +211,91 @@ def test_a_rounds_segment_is_the_mean_of_the_workers_that_sent_it(client: TestCl
     mean = np.concatenate([np.full(7, 2.5), np.full(3, 1.5)])
     expected = adam_step(init_state(np.linspace(-1, 1, 10), config()), mean, config())
     assert np.frombuffer(answers[0].content).tobytes() == expected.params.tobytes()
+
+
+def test_a_param_group_added_mid_run_steps_as_the_optimiser_does(
+    client: TestClient, redis_url: str
+) -> None:
+    from adamhub_service.optim import ParamGroup
+
+    sid = create(client, history_steps=50)["id"]
+    state = init_state(np.linspace(-1, 1, 10), config())
+    rng = np.random.default_rng(2)
+    for _ in range(4):
+        gradient = rng.normal(size=10)
+        step(client, sid, gradient, None)
+        state = adam_step(state, gradient, config())
+    added = np.array([0.5, -0.5, 0.25, 2.0, 1.0])
+    grown = client.post(
+        f"/v1/sessions/{sid}/param_groups",
+        json={"params": list(added), "lr": 0.3, "segments": [2, 3]},
+    )
+    assert grown.status_code == 200, grown.text
+    body = grown.json()
+    assert (body["size"], body["segments"], body["t"]) == (15, [3, 4, 3, 2, 3], 4)
+    assert body["param_groups"][-1] == {"size": 5, "lr": 0.3}
+    grown_config = AdamConfig(
+        lr=0.05,
+        weight_decay=0.01,
+        decoupled_weight_decay=True,
+        param_groups=(*config().param_groups, ParamGroup(5, lr=0.3)),
+        segment_sizes=(3, 4, 3, 2, 3),
+    )
+    zeros = np.zeros(5)
+    from adamhub_service.optim import AdamState
+
+    state = AdamState(
+        np.concatenate([state.params, added]),
+        np.concatenate([state.exp_avg, zeros]),
+        np.concatenate([state.exp_avg_sq, zeros]),
+        None,
+        4,
+        (4, 4, 4, 0, 0),
+    )
+    for segments in [None, (3, 4), (0, 4), None]:
+        size = 15 if segments is None else sum(grown_config.segment_sizes[i] for i in segments)
+        gradient = rng.normal(size=size)
+        answer = step(client, sid, gradient, segments)
+        assert answer.status_code == 200, answer.text
+        state = adam_step(state, gradient, grown_config, segments)
+        assert np.frombuffer(answer.content).tobytes() == state.params.tobytes()
+    # A worker that still has the old size is told the new one.
+    old = step(client, sid, np.ones(10), None)
+    assert old.status_code == 409
+    assert old.json()["type"].endswith("size-changed")
+    assert (old.json()["size"], old.json()["segments"]) == (15, [3, 4, 3, 2, 3])
+    # Another replica rebuilds the grown state bit for bit; a rollback cannot cross it.
+    with make_client(redis_url) as other:
+        rebuilt = other.get(f"/v1/sessions/{sid}/params", headers={"Accept": BINARY}).content
+    assert rebuilt == state.params.tobytes()
+    back = client.post(f"/v1/sessions/{sid}/rollback", json={"t": 2})
+    assert back.status_code == 409 and back.json()["oldest_t"] == 4
+    assert client.post(f"/v1/sessions/{sid}/rollback", json={"t": 5}).status_code == 200
+
+
+def test_a_param_group_past_the_quota_or_in_rounds_is_refused_and_changes_nothing(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    settings = Settings(redis_url=redis_url, tenant_max_parameters=12)
+    with TestClient(create_app(settings), client=LOOPBACK) as client:
+        sid = create(client)["id"]
+        meta = redis_client.hgetall(f"adamhub:{{{sid}}}:meta")
+        over = client.post(f"/v1/sessions/{sid}/param_groups", json={"params": [1.0, 2.0, 3.0]})
+        assert over.status_code == 403 and over.json()["type"].endswith("quota-exceeded")
+        assert redis_client.hgetall(f"adamhub:{{{sid}}}:meta") == meta
+        assert (
+            client.post(f"/v1/sessions/{sid}/param_groups", json={"params": [1.0]}).status_code
+            == 200
+        )
+        bad: dict[str, Any]
+        for bad in (
+            {"params": []},
+            {"params": [1.0], "segments": [2]},
+            {"params": [1.0], "lr": -1},
+        ):
+            assert client.post(f"/v1/sessions/{sid}/param_groups", json=bad).status_code == 422
+        rounds = client.post("/v1/sessions", json={"size": 1, "rounds": {"contributions": 2}})
+        refused = client.post(
+            f"/v1/sessions/{rounds.json()['id']}/param_groups", json={"params": [1.0]}
+        )
+        assert refused.status_code == 422
