@@ -40,6 +40,7 @@ __all__ = [
     "NonFiniteValueError",
     "NotFoundError",
     "OutcomeUnknownError",
+    "OutlierGradientError",
     "OverloadedError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -56,6 +57,7 @@ __all__ = [
     "UnprocessableEntityError",
     "UnsupportedMediaTypeError",
     "ValidationFailedError",
+    "WorkerQuarantinedError",
     "WrongSizeError",
 ]
 
@@ -155,6 +157,11 @@ class ProtectedModeError(PermissionDeniedError, slug="protected-mode"):
     """403 ``protected-mode``: without a master key, the service serves its own machine."""
 
 
+class WorkerQuarantinedError(PermissionDeniedError, slug="worker-quarantined"):
+    """403 ``worker-quarantined``: the session's screening refused this worker's
+    gradients too many times in a row; ``problem["until"]`` is when it ends."""
+
+
 class QuotaExceededError(PermissionDeniedError, slug="quota-exceeded"):
     """403 ``quota-exceeded``: the tenant is at a limit (``problem["quota"]``,
     ``"limit"``, ``"current"``); nothing was created."""
@@ -245,6 +252,11 @@ class NonFiniteUpdateError(UnprocessableEntityError, slug="non-finite-update"): 
 
 
 class ValidationFailedError(UnprocessableEntityError, slug="validation-error"): ...
+
+
+class OutlierGradientError(UnprocessableEntityError, slug="outlier-gradient"):
+    """422 ``outlier-gradient``: the gradient's norm (``problem["norm"]``) is over the
+    session's screening bound (``problem["bound"]``); nothing was applied."""
 
 
 class InvalidCheckpointError(UnprocessableEntityError, slug="invalid-checkpoint"): ...

@@ -284,6 +284,14 @@ class SessionBase(Generic[C]):
         spec = RequestSpec("POST", f"{self._path}/param_groups", json=body, retry="unsent")
         return self._resource_call(spec)
 
+    def _screening_call(self) -> Call[dict[str, Any]]:
+        response = yield self._history_spec(None, 1000)
+        document = response.json()
+        return {key: document.get(key) for key in ("refusals", "quarantined")}
+
+    def _release_call(self, worker: str) -> Call[httpx.Response]:
+        return one(RequestSpec("DELETE", f"{self._path}/quarantine/{worker}"))
+
     def _delete_call(self) -> Call[httpx.Response]:
         return one(RequestSpec("DELETE", self._path))
 
@@ -332,6 +340,16 @@ class Session(SessionBase[Requester]):
         seconds), ``lr``, ``grad_norm``, ``update_norm``, ``loss``, ``staleness`` and
         ``worker``; with ``after_t``, the steps after it."""
         return run_sync(self._client.request, self._history_call(after_t, limit))
+
+    def screening(self) -> dict[str, Any]:
+        """What screening refused: ``refusals`` (oldest first: ``time``, ``worker``,
+        ``reason``, ``norm``, ``bound``, ``quarantined_until``) and ``quarantined`` (the
+        workers in quarantine now, and when it ends)."""
+        return run_sync(self._client.request, self._screening_call())
+
+    def release_worker(self, worker: str) -> None:
+        """End a worker's quarantine on this session."""
+        run_sync(self._client.request, self._release_call(worker))
 
     def set_params(self, params: npt.ArrayLike) -> None:
         """Start over from ``params``: the moments and ``t`` go back to zero."""
@@ -399,6 +417,14 @@ class AsyncSession(SessionBase[AsyncRequester]):
     ) -> list[dict[str, Any]]:
         """What the newest steps recorded (see ``Session.history``)."""
         return await run_async(self._client.request, self._history_call(after_t, limit))
+
+    async def screening(self) -> dict[str, Any]:
+        """What screening refused (see ``Session.screening``)."""
+        return await run_async(self._client.request, self._screening_call())
+
+    async def release_worker(self, worker: str) -> None:
+        """End a worker's quarantine on this session."""
+        await run_async(self._client.request, self._release_call(worker))
 
     async def set_params(self, params: npt.ArrayLike) -> None:
         """Start over from ``params`` (see ``Session.set_params``)."""

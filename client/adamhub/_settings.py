@@ -17,7 +17,10 @@ class SessionSettings(TypedDict, total=False):
     ``{"target_samples": B}``, with ``timeout_seconds`` and ``min_contributions``;
     fixed at creation) makes each step the samples-weighted mean of a round's
     contributions, as DDP does; the points of the newest ``history_points`` steps are
-    kept for charts; ``expires_after_idle_seconds`` deletes it once idle that long.
+    kept for charts; ``expires_after_idle_seconds`` deletes it once idle that long;
+    ``screen`` (``{"max_norm_ratio": k, "window": W, "quarantine_after": N,
+    "quarantine_seconds": S}``) refuses outlier gradients and quarantines the workers
+    that keep sending them.
     """
 
     name: str | None
@@ -28,6 +31,7 @@ class SessionSettings(TypedDict, total=False):
     rounds: dict[str, Any] | None
     history_points: int
     expires_after_idle_seconds: int | None
+    screen: dict[str, Any] | None
 
 
 # The service's defaults (a session resource always carries every setting).
@@ -40,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "rounds": None,
     "history_points": 10_000,
     "expires_after_idle_seconds": None,
+    "screen": None,
 }
 # Chosen at creation; never changed.
 FIXED = frozenset({"rounds"})

@@ -179,12 +179,16 @@ def top_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     while True:
         now = time.time()
         found = client.list_sessions(name=args.name, order="-updated_at")[: args.limit]
-        rows = [top_row(session, session.history(limit=TOP_POINTS), now) for session in found]
+        rows = [
+            top_row(session, session.history(limit=TOP_POINTS), now, session.screening())
+            for session in found
+        ]
         if live:
             out.write("\x1b[H\x1b[2J")
         stamp = time.strftime("%H:%M:%S", time.localtime(now))
         print(f"adamhub top — {client.base_url} — {stamp}", file=out)
-        print_table(["SESSION", "NAME", "T", "STEPS/S", "LOSS", "WORKERS", "LAST STEP"], rows, out)
+        header = ["SESSION", "NAME", "T", "STEPS/S", "LOSS", "WORKERS", "REFUSED", "QUARANTINED"]
+        print_table([*header, "LAST STEP"], rows, out)
         print(file=out, flush=True)
         done += 1
         if args.iterations and done >= args.iterations:
@@ -192,9 +196,12 @@ def top_command(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         time.sleep(args.interval)
 
 
-def top_row(session: Session, points: list[dict[str, Any]], now: float) -> list[str]:
+def top_row(
+    session: Session, points: list[dict[str, Any]], now: float, screening: dict[str, Any]
+) -> list[str]:
     """A session's line in ``top``: steps/s over the last seconds, the last loss, the
-    workers seen in the last minute, and how long ago the last step was."""
+    workers seen in the last minute, the gradients screening refused in the last minute
+    and the workers it holds in quarantine, and how long ago the last step was."""
     recent = [p for p in points if now - p["time"] <= RATE_WINDOW_SECONDS]
     rate = 0.0
     if len(recent) >= 2 and recent[-1]["time"] > recent[0]["time"]:
@@ -210,6 +217,8 @@ def top_row(session: Session, points: list[dict[str, Any]], now: float) -> list[
         f"{rate:.1f}",
         f"{losses[-1]:.4g}" if losses else "-",
         str(len(workers - {None})),
+        str(sum(now - r["time"] <= WORKER_WINDOW_SECONDS for r in screening["refusals"] or [])),
+        ",".join(sorted(screening["quarantined"] or {})) or "-",
         last,
     ]
 

@@ -28,6 +28,7 @@ import torch
 from adamhub._client import Client
 from adamhub._errors import (
     NotFoundError,
+    OutlierGradientError,
     SizeChangedError,
     StaleGradientError,
     UnprocessableEntityError,
@@ -65,6 +66,9 @@ class RemoteAdam(torch.optim.Optimizer):
     session, whose parameters are copied into the model. ``on_nonfinite``: ``"raise"``
     (a gradient with NaN or infinity raises ``FloatingPointError``) or ``"skip"`` (the
     step is skipped, as ``GradScaler`` does, and counted in ``skipped_steps``).
+    ``on_outlier``: when the session screens gradients (``screen``) and refuses one as an
+    outlier, ``"raise"`` (``adamhub.OutlierGradientError``) or ``"skip"`` (counted in
+    ``outlier_steps``).
 
     Data parallel, as DDP: ``rounds=K`` makes a session whose every step is the mean of
     K workers' gradients (or pass ``rounds={"target_samples": B, …}``); the other
@@ -97,6 +101,7 @@ class RemoteAdam(torch.optim.Optimizer):
         name: str | None = None,
         tags: list[str] | None = None,
         on_nonfinite: Literal["raise", "skip"] = "raise",
+        on_outlier: Literal["raise", "skip"] = "raise",
         rounds: int | dict[str, Any] | None = None,
         model: torch.nn.Module | None = None,
     ) -> None:
@@ -117,6 +122,10 @@ class RemoteAdam(torch.optim.Optimizer):
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', not {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
+        if on_outlier not in ("raise", "skip"):
+            raise ValueError(f"on_outlier must be 'raise' or 'skip', not {on_outlier!r}")
+        self.on_outlier = on_outlier
+        self.outlier_steps = 0
         self.skipped_steps = 0
         self.stale_steps = 0
         self._client = client if client is not None else Client()
@@ -306,6 +315,12 @@ class RemoteAdam(torch.optim.Optimizer):
             if exc.params is not None:
                 self._write_back(exc.params)
             return loss
+        except OutlierGradientError:
+            # The session's screening refused it; nothing was applied.
+            if self.on_outlier == "skip":
+                self.outlier_steps += 1
+                return loss
+            raise
         except UnprocessableEntityError as exc:
             if exc.type is None or not exc.type.endswith("/non-finite-value"):
                 raise

@@ -32,6 +32,7 @@ from adamhub_service.sessions.budget import InflightBudget
 from adamhub_service.sessions.janitor import Janitor
 from adamhub_service.sessions.service import SessionLimits, SessionService
 from adamhub_service.steps.rounds import RoundService
+from adamhub_service.steps.screening import Screening
 from adamhub_service.steps.service import StepService
 from adamhub_service.storage.connection import Storage, StorageOptions, connect
 from adamhub_service.tenancy.api_keys import KeyService
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
                 storage.tenants,
                 storage.create_keys,
                 storage.expiry,
+                screening=storage.screening,
                 chunk_elements=settings.chunk_elements,
                 limits=SessionLimits(
                     max_size=settings.max_size,
@@ -95,6 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
                 budget=budget,
                 rounds=rounds,
+                screening=Screening(storage.screening, metrics),
             ),
             metrics=metrics,
             keys=KeyService(storage.api_keys, master_key=settings.master_key),

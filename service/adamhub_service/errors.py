@@ -168,6 +168,14 @@ class RoundDropped(NonFiniteUpdate):
         Unprocessable.__init__(self, detail)
 
 
+class OutlierGradient(Unprocessable):
+    """A gradient whose norm is beyond the session's screening bound; nothing was
+    applied (``norm``, ``bound``)."""
+
+    slug = "outlier-gradient"
+    title = "Outlier gradient"
+
+
 class ValidationFailed(Unprocessable):
     """A request body or parameter that fails validation (every problem listed)."""
 
@@ -242,6 +250,14 @@ class ProtectedMode(Forbidden):
 
     slug = "protected-mode"
     title = "Protected mode"
+
+
+class WorkerQuarantined(Forbidden):
+    """A worker refused too many times in a row by the session's screening (``worker``,
+    ``until``)."""
+
+    slug = "worker-quarantined"
+    title = "Worker quarantined"
 
 
 class QuotaExceeded(Forbidden):

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import adamhub
 
@@ -84,9 +85,15 @@ def test_keys_commands(service_url: str) -> None:
     assert f"revoked {key_id}" in run(service_url, "keys", "revoke", key_id).stdout
 
 
-def test_top_shows_steps_per_second_loss_and_workers(service_url: str) -> None:
+def test_top_shows_steps_per_second_loss_workers_and_refusals(service_url: str) -> None:
+    screen = {"max_norm_ratio": 3, "window": 2, "quarantine_after": 1, "quarantine_seconds": 600}
     with adamhub.Client(service_url, worker="top-worker") as client:
-        session = client.create_session(size=4, name="top-demo-run")
+        session = client.create_session(size=4, name="top-demo-run", screen=screen)
+        for _ in range(2):
+            session.step(np.ones(4, np.float32))
+        noisy = adamhub.Client(service_url, worker="top-noisy")
+        with noisy, pytest.raises(adamhub.OutlierGradientError):
+            noisy.session(session.id).step(np.full(4, 1e3, np.float32))
         stop = threading.Event()
 
         def train() -> None:
@@ -106,9 +113,13 @@ def test_top_shows_steps_per_second_loss_and_workers(service_url: str) -> None:
     frames = [frame for frame in out.split("adamhub top") if frame.strip()]
     assert len(frames) == 2
     header, row = frames[-1].strip().splitlines()[1:3]
-    assert header.split() == ["SESSION", "NAME", "T", "STEPS/S", "LOSS", "WORKERS", "LAST", "STEP"]
+    assert header.split() == [
+        "SESSION", "NAME", "T", "STEPS/S", "LOSS", "WORKERS", "REFUSED", "QUARANTINED", "LAST",
+        "STEP",
+    ]  # fmt: skip
     cells = row.split()
     assert cells[0] == session.id and cells[1] == "top-demo-run"
     assert float(cells[3]) > 1  # steps/s
     assert 0 < float(cells[4]) < 2  # the last loss
     assert cells[5] == "1"  # one worker
+    assert (cells[6], cells[7]) == ("1", "top-noisy")  # one refusal, its worker held

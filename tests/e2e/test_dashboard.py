@@ -177,3 +177,30 @@ def test_the_list_shows_tags_and_filters_by_them(browser: Browser, service_url: 
     finally:
         page.close()
     assert not errors, errors
+
+
+def test_the_session_page_shows_refusals_and_releases_a_quarantined_worker(
+    browser: Browser, service_url: str
+) -> None:
+    screen = {"max_norm_ratio": 3, "window": 2, "quarantine_after": 1, "quarantine_seconds": 600}
+    with adamhub.Client(service_url, worker="steady") as client:
+        session = client.create_session(size=4, name="screened-run", screen=screen)
+        for _ in range(2):
+            session.step(np.ones(4, np.float32))
+    noisy = adamhub.Client(service_url, worker="noisy")
+    with noisy, pytest.raises(adamhub.OutlierGradientError):
+        noisy.session(session.id).step(np.full(4, 1e3, np.float32))
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(f"{service_url}/ui#/s/{session.id}")
+        page.wait_for_selector('#quarantined tr[data-worker="noisy"]', timeout=10_000)
+        assert "outlier" in page.inner_text("#refusals")
+        page.click('#quarantined button[data-worker="noisy"]')
+        page.wait_for_selector("#quarantined", state="hidden", timeout=10_000)
+        with adamhub.Client(service_url) as client:
+            assert client.session(session.id).screening()["quarantined"] == {}
+    finally:
+        page.close()
+    assert not errors, errors

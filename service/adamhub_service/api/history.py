@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -48,7 +49,13 @@ async def history(
     update's L2 norms, the loss the worker reported, staleness and worker. Without
     `after_t`, the newest `limit` points; all oldest first."""
     points = await services.sessions.history(session_id, caller, after_t=after_t, limit=limit)
-    return Response(b'{"points":[' + b",".join(points) + b"]}", media_type=JSON)
+    refusals, quarantined = await services.sessions.screening(session_id, caller, limit=limit)
+    body = b'{"points":[%s],"refusals":[%s],"quarantined":%s}' % (
+        b",".join(points),
+        b",".join(refusals),
+        orjson.dumps(quarantined),
+    )
+    return Response(body, media_type=JSON)
 
 
 @router.get(
@@ -58,7 +65,8 @@ async def history(
         200: {
             "description": "Server-sent events: `event: step`, `id: <t>`, `data: <point>` "
             'per step, as `…/history` gives them; `event: rollback` with `{"t"}` when '
-            "the session goes back. Resumes after `Last-Event-ID`.",
+            "the session goes back; `event: refusal` with the refusal, as `…/history` "
+            "gives them, when screening refuses a gradient. Resumes after `Last-Event-ID`.",
             "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
         },
         **openapi.problems(404, 422),
@@ -91,6 +99,8 @@ async def events(
                 return
             if event.kind == "step":
                 yield b"id: %d\nevent: step\ndata: %s\n\n" % (event.t, event.point)
+            elif event.kind == "refusal":
+                yield b"event: refusal\ndata: %s\n\n" % event.point
             elif event.kind == "rollback":
                 yield b'id: %d\nevent: rollback\ndata: {"t":%d}\n\n' % (event.t, event.t)
             else:

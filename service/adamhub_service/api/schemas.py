@@ -585,6 +585,15 @@ class HistoryOut(BaseModel):
         description='Each `{"t", "time" (Unix seconds), "lr", "grad_norm", "update_norm", '
         '"loss", "staleness", "worker"}`; null where unknown.'
     )
+    refusals: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description='Gradients refused by screening, oldest first: each `{"time", "worker", '
+        '"reason" ("outlier" or "non_finite"), "norm", "bound", "quarantined_until"}`.',
+    )
+    quarantined: dict[str, float] = Field(
+        default_factory=dict,
+        description="The workers in quarantine now, and when it ends (Unix seconds).",
+    )
 
 
 class StepOut(BaseModel):

@@ -6,7 +6,7 @@ import hashlib
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from adamhub_service.api import openapi
@@ -224,6 +224,27 @@ async def rollback_session(
     )
     record = await services.sessions.rollback(session_id, body.t, caller)
     return Response(render(SessionOut.of(record)), media_type=JSON)
+
+
+@router.delete(
+    "/sessions/{session_id}/quarantine/{worker}",
+    status_code=204,
+    responses={
+        204: {"description": "The worker may send gradients again."},
+        **openapi.problems(404),
+    },
+    summary="End a worker's quarantine",
+)
+async def release_worker(
+    session_id: SessionId,
+    worker: Annotated[str, Path(max_length=128, description="The worker's name.")],
+    services: ServicesDep,
+    caller: PrincipalDep,
+) -> Response:
+    """Let a worker that screening quarantined send gradients again (its refusals in a
+    row start over)."""
+    await services.sessions.release_worker(session_id, worker, caller)
+    return Response(status_code=204)
 
 
 @router.delete(

@@ -21,7 +21,13 @@ from adamhub_service.model.outcomes import (
     WriteStatus,
 )
 from adamhub_service.model.records import SessionRecord
-from adamhub_service.model.stored import CachedSession, LoggedStep, QuotaRefusal, RateDecision
+from adamhub_service.model.stored import (
+    CachedSession,
+    LoggedStep,
+    QuotaRefusal,
+    RateDecision,
+    ScreenView,
+)
 from adamhub_service.optim import AdamState, FloatArray
 
 T = TypeVar("T")
@@ -194,3 +200,33 @@ class ApiKeyRepository(Protocol):
 
     async def delete(self, key_id: str) -> bool:
         """Delete a key; False when there was none."""
+
+
+class ScreenRepository(Protocol):
+    """Sessions' screening records: accepted norms, refusals, quarantines."""
+
+    async def look(self, session_id: str, worker: str, window: int) -> ScreenView:
+        """The worker's quarantine, the store's clock and the newest accepted norms."""
+
+    async def refuse(
+        self,
+        session_id: str,
+        worker: str,
+        event: str,
+        *,
+        quarantine_after: int,
+        quarantine_ms: int,
+    ) -> int | None:
+        """Count a refusal; until when (ms) the worker is quarantined, if it now is."""
+
+    async def accept(self, session_id: str, worker: str, norm: float, window: int) -> None:
+        """Count an accepted gradient's norm."""
+
+    async def release(self, session_id: str, worker: str) -> None:
+        """End a worker's quarantine."""
+
+    async def quarantined(self, session_id: str) -> dict[str, float]:
+        """The workers in quarantine now, and until when (Unix seconds)."""
+
+    async def refusals(self, session_id: str, *, after_ms: int | None, limit: int) -> list[bytes]:
+        """Refusals (JSON), oldest first: after ``after_ms``, or the newest."""

@@ -188,6 +188,34 @@ class RoundRule(BaseModel):
         return max(0, self.target_samples - samples)
 
 
+class ScreenRule(BaseModel):
+    """Screening of the gradients workers send: one whose L2 norm exceeds
+    `max_norm_ratio` × the median norm of the last `window` accepted ones (once that many
+    are accepted), or that is not finite, is refused (422) and changes nothing but its
+    worker's record; a worker refused `quarantine_after` times in a row is refused
+    (403) for `quarantine_seconds`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    max_norm_ratio: Annotated[Finite, Field(gt=1, le=1e12)] = Field(
+        default=10.0, description="The bound on a norm, as a multiple of the window's median."
+    )
+    window: Annotated[int, Strict(), Field(ge=1, le=10_000), BeforeValidator(whole)] = Field(
+        default=20, description="How many accepted norms the median is taken over."
+    )
+    quarantine_after: Annotated[
+        int, Strict(), Field(ge=1, le=1_000_000), BeforeValidator(whole)
+    ] = Field(default=3, description="Refusals in a row that quarantine a worker.")
+    quarantine_seconds: Annotated[Finite, Field(gt=0, le=MAX_IDLE_SECONDS)] = Field(
+        default=300.0, description="How long a quarantine lasts."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, values: Any) -> Any:
+        return refuse_nulls(values)
+
+
 class SessionSettings(BaseModel):
     """A session's settings apart from its optimizer: each with its default and bounds.
 
@@ -255,6 +283,11 @@ class SessionSettings(BaseModel):
         ]
         | None
     ) = None
+
+    screen: ScreenRule | None = Field(
+        default=None,
+        description="Screening of outlier gradients and quarantine of workers; null: off.",
+    )
 
     @field_serializer("rounds")
     def _rounds_as_set(self, rounds: RoundRule | None) -> dict[str, Any] | None:

@@ -70,3 +70,13 @@ class RateDecision:
     allowed: bool
     remaining: float
     wait_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenView:
+    """What screening a worker's gradient needs: when its quarantine ends (ms; None:
+    not quarantined), the store's clock (ms), and the newest accepted norms."""
+
+    quarantined_until_ms: int | None
+    now_ms: int
+    norms: list[float]

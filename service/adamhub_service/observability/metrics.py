@@ -73,6 +73,13 @@ class Metrics:
             buckets=_PHASE_BUCKETS,
             registry=self.registry,
         )
+        self.screened = Counter(
+            "adamhub_screened_gradients",
+            "Gradients of screened sessions: accepted, refused as outliers or not finite, "
+            "or refused because their worker is quarantined.",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.stale = Counter(
             "adamhub_stale_gradients",
             "Gradients refused as stale (409): beyond max_staleness, or not the open round's.",

@@ -27,6 +27,7 @@ from adamhub_service.model.records import (
 from adamhub_service.model.repositories import (
     CreateKeyRepository,
     ExpiryRepository,
+    ScreenRepository,
     SessionRepository,
     TenantRepository,
 )
@@ -176,6 +177,7 @@ class SessionService:
         create_keys: CreateKeyRepository,
         expiry: ExpiryRepository,
         *,
+        screening: ScreenRepository | None = None,
         chunk_elements: int,
         limits: SessionLimits,
         idempotency_ttl_seconds: float,
@@ -184,6 +186,7 @@ class SessionService:
         self._tenants = tenants
         self._create_keys = create_keys
         self._expiry = expiry
+        self._screening = screening
         self._chunk_elements = chunk_elements
         self._limits = limits
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
@@ -378,6 +381,23 @@ class SessionService:
         await self.get(session_id, principal, "sessions.read", fresh=False)
         return await self._store.history(session_id, after_t=after_t, limit=limit)
 
+    async def screening(
+        self, session_id: str, principal: Principal, *, limit: int
+    ) -> tuple[builtins.list[bytes], dict[str, float]]:
+        """The session's newest ``limit`` refused gradients (JSON), oldest first, and the
+        workers in quarantine now, with when it ends (Unix seconds)."""
+        await self.get(session_id, principal, "sessions.read", fresh=False)
+        if self._screening is None:
+            return [], {}
+        refusals = await self._screening.refusals(session_id, after_ms=None, limit=limit)
+        return refusals, await self._screening.quarantined(session_id)
+
+    async def release_worker(self, session_id: str, worker: str, principal: Principal) -> None:
+        """End a worker's quarantine (and its refusals in a row) on the session."""
+        await self.get(session_id, principal, "sessions.update", fresh=False)
+        if self._screening is not None:
+            await self._screening.release(session_id, worker)
+
     async def events(
         self,
         session_id: str,
@@ -392,8 +412,14 @@ class SessionService:
         ``seconds``."""
         record = await self.get(session_id, principal, "sessions.read")
         after = record.t if last_event_id is None else min(last_event_id, record.t)
+        screening = self._screening if record.settings.screen is not None else None
         return session_events(
-            self._store, session_id, after, seconds=seconds, keepalive_seconds=keepalive_seconds
+            self._store,
+            session_id,
+            after,
+            seconds=seconds,
+            keepalive_seconds=keepalive_seconds,
+            screening=screening,
         )
 
     async def update(

@@ -28,6 +28,7 @@ from adamhub_service.sessions.budget import InflightBudget, vector_request_bytes
 from adamhub_service.steps.commit import Commit, Report
 from adamhub_service.steps.idempotency import gradient_digest
 from adamhub_service.steps.rounds import RoundService
+from adamhub_service.steps.screening import Screening
 from adamhub_service.steps.staleness import staleness
 from adamhub_service.steps.values import (
     RoundPending,
@@ -75,9 +76,11 @@ class StepService:
         idempotency_ttl_seconds: float,
         budget: InflightBudget | None = None,
         rounds: RoundService | None = None,
+        screening: Screening | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
+        self._screening = screening
         self._budget = budget or InflightBudget(1 << 62, wait_seconds=0)
         self._rounds = rounds
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
@@ -108,6 +111,9 @@ class StepService:
             record.size, request.wire_itemsize or itemsize, itemsize, vectors
         )
         size = carried_size(record, request.segments)
+        admitted = None
+        if self._screening is not None and request.report.worker is not None:
+            admitted = await self._screening.admit(record, request.report.worker)
         async with self._budget.hold(nbytes):
             with self._metrics.step_phases.labels("read_body").time():
                 try:
@@ -116,10 +122,19 @@ class StepService:
                     if request.segments is None and (grown := grown_since(record, exc)):
                         raise grown from None
                     raise
+                except errors.NonFiniteValue:
+                    if admitted is not None:
+                        assert self._screening is not None
+                        await self._screening.refuse_non_finite(record, admitted)
+                    raise
+            norm = 0.0
+            if admitted is not None:
+                assert self._screening is not None
+                norm = await self._screening.judge(record, admitted, gradient)
             # The log keeps a narrower wire dtype as it came (it widens exactly).
             logged = received if received.dtype.itemsize < gradient.dtype.itemsize else None
             if record.settings.rounds is None:
-                return await self.step(
+                result = await self.step(
                     session_id,
                     gradient,
                     logged=logged,
@@ -129,10 +144,17 @@ class StepService:
                     report=request.report,
                     segments=request.segments,
                 )
+                if admitted is not None and not result.replayed:
+                    assert self._screening is not None
+                    await self._screening.accepted(record, admitted, norm)
+                return result
             assert self._rounds is not None, "rounds sessions need the round service"
             contributed = await self._rounds.contribute(
                 record, gradient, logged=logged, request=request
             )
+            if admitted is not None and not contributed.replayed:
+                assert self._screening is not None
+                await self._screening.accepted(record, admitted, norm)
         # The wait holds no memory: the gradient is stored.
         return await self._rounds.answer(contributed, request.wait_seconds)
 

@@ -18,6 +18,7 @@ from adamhub_service.storage.expiry import RedisExpiryRepository
 from adamhub_service.storage.notifier import StepNotifier
 from adamhub_service.storage.rate_limits import RedisRateRepository
 from adamhub_service.storage.round_store import RedisRoundRepository
+from adamhub_service.storage.screening import RedisScreenRepository
 from adamhub_service.storage.session_repository import RedisSessionRepository
 from adamhub_service.storage.session_scripts import SessionScripts
 from adamhub_service.storage.tenants import RedisTenantRepository
@@ -58,6 +59,7 @@ class Storage:
     expiry: RedisExpiryRepository
     rates: RedisRateRepository
     api_keys: RedisApiKeyRepository
+    screening: RedisScreenRepository
 
     @classmethod
     def over(
@@ -87,6 +89,7 @@ class Storage:
             RedisExpiryRepository(client),
             RedisRateRepository(client),
             RedisApiKeyRepository(client),
+            RedisScreenRepository(client),
         )
 
     async def ping(self) -> None:

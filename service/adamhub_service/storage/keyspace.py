@@ -93,3 +93,19 @@ def api_key_id_key(key_id: str) -> str:
 def rate_key(key_id: str) -> str:
     """The token bucket of an API key."""
     return f"adamhub:rate:{key_id}"
+
+
+def screen_key(session_id: str) -> str:
+    """The hash of a session's screening record: refusals in a row and quarantines, by
+    worker (``r:<worker>``, ``q:<worker>`` → until, ms)."""
+    return f"{session_prefix(session_id)}screen"
+
+
+def norms_key(session_id: str) -> str:
+    """The list of the norms of a session's newest accepted gradients (newest first)."""
+    return f"{session_prefix(session_id)}norms"
+
+
+def refusals_key(session_id: str) -> str:
+    """The sorted set of a session's refused gradients, by time (ms), as JSON."""
+    return f"{session_prefix(session_id)}refusals"

@@ -16,5 +16,6 @@ unlink_history(meta)
 for _, record in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   redis.call('UNLINK', record)
 end
-redis.call('UNLINK', meta, KEYS[2])
+local prefix = prefix_of(meta)
+redis.call('UNLINK', meta, KEYS[2], prefix .. 'screen', prefix .. 'norms', prefix .. 'refusals')
 return {COMMITTED}

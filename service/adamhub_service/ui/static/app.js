@@ -187,6 +187,7 @@ async function showSession(id) {
   const { points } = await json(`/v1/sessions/${id}/history?limit=5000`);
   const page = { id, session, points, charts: [], dirty: true };
   renderFacts(page);
+  refreshScreening(page).catch(showError);
   makeCharts(page);
   bindActions(page);
   redraw(page);
@@ -282,6 +283,35 @@ function renderWorkers(page) {
 async function refreshSession(page) {
   page.session = await json(`/v1/sessions/${page.id}`);
   renderFacts(page);
+  await refreshScreening(page);
+}
+
+// What screening refused, and the workers in quarantine (each can be released).
+async function refreshScreening(page) {
+  const on = Boolean(page.session.screen);
+  document.getElementById("screening-off").hidden = on;
+  const { refusals, quarantined } = await json(`/v1/sessions/${page.id}/history?limit=50`);
+  const now = Date.now() / 1000;
+  const held = Object.entries(quarantined || {});
+  const holding = document.getElementById("quarantined");
+  holding.hidden = held.length === 0;
+  holding.querySelector("tbody").replaceChildren(...held.map(([worker, until]) => {
+    const release = el("button", { type: "button", "data-worker": worker, text: "release" });
+    release.onclick = async () => {
+      await api(`/v1/sessions/${page.id}/quarantine/${encodeURIComponent(worker)}`,
+        { method: "DELETE" });
+      await refreshScreening(page);
+    };
+    return el("tr", { "data-worker": worker }, el("td", { text: worker }),
+      el("td", { text: `in ${ago(until - now).replace(" ago", "")}` }), el("td", {}, release));
+  }));
+  const list = document.getElementById("refusals");
+  const recent = (refusals || []).slice(-10).reverse();
+  list.hidden = recent.length === 0;
+  list.querySelector("tbody").replaceChildren(...recent.map((r) =>
+    el("tr", {}, el("td", { text: ago(now - r.time) }), el("td", { text: r.worker }),
+      el("td", { text: r.reason }), el("td", { class: "num", text: number(r.norm) }),
+      el("td", { class: "num", text: number(r.bound) }))));
 }
 
 // The step events, read with fetch (EventSource cannot send an Authorization header).
@@ -313,6 +343,8 @@ async function follow(page, after) {
             last = point.t;
             page.session.t = Math.max(page.session.t, point.t);
             page.dirty = true;
+          } else if (event.type === "refusal") {
+            refreshScreening(page).catch(showError);
           } else if (event.type === "rollback") {
             last = JSON.parse(event.data).t;
             page.points = page.points.filter((p) => p.t <= last);
