@@ -130,3 +130,28 @@ def test_local_sgd_outer_adam_converges(service_url: str) -> None:
     first = float(re.findall(r"round 1: worker 0's loss at the global parameters ([\d.]+)", out)[0])
     final = float(re.findall(r"final mean loss ([\d.]+)", out)[0])
     assert final < first / 5, out
+
+
+@pytest.mark.parametrize("example", ["moe_partial.py", "unfreeze.py", "amp_gradscaler.py"])
+def test_torch_recipe_examples_match_torch(service_url: str, example: str) -> None:
+    pytest.importorskip("torch", reason="the PyTorch examples need torch")
+    out = run(sys.executable, str(EXAMPLES / example), "--base-url", service_url)
+    deviation = re.search(r"max \|θ − θ_torch\| = ([\d.e+-]+)", out)
+    assert deviation, out
+    assert float(deviation.group(1)) <= 1e-5
+    if example == "moe_partial.py":
+        counts = re.search(r"per-tensor step counts: \[(.*)\] \(session t=(\d+)\)", out)
+        assert counts, out
+        assert len(counts.group(1).split(",")) > 1  # the experts took different steps
+    if example == "amp_gradscaler.py":
+        skipped = re.search(r"(\d+) steps skipped by the scaler; session t=(\d+)", out)
+        assert skipped and int(skipped.group(1)) == 2 and int(skipped.group(2)) == 38, out
+
+
+def test_robust_rounds_example_trains_despite_a_bad_worker(service_url: str) -> None:
+    out = run(sys.executable, str(EXAMPLES / "robust_rounds.py"), "--base-url", service_url)
+    found = re.search(r"error ([\d.]+) -> ([\d.]+)", out)
+    assert found, out
+    start, end = float(found.group(1)), float(found.group(2))
+    assert end < start / 10
+    assert "quarantined: ['bad-worker']" in out
