@@ -205,26 +205,48 @@ def adamhub_step_ms(client: adamhub.Client, size: int, repeats: int) -> float:
     return result
 
 
-def history_overhead(client: adamhub.Client, repeats: int = 600) -> dict[str, Any]:
-    """p50 of a 1k step with its history point recorded (the default) and without
-    (``history_points=0``), interleaved step by step so that both see the same box."""
-    with_history = client.create_session(size=1_000)
-    without = client.create_session(size=1_000, history_points=0)
-    gradient = gradient_of(1_000)
-    times: dict[str, list[float]] = {"with": [], "without": []}
-    pair = [("with", with_history), ("without", without)]
+def interleaved_p50(
+    sessions: dict[str, adamhub.Session], gradient: np.ndarray, repeats: int
+) -> dict[str, float]:
+    """p50 of a step of each session, interleaved step by step (neither always first) so
+    that every one sees the same box."""
+    times: dict[str, list[float]] = {label: [] for label in sessions}
+    pair = list(sessions.items())
     for index in range(repeats + 20):
-        for label, session in pair if index % 2 else pair[::-1]:  # neither always first
+        for label, session in pair if index % 2 else pair[::-1]:
             start = time.perf_counter()
             session.step(gradient, loss=0.5)
             if index >= 20:
                 times[label].append((time.perf_counter() - start) * 1000)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
+def history_overhead(client: adamhub.Client, repeats: int = 600) -> dict[str, Any]:
+    """p50 of a 1k step with its history point recorded (the default) and without
+    (``history_points=0``)."""
+    with_history = client.create_session(size=1_000)
+    without = client.create_session(size=1_000, history_points=0)
+    p50 = interleaved_p50({"with": with_history, "without": without}, gradient_of(1_000), repeats)
     assert with_history.history(limit=1)[0]["t"] == repeats + 20
     assert without.history() == []
     with_history.delete()
     without.delete()
-    on, off = statistics.median(times["with"]), statistics.median(times["without"])
+    on, off = p50["with"], p50["without"]
     return {"with_ms": round(on, 3), "without_ms": round(off, 3),
+            "overhead_pct": round(100 * (on - off) / off, 1)}  # fmt: skip
+
+
+def screening_overhead(client: adamhub.Client, size: int, repeats: int) -> dict[str, Any]:
+    """p50 of a step of a session that screens its gradients (``screen``: the norm, the
+    worker's record and the window of accepted norms) and of one that does not."""
+    screened = client.create_session(size=size, screen={"window": 20})
+    plain = client.create_session(size=size)
+    p50 = interleaved_p50({"with": screened, "without": plain}, gradient_of(size), repeats)
+    assert screened.screening()["refusals"] == []
+    screened.delete()
+    plain.delete()
+    on, off = p50["with"], p50["without"]
+    return {"params": size, "with_ms": round(on, 3), "without_ms": round(off, 3),
             "overhead_pct": round(100 * (on - off) / off, 1)}  # fmt: skip
 
 
@@ -316,6 +338,7 @@ def main() -> None:
     written: list[dict[str, Any]] = []
     huge: dict[str, Any] = {}
     overhead: dict[str, Any] = {}
+    screening: list[dict[str, Any]] = []
     try:
         direct = redis.Redis.from_url(store.url)
         with adamhub.Client(base_url=service.base_url, timeout=600) as client:
@@ -348,6 +371,9 @@ def main() -> None:
                 print(rate, flush=True)
             overhead = history_overhead(client)
             print({"history": overhead}, flush=True)
+            for size, repeats in ((1_000, 600), (1_000_000, 60)):
+                screening.append(screening_overhead(client, size, repeats))
+                print({"screening": screening[-1]}, flush=True)
             for size in sizes:
                 steps = 200 if size <= 100_000 else 24
                 written.append(
@@ -373,7 +399,7 @@ def main() -> None:
         service.stop()
         store.cleanup()
 
-    table = render(latency, throughput, written, huge, note, overhead)
+    table = render(latency, throughput, written, huge, note, overhead, screening)
     print(table)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compare.md").write_text(table)
@@ -384,6 +410,7 @@ def main() -> None:
         "redis_bytes_per_gradient_byte": written,
         "step_100m": huge,
         "history_overhead_1k": overhead,
+        "screening_overhead": screening,
         "note": note,
     }
     (RESULTS / "compare.json").write_text(json.dumps(document, indent=2))
@@ -397,6 +424,7 @@ def render(
     huge: dict[str, Any],
     note: str,
     overhead: dict[str, Any],
+    screening: list[dict[str, Any]],
 ) -> str:
     lines = [
         f"adamhub vs peers, one run, {os.cpu_count()} CPUs, binary float32, medians",
@@ -431,6 +459,13 @@ def render(
         f"History recording, 1k step p50: {overhead['with_ms']} ms with, "
         f"{overhead['without_ms']} ms without ({overhead['overhead_pct']:+.1f}%)",
     ]
+    if screening:
+        lines += ["", "| step p50 (ms) | screened | not screened | cost |", "|---:|---:|---:|---:|"]
+        for row in screening:
+            lines.append(
+                f"| {row['params']:,} | {row['with_ms']} | {row['without_ms']} "
+                f"| {row['overhead_pct']:+.1f}% |"
+            )
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"

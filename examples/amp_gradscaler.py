@@ -56,7 +56,7 @@ def main() -> None:
         optimizer = RemoteAdamW(remote.parameters(), client=client, lr=1e-2)
         skipped = train(remote, optimizer, args.steps)
         pairs = zip(remote.parameters(), local.parameters(), strict=True)
-        worst = max(float((p - q).abs().max()) for p, q in pairs)
+        worst = max(float((p - q).abs().max().detach()) for p, q in pairs)
         print(f"{skipped} steps skipped by the scaler; session t={optimizer.session.t}")
         print(f"max |θ − θ_torch| = {worst:.2e}")
         optimizer.session.delete()

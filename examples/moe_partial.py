@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+import httpx
 import torch
 
 import adamhub
@@ -57,15 +58,29 @@ def main() -> None:
 
     local, remote = Experts(), Experts()
     train(local, torch.optim.Adam(local.parameters(), lr=1e-2), args.steps)
-    with adamhub.Client(args.base_url) as client:
+    uploaded: list[int] = []  # the bytes of each step's body
+
+    def count(request: httpx.Request) -> None:
+        if request.url.path.endswith("/step"):
+            uploaded.append(int(request.headers["content-length"]))
+
+    http = httpx.Client(timeout=60, event_hooks={"request": [count]})
+    with adamhub.Client(args.base_url, http_client=http) as client:
         optimizer = RemoteAdam(remote.parameters(), client=client, lr=1e-2)  # was torch's
         train(remote, optimizer, args.steps)
         steps = sorted({int(s["step"]) for s in optimizer.state_dict()["state"].values()})
         pairs = zip(remote.parameters(), local.parameters(), strict=True)
-        worst = max(float((p - q).abs().max()) for p, q in pairs)
+        worst = max(float((p - q).abs().max().detach()) for p, q in pairs)
         print(f"per-tensor step counts: {steps} (session t={optimizer.session.t})")
         print(f"max |θ − θ_torch| = {worst:.2e}")
+        whole = 4 * sum(p.numel() for p in remote.parameters()) * len(uploaded)
+        saved = 100 * (1 - sum(uploaded) / whole)
+        print(
+            f"uploaded {sum(uploaded)} bytes in {len(uploaded)} steps; whole steps would be "
+            f"{whole} ({saved:.1f}% less)"
+        )
         optimizer.session.delete()
+    http.close()
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def main() -> None:
         optimizer = RemoteAdamW(remote[2].parameters(), client=client, lr=1e-2)
         train(remote, optimizer, args.steps)
         pairs = zip(remote.parameters(), local.parameters(), strict=True)
-        worst = max(float((p - q).abs().max()) for p, q in pairs)
+        worst = max(float((p - q).abs().max().detach()) for p, q in pairs)
         session = optimizer.session
         print(f"session {session.id}: {session.size} parameters, t={session.t}")
         print(f"max |θ − θ_torch| = {worst:.2e}")
