@@ -252,3 +252,31 @@ def test_progressive_unfreezing_matches_torch_and_other_workers_follow(
         assert deviation(other, remote) == 0.0  # the session's values
         train(other, follower, range(25, 27))
         assert follower.session.t == 27
+
+
+def test_remote_adam_skips_or_raises_on_an_outlier(service_url: str) -> None:
+    screen = {"max_norm_ratio": 2, "window": 3, "quarantine_after": 100, "quarantine_seconds": 60}
+    with adamhub.Client(service_url) as client:
+        net = mlp(6)
+        optimizer = RemoteAdam(net.parameters(), client=client, lr=1e-3, on_outlier="skip")
+        session = client.create_session(
+            optimizer._flat(p.detach() for p in net.parameters()),
+            segments=[p.numel() for p in net.parameters()],
+            screen=screen,
+        )
+        optimizer.session = session
+
+        def once(scale: float) -> None:
+            x, y = batch(0)
+            optimizer.zero_grad()
+            (scale * torch.nn.functional.mse_loss(net(x), y)).backward()  # type: ignore[no-untyped-call, unused-ignore]
+            optimizer.step()
+
+        for _ in range(3):
+            once(1.0)
+        once(1e6)
+        assert (optimizer.outlier_steps, optimizer.session.t) == (1, 3)
+        optimizer.on_outlier = "raise"
+        with pytest.raises(adamhub.OutlierGradientError):
+            once(1e6)
+        assert optimizer.session.t == 3
