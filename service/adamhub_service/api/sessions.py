@@ -231,7 +231,7 @@ async def rollback_session(
     status_code=204,
     responses={
         204: {"description": "The worker may send gradients again."},
-        **openapi.problems(404),
+        **openapi.problems(404, 422),
     },
     summary="End a worker's quarantine",
 )
