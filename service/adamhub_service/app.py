@@ -69,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
         budget = InflightBudget(
             settings.max_inflight_bytes, wait_seconds=settings.overload_wait_seconds
         )
+        screening = Screening(storage.screening, metrics)
         rounds = RoundService(
             sessions,
             storage.rounds,
@@ -97,7 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
                 budget=budget,
                 rounds=rounds,
-                screening=Screening(storage.screening, metrics),
+                screening=screening,
             ),
             metrics=metrics,
             keys=KeyService(storage.api_keys, master_key=settings.master_key),

@@ -10,6 +10,8 @@ worker's record. Other workers go on untouched.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import statistics
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from adamhub_service.model.stored import ScreenView
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import FloatArray
 from adamhub_service.optim.kernel import squared_norm
+
+logger = logging.getLogger("adamhub.steps")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +96,20 @@ class Screening:
         self._metrics.screened.labels("non_finite").inc()
         await self._refuse(record, admitted, "non_finite")
 
-    async def accepted(self, record: SessionRecord, admitted: Admitted, norm: float) -> None:
-        """Count an applied (or taken) gradient's norm."""
+    def accept(self, record: SessionRecord, admitted: Admitted, norm: float) -> asyncio.Task[None]:
+        """Count a gradient that passed screening (its norm joins the window), while it
+        is applied: the caller awaits the task before answering, so a worker's next
+        gradient is judged with it."""
         self._metrics.screened.labels("accepted").inc()
-        await self._repository.accept(record.id, admitted.worker, norm, admitted.rule.window)
+        return asyncio.create_task(self._record(record, admitted, norm))
+
+    async def _record(self, record: SessionRecord, admitted: Admitted, norm: float) -> None:
+        # The gradient's own answer never depends on this record: a store failure here
+        # costs the window one norm, never a step's outcome.
+        try:
+            await self._repository.accept(record.id, admitted.worker, norm, admitted.rule.window)
+        except (errors.StoreUnavailable, errors.OutcomeUnknown) as exc:
+            logger.warning("the norm of an accepted gradient was not recorded: %s", exc)
 
     async def _refuse(
         self,

@@ -127,34 +127,33 @@ class StepService:
                         assert self._screening is not None
                         await self._screening.refuse_non_finite(record, admitted)
                     raise
-            norm = 0.0
+            recording = None
             if admitted is not None:
                 assert self._screening is not None
                 norm = await self._screening.judge(record, admitted, gradient)
-            # The log keeps a narrower wire dtype as it came (it widens exactly).
-            logged = received if received.dtype.itemsize < gradient.dtype.itemsize else None
-            if record.settings.rounds is None:
-                result = await self.step(
-                    session_id,
-                    gradient,
-                    logged=logged,
-                    idempotency_key=request.idempotency_key,
-                    settings=request.settings,
-                    base_step=request.base_step,
-                    report=request.report,
-                    segments=request.segments,
+                recording = self._screening.accept(record, admitted, norm)
+            try:
+                # The log keeps a narrower wire dtype as it came (it widens exactly).
+                narrower = received.dtype.itemsize < gradient.dtype.itemsize
+                logged = received if narrower else None
+                if record.settings.rounds is None:
+                    return await self.step(
+                        session_id,
+                        gradient,
+                        logged=logged,
+                        idempotency_key=request.idempotency_key,
+                        settings=request.settings,
+                        base_step=request.base_step,
+                        report=request.report,
+                        segments=request.segments,
+                    )
+                assert self._rounds is not None, "rounds sessions need the round service"
+                contributed = await self._rounds.contribute(
+                    record, gradient, logged=logged, request=request
                 )
-                if admitted is not None and not result.replayed:
-                    assert self._screening is not None
-                    await self._screening.accepted(record, admitted, norm)
-                return result
-            assert self._rounds is not None, "rounds sessions need the round service"
-            contributed = await self._rounds.contribute(
-                record, gradient, logged=logged, request=request
-            )
-            if admitted is not None and not contributed.replayed:
-                assert self._screening is not None
-                await self._screening.accepted(record, admitted, norm)
+            finally:
+                if recording is not None:
+                    await recording
         # The wait holds no memory: the gradient is stored.
         return await self._rounds.answer(contributed, request.wait_seconds)
 
