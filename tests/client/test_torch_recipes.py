@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 
 import adamhub
@@ -181,7 +182,7 @@ def test_modules_unused_at_some_steps_train_as_torch_does(
 
 def test_a_partial_step_uploads_only_the_gradients_it_has(service_url: str) -> None:
     sizes: list[int] = []
-    http = __import__("httpx").Client(
+    http = httpx.Client(
         timeout=60,
         event_hooks={
             "request": [

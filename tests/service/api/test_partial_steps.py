@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,13 +17,13 @@ from fastapi.testclient import TestClient
 
 from adamhub_service.app import create_app
 from adamhub_service.config import Settings
-from adamhub_service.optim import AdamConfig, adam_step, init_state
+from adamhub_service.optim import AdamConfig, AdamState, ParamGroup, adam_step, init_state
 from adamhub_service.testing import LOOPBACK
 
 BINARY = "application/octet-stream"
 SEGMENTS = [3, 4, 3]
 # One group of the first two segments (lr 0.1), one of the third (lr 0.02).
-GROUPS = [{"size": 7, "lr": 0.1}, {"size": 3, "lr": 0.02}]
+GROUPS: list[dict[str, Any]] = [{"size": 7, "lr": 0.1}, {"size": 3, "lr": 0.02}]
 
 
 def make_client(redis_url: str) -> TestClient:
@@ -41,10 +42,7 @@ def config() -> AdamConfig:
         lr=0.05,
         weight_decay=0.01,
         decoupled_weight_decay=True,
-        param_groups=tuple(
-            __import__("adamhub_service.optim", fromlist=["ParamGroup"]).ParamGroup(**g)
-            for g in GROUPS
-        ),
+        param_groups=tuple(ParamGroup(**g) for g in GROUPS),
         segment_sizes=tuple(SEGMENTS),
     )
 
@@ -191,8 +189,6 @@ def test_segments_must_cover_the_session_and_hold_whole_groups(client: TestClien
 def test_a_rounds_segment_is_the_mean_of_the_workers_that_sent_it(client: TestClient) -> None:
     sid = create(client, rounds={"contributions": 3})["id"]
     a, b, c = np.full(10, 1.0), np.full(3, 2.0), np.full(7, 4.0)
-    import threading
-
     answers: list[Any] = [None] * 3
 
     def send(i: int, gradient: np.ndarray, segments: tuple[int, ...] | None) -> None:
@@ -216,8 +212,6 @@ def test_a_rounds_segment_is_the_mean_of_the_workers_that_sent_it(client: TestCl
 def test_a_param_group_added_mid_run_steps_as_the_optimiser_does(
     client: TestClient, redis_url: str
 ) -> None:
-    from adamhub_service.optim import ParamGroup
-
     sid = create(client, history_steps=50)["id"]
     state = init_state(np.linspace(-1, 1, 10), config())
     rng = np.random.default_rng(2)
@@ -242,8 +236,6 @@ def test_a_param_group_added_mid_run_steps_as_the_optimiser_does(
         segment_sizes=(3, 4, 3, 2, 3),
     )
     zeros = np.zeros(5)
-    from adamhub_service.optim import AdamState
-
     state = AdamState(
         np.concatenate([state.params, added]),
         np.concatenate([state.exp_avg, zeros]),

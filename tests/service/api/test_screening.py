@@ -4,6 +4,8 @@ workers untouched, everything visible in the history and the event stream."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,8 +96,6 @@ def test_before_the_window_fills_nothing_is_refused_and_null_turns_it_off(
 def test_screening_refuses_an_outlier_contribution_and_the_round_goes_on(
     client: TestClient,
 ) -> None:
-    import threading
-
     sid = client.post(
         "/v1/sessions",
         json={"size": 4, "rounds": {"contributions": 2}, "screen": SCREEN | {"window": 2}},
@@ -123,9 +123,6 @@ def test_screening_refuses_an_outlier_contribution_and_the_round_goes_on(
 
 
 def test_the_event_stream_tells_of_refusals(client: TestClient) -> None:
-    import threading
-    import time
-
     sid = client.post("/v1/sessions", json={"size": 4, "screen": SCREEN | {"window": 1}}).json()[
         "id"
     ]
