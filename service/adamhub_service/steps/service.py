@@ -259,6 +259,11 @@ class StepService:
         applied: list[_Queued] = []
         for queued in group:
             t = commit.state.step
+            resized = _resized(record, queued)
+            if resized is not None:
+                # The session grew (param groups added) after this gradient was read.
+                queued.answer.set_exception(resized)
+                continue
             stale = staleness(queued.base_step, t, record.settings.max_staleness)
             if stale is not None:
                 # A retry of a step that was applied is stale by its own step: answer it.
@@ -350,6 +355,20 @@ def _fail(group: list[_Queued], exc: BaseException) -> None:
     for queued in group:
         if not queued.answer.done():
             queued.answer.set_exception(exc)
+
+
+def _resized(record: SessionRecord, queued: _Queued) -> errors.AdamhubError | None:
+    """Why a gradient read at the session's earlier size cannot be applied, if it was."""
+    expected = carried_size(record, queued.segments)
+    if queued.gradient.size == expected:
+        return None
+    wrong = errors.WrongSize(
+        f"'gradient' has {queued.gradient.size} elements; the session has {expected} now",
+        field="gradient",
+        expected_size=expected,
+        actual_size=int(queued.gradient.size),
+    )
+    return grown_since(record, wrong) or wrong
 
 
 def carried_size(record: SessionRecord, segments: tuple[int, ...] | None) -> int:

@@ -291,3 +291,18 @@ def test_a_param_group_past_the_quota_or_in_rounds_is_refused_and_changes_nothin
             f"/v1/sessions/{rounds.json()['id']}/param_groups", json={"params": [1.0]}
         )
         assert refused.status_code == 422
+
+
+def test_a_replica_that_missed_the_growth_answers_an_old_size_step_409(
+    client: TestClient, redis_url: str
+) -> None:
+    sid = create(client)["id"]
+    with make_client(redis_url) as other:
+        assert step(other, sid, np.ones(10), None).status_code == 200  # other caches it
+        grown = client.post(f"/v1/sessions/{sid}/param_groups", json={"params": [1.0, 2.0]})
+        assert grown.status_code == 200
+        stale = step(other, sid, np.ones(10), None)  # other still believes in 10
+        assert stale.status_code == 409, stale.text
+        assert stale.json()["type"].endswith("size-changed")
+        assert step(other, sid, np.ones(12), None).status_code == 200
+    assert client.get(f"/v1/sessions/{sid}").json()["t"] == 2
