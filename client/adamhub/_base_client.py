@@ -72,6 +72,7 @@ class ClientOptions(TypedDict, total=False):
     max_retry_delay: float
     gradient_dtype: str | None
     worker: str | None
+    answer_dtype: str | None
 
 
 H = TypeVar("H", httpx.Client, httpx.AsyncClient)
@@ -99,6 +100,8 @@ class BaseClient(Generic[H]):
         self.initial_retry_delay = options.get("initial_retry_delay", INITIAL_RETRY_DELAY)
         self.max_retry_delay = options.get("max_retry_delay", MAX_RETRY_DELAY)
         self.gradient_dtype = options.get("gradient_dtype")
+        # The dtype the sessions ask their parameters to come in ("bfloat16", "float16").
+        self.answer_dtype = options.get("answer_dtype")
         # The name this client's steps are recorded under (default: the API key's id).
         self.worker = options.get("worker") or os.environ.get("ADAMHUB_WORKER")
         # A contribution or long-poll waits on the server at most this long, so that

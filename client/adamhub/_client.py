@@ -140,9 +140,11 @@ class Client(BaseClient[httpx.Client]):
     retried ``max_retries`` times (default 3: connection errors, timeouts, 408, 409
     conflicts, 429, 502, 503, 504) with exponential backoff from
     ``initial_retry_delay`` (0.5 s) up to ``max_retry_delay`` (8 s) and full jitter,
-    honouring ``Retry-After``. ``gradient_dtype`` (e.g. ``"float16"``) sets how the
-    sessions it returns send gradients. ``http_client`` injects a configured
-    ``httpx.Client``. Use as a context manager, or call ``close()``.
+    honouring ``Retry-After``. ``gradient_dtype`` (``"bfloat16"``, ``"float16"``) sets
+    how the sessions it returns send gradients, ``answer_dtype`` (the same) how their
+    parameters come back: either halves what travels, the session keeping its dtype.
+    ``http_client`` injects a configured ``httpx.Client``. Use as a context manager, or
+    call ``close()``.
     """
 
     def _new_http(self) -> httpx.Client:

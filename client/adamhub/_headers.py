@@ -3,6 +3,7 @@ against its OpenAPI document)."""
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
 DTYPE = "Adamhub-Dtype"
+ACCEPT_DTYPE = "Adamhub-Accept-Dtype"
 SETTINGS = "Adamhub-Optimizer"
 BASE_STEP = "Adamhub-Base-Step"
 SAMPLES = "Adamhub-Samples"

@@ -27,6 +27,7 @@ class Requester(Protocol):
 
     round_wait_seconds: float
     worker: str | None
+    answer_dtype: str | None
 
     def request(self, spec: RequestSpec) -> httpx.Response:
         """Send one API call with retries."""
@@ -38,6 +39,7 @@ class AsyncRequester(Protocol):
 
     round_wait_seconds: float
     worker: str | None
+    answer_dtype: str | None
 
     async def request(self, spec: RequestSpec) -> httpx.Response:
         """Send one API call with retries."""
@@ -45,7 +47,7 @@ class AsyncRequester(Protocol):
 
 
 BINARY = "application/octet-stream"
-WIRE_DTYPES = ("float16", "float32", "float64")
+WIRE_DTYPES = ("bfloat16", "float16", "float32", "float64")
 FLOAT16_MAX = 65504.0
 Vector = npt.NDArray[np.floating]
 
@@ -75,6 +77,7 @@ class SessionBase(Generic[C]):
         self.gradient_dtype = gradient_dtype
         self._round_wait_seconds = client.round_wait_seconds
         self._worker = client.worker
+        self._answer_dtype = client.answer_dtype
         self.last_applied_t: int | None = None
         self._apply(resource)
 
@@ -126,6 +129,7 @@ class SessionBase(Generic[C]):
         sent = {
             "Content-Type": BINARY,
             "Accept": BINARY,
+            **self._accept_dtype(),
             headers.DTYPE: wire,
             # Made once, before any retry: a step whose answer was lost is applied once.
             headers.IDEMPOTENCY_KEY: idempotency_key or f"sdk-{uuid.uuid4().hex}",
@@ -150,7 +154,7 @@ class SessionBase(Generic[C]):
         return RequestSpec(
             "POST",
             f"{self._path}/step",
-            content=vector.astype(np.dtype(wire).newbyteorder("<"), copy=False).tobytes(),
+            content=wire_bytes(vector, wire),
             headers=sent,
         )
 
@@ -177,7 +181,12 @@ class SessionBase(Generic[C]):
 
     def _params_spec(self, min_step: int | None = None, wait_seconds: float = 0.0) -> RequestSpec:
         query = {} if min_step is None else {"min_step": str(min_step), "wait": f"{wait_seconds:g}"}
-        return RequestSpec("GET", f"{self._path}/params", headers={"Accept": BINARY}, params=query)
+        sent = {"Accept": BINARY, **self._accept_dtype()}
+        return RequestSpec("GET", f"{self._path}/params", headers=sent, params=query)
+
+    def _accept_dtype(self) -> dict[str, str]:
+        """The header asking for answers in a narrower dtype, when the client does."""
+        return {} if self._answer_dtype is None else {headers.ACCEPT_DTYPE: self._answer_dtype}
 
     def _params_result(self, response: httpx.Response) -> npt.NDArray[np.floating]:
         self.t = int(response.headers[headers.STEP])
@@ -296,10 +305,15 @@ class SessionBase(Generic[C]):
         return one(RequestSpec("DELETE", self._path))
 
     def _vector(self, response: httpx.Response) -> npt.NDArray[np.floating]:
-        wire = np.dtype(self.dtype).newbyteorder("<")
-        vector: npt.NDArray[np.floating] = np.frombuffer(response.content, dtype=wire).astype(
-            self.dtype
-        )
+        """A binary answer in the session's dtype (widened from the one it came in)."""
+        wire = response.headers.get(headers.DTYPE, self.dtype)
+        if wire == "bfloat16":
+            bits = np.frombuffer(response.content, dtype="<u2").astype(np.uint32) << 16
+            widened: npt.NDArray[np.floating] = bits.view(np.float32).astype(self.dtype)
+            return widened
+        vector: npt.NDArray[np.floating] = np.frombuffer(
+            response.content, dtype=np.dtype(wire).newbyteorder("<")
+        ).astype(self.dtype)
         return vector
 
 
@@ -465,6 +479,16 @@ class AsyncSession(SessionBase[AsyncRequester]):
     async def delete(self) -> None:
         """Delete the session and all its state."""
         await run_async(self._client.request, self._delete_call())
+
+
+def wire_bytes(vector: npt.NDArray[Any], wire: str) -> bytes:
+    """A vector's little-endian bytes in the wire dtype; bfloat16 rounded to nearest,
+    ties to even."""
+    if wire != "bfloat16":
+        return vector.astype(np.dtype(wire).newbyteorder("<"), copy=False).tobytes()
+    bits = np.ascontiguousarray(vector, dtype=np.float32).view(np.uint32)
+    rounded = (bits + ((bits >> 16) & 1) + np.uint32(0x7FFF)) >> 16
+    return rounded.astype("<u2").tobytes()
 
 
 def flat_vector(values: npt.ArrayLike, size: int, what: str) -> npt.NDArray[Any]:

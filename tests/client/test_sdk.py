@@ -349,3 +349,28 @@ def test_async_sessions_take_tags_too(service_url: str) -> None:
             assert fork.tags == ["async-fork"]
 
     asyncio.run(scenario())
+
+
+def test_bfloat16_gradients_and_narrow_answers(service_url: str) -> None:
+    start = np.linspace(-1, 1, 6).astype(np.float32)
+    gradient = np.array([0.1, -0.2, 0.3, 1e-3, -7.0, 2.5], np.float32)
+    with (
+        adamhub.Client(service_url, gradient_dtype="bfloat16", answer_dtype="bfloat16") as narrow,
+        adamhub.Client(service_url) as full,
+    ):
+        session = narrow.create_session(start)
+        params = session.step(gradient)
+        exact = full.session(session.id).params()
+        # The step used the bfloat16 gradient; the answer is θ rounded to bfloat16.
+        bits = (gradient.view(np.uint32) + ((gradient.view(np.uint32) >> 16) & 1) + 0x7FFF) >> 16
+        sent = (bits << 16).astype(np.uint32).view(np.float32)
+        reference = full.create_session(start)
+        assert np.array_equal(reference.step(sent), exact)
+        assert params.dtype == np.float32
+        assert np.allclose(params, exact, rtol=2**-8) and not np.array_equal(params, exact)
+        assert np.array_equal(
+            session.params(),
+            ((exact.view(np.uint32) + ((exact.view(np.uint32) >> 16) & 1) + 0x7FFF) >> 16 << 16)
+            .astype(np.uint32)
+            .view(np.float32),
+        )

@@ -180,7 +180,10 @@ async def received_vector(
         dtype = negotiation.wire_dtype(dtype_header, record.dtype)
         expected = record.size if size is None else size
         whose = "the session has" if size is None else "the step's segments have"
-        return await _binary_vector(request, dtype, expected, field, stall_seconds, whose)
+        vector = await _binary_vector(request, dtype, expected, field, stall_seconds, whose)
+        if dtype == negotiation.BFLOAT16_BITS:
+            return negotiation.widen_bfloat16(vector.view(np.uint16))
+        return vector
     body = await read_body(request, limit=json_limit, stall_seconds=stall_seconds)
     document = negotiation.json_object(body)
     if field not in document:

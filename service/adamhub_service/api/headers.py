@@ -17,6 +17,7 @@ from adamhub_service.observability.logs import REQUEST_ID_HEADER
 # Request headers.
 IDEMPOTENCY_KEY = "Idempotency-Key"
 DTYPE = "Adamhub-Dtype"  # also on answers: the dtype of a binary vector
+ACCEPT_DTYPE = "Adamhub-Accept-Dtype"  # the dtype a binary answer is asked for in
 SETTINGS = "Adamhub-Optimizer"
 BASE_STEP = "Adamhub-Base-Step"
 SAMPLES = "Adamhub-Samples"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from adamhub_service import errors
@@ -19,7 +20,10 @@ from adamhub_service.optim import FloatArray
 JSON = "application/json"
 BINARY = "application/octet-stream"
 PROBLEM_JSON = "application/problem+json"
-WIRE_DTYPES: tuple[str, ...] = ("float16", "float32", "float64")
+WIRE_DTYPES: tuple[str, ...] = ("bfloat16", "float16", "float32", "float64")
+# bfloat16 travels as the high 16 bits of a float32; numpy has no bfloat16, so its
+# elements are read as these and widened (exactly) to float32.
+BFLOAT16_BITS = np.dtype("<u2")
 
 
 def media_type(content_type: str | None) -> str:
@@ -41,7 +45,7 @@ def body_kind(content_type: str | None) -> str:
     )
 
 
-def wire_dtype(header: str | None, session_dtype: str) -> np.dtype[np.floating]:
+def wire_dtype(header: str | None, session_dtype: str) -> np.dtype[Any]:
     """The element type of a binary body: the Adamhub-Dtype header or the session's."""
     name = session_dtype if header is None else header.strip().lower()
     if name not in WIRE_DTYPES:
@@ -49,7 +53,52 @@ def wire_dtype(header: str | None, session_dtype: str) -> np.dtype[np.floating]:
             f"{headers.DTYPE} {header!r} is not supported; use one of {', '.join(WIRE_DTYPES)}",
             supported=list(WIRE_DTYPES),
         )
+    if name == "bfloat16":
+        return BFLOAT16_BITS
     return np.dtype(name).newbyteorder("<")
+
+
+def widen_bfloat16(bits: npt.NDArray[np.uint16]) -> FloatArray:
+    """bfloat16 elements (their 16 bits) as float32: exact."""
+    widened: FloatArray = (bits.astype(np.uint32) << 16).view(np.float32)
+    return widened
+
+
+def narrow_to_bfloat16(vector: FloatArray) -> npt.NDArray[np.uint16]:
+    """A vector rounded to bfloat16 (to nearest, ties to even), as its 16 bits."""
+    bits = np.ascontiguousarray(vector, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    narrowed: npt.NDArray[np.uint16] = ((bits + rounding) >> 16).astype("<u2")
+    return narrowed
+
+
+def answer_dtype(header: str | None) -> str | None:
+    """The dtype a binary answer is asked for in (``Adamhub-Accept-Dtype``), or None for
+    the session's; 415 for one the service does not send."""
+    if header is None:
+        return None
+    name = header.strip().lower()
+    if name not in WIRE_DTYPES:
+        raise errors.UnsupportedMediaType(
+            f"{headers.ACCEPT_DTYPE} {header!r} is not one the service sends; use one of "
+            f"{', '.join(WIRE_DTYPES)}",
+            supported=list(WIRE_DTYPES),
+        )
+    return name
+
+
+def answer_vector(vector: FloatArray, dtype: str | None) -> tuple[memoryview, str]:
+    """A binary answer's bytes in ``dtype`` (None: the vector's own), and the dtype they
+    are in: the vector's own when ``dtype`` cannot hold its values (float16 beyond
+    ±65504)."""
+    if dtype == "bfloat16":
+        return narrow_to_bfloat16(vector).data.cast("B"), "bfloat16"
+    if dtype is not None and dtype != vector.dtype.name:
+        with np.errstate(over="ignore"):
+            converted = vector.astype(np.dtype(dtype).newbyteorder("<"))
+        if np.isfinite(converted).all():
+            return converted.data.cast("B"), dtype
+    return vector_bytes(vector), vector.dtype.name
 
 
 def wants_binary(accept: str | None) -> bool:

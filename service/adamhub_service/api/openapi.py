@@ -86,6 +86,11 @@ STEP_HEADERS = {
         "schema": {"type": "integer", "minimum": 0},
     },
     "ETag": {"description": "The version of the parameters.", "schema": {"type": "string"}},
+    headers.DTYPE: {
+        "description": "A binary answer's element type (`Adamhub-Accept-Dtype`, else the "
+        "session's).",
+        "schema": {"type": "string", "enum": ["bfloat16", "float16", "float32", "float64"]},
+    },
 }
 APPLIED_HEADERS = {
     headers.APPLIED_STEP: {
@@ -150,7 +155,10 @@ def parameter(
 SESSION_ID_PARAMETER = parameter(
     "session_id", "path", {"type": "string"}, "A session id: `s_` and 32 hex digits."
 )
-DTYPE_PARAMETER_DESCRIPTION = "Element type of a binary body (default: the session's dtype)."
+DTYPE_PARAMETER_DESCRIPTION = (
+    "Element type of a binary body (default: the session's dtype); `bfloat16` and `float16` "
+    "widen exactly to the session's."
+)
 IDEMPOTENCY_KEY_DESCRIPTION = (
     "1 to 255 visible ASCII characters: a retry with the same key and the same body is "
     "applied once."

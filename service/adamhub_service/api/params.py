@@ -50,6 +50,15 @@ async def get_params(
     services: ServicesDep,
     caller: PrincipalDep,
     accept: Annotated[str | None, Header()] = None,
+    adamhub_accept_dtype: Annotated[
+        str | None,
+        Header(
+            description="The dtype of a binary answer: `bfloat16` or `float16` halve it "
+            "(the answer's `Adamhub-Dtype` says what it is: the session's when float16 "
+            "cannot hold the values).",
+            json_schema_extra={"enum": list(negotiation.WIRE_DTYPES)},
+        ),
+    ] = None,
     if_none_match: Annotated[str | None, Header()] = None,
     min_step: Annotated[
         int | None, Query(ge=0, description="Answer once t reaches this step (see `wait`).")
@@ -69,6 +78,7 @@ async def get_params(
     or after `wait` seconds with the parameters as they are then.
     """
     unless = negotiation.if_none_match_heads(if_none_match)
+    narrow = negotiation.answer_dtype(adamhub_accept_dtype)  # 415 before any wait
     wait = min(wait, services.settings.max_wait_seconds)
     if min_step is not None and wait > 0:
         # In a rounds session, a waiter also closes the rounds that come due.
@@ -78,7 +88,9 @@ async def get_params(
     if params is None:
         return Response(status_code=304, headers=answer_headers)
     if negotiation.wants_binary(accept):
-        return Response(negotiation.vector_bytes(params), media_type=BINARY, headers=answer_headers)
+        data, dtype = negotiation.answer_vector(params, narrow)
+        answer_headers[headers.DTYPE] = dtype
+        return Response(data, media_type=BINARY, headers=answer_headers)
     return Response(
         render(ParamsOut.model_construct(t=record.t, params=params)),
         media_type=JSON,

@@ -55,7 +55,7 @@ from adamhub_service.optim import (
 from adamhub_service.sessions.service import NewGroup, NewSession, NormalInitSpec
 from adamhub_service.steps.values import StepSettings
 
-WIRE_DTYPES = ("float16", "float32", "float64")
+WIRE_DTYPES = negotiation.WIRE_DTYPES
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -57,6 +57,14 @@ _PARAMETERS = [
         openapi.DTYPE_PARAMETER_DESCRIPTION,
     ),
     openapi.parameter(
+        headers.ACCEPT_DTYPE.lower(),
+        "header",
+        {"type": "string", "enum": list(WIRE_DTYPES)},
+        "The dtype of a binary answer: `bfloat16` or `float16` halve it (the answer's "
+        "`Adamhub-Dtype` says what it is: the session's when float16 cannot hold the "
+        "values).",
+    ),
+    openapi.parameter(
         headers.SETTINGS.lower(),
         "header",
         {"type": "string"},
@@ -149,6 +157,7 @@ async def step(request: Request) -> Response:
         )
     sent = request.headers
     dtype_header = sent.get(headers.DTYPE)
+    narrow = negotiation.answer_dtype(sent.get(headers.ACCEPT_DTYPE))
     settings = services.settings
     wait_seconds = headers.preferred_wait(sent.get(headers.PREFER), settings.round_wait_seconds)
     step_request = StepRequest(
@@ -201,9 +210,9 @@ async def step(request: Request) -> Response:
     if result.replayed:
         answer_headers[headers.REPLAYED] = "true"
     if return_ == "params" and negotiation.wants_binary(sent.get("accept")):
-        return Response(
-            negotiation.vector_bytes(result.params), media_type=BINARY, headers=answer_headers
-        )
+        data, dtype = negotiation.answer_vector(result.params, narrow)
+        answer_headers[headers.DTYPE] = dtype
+        return Response(data, media_type=BINARY, headers=answer_headers)
     body = StepOut.model_construct(
         t=result.record.t,
         applied_t=result.applied_t,

@@ -98,13 +98,16 @@ def test_step_documents_its_headers_and_both_encodings(document: dict[str, Any])
     assert set(ok["headers"]) == {
         "Adamhub-Step",
         "Adamhub-Applied-Step",
+        "Adamhub-Dtype",
         "ETag",
         "Idempotent-Replayed",
     }
     assert set(ok["content"]) == {"application/json", "application/octet-stream"}
     assert set(step["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
     headers = {p["name"]: p for p in step["parameters"] if p["in"] == "header"}
-    assert headers["adamhub-dtype"]["schema"]["enum"] == ["float16", "float32", "float64"]
+    dtypes = ["bfloat16", "float16", "float32", "float64"]
+    assert headers["adamhub-dtype"]["schema"]["enum"] == dtypes
+    assert headers["adamhub-accept-dtype"]["schema"]["enum"] == dtypes
     assert headers["idempotency-key"]["schema"]["pattern"] == "^[!-~]{1,255}$"
     created = document["paths"]["/v1/sessions"]["post"]["responses"]["201"]
     assert "Location" in created["headers"]

@@ -1,0 +1,79 @@
+"""bfloat16 gradients in, and answers in bfloat16 or float16 out: the session keeps its
+own dtype, and nothing stored changes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from adamhub_service.api.negotiation import narrow_to_bfloat16, widen_bfloat16
+from adamhub_service.app import create_app
+from adamhub_service.config import Settings
+from adamhub_service.optim import AdamConfig, adam_step, init_state
+from adamhub_service.testing import LOOPBACK
+
+BINARY = "application/octet-stream"
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(redis_url=redis_url)), client=LOOPBACK) as test_client:
+        yield test_client
+
+
+def test_a_bfloat16_gradient_steps_as_its_exact_float32_value(client: TestClient) -> None:
+    start = np.linspace(-1, 1, 8).astype(np.float32)
+    sid = client.post("/v1/sessions", json={"params": start.tolist()}).json()["id"]
+    gradient = np.random.default_rng(0).normal(size=8).astype(np.float32)
+    bits = narrow_to_bfloat16(gradient)
+    answer = client.post(
+        f"/v1/sessions/{sid}/step",
+        content=bits.tobytes(),
+        headers={"Content-Type": BINARY, "Accept": BINARY, "Adamhub-Dtype": "bfloat16"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["adamhub-dtype"] == "float32"
+    expected = adam_step(init_state(start, AdamConfig()), widen_bfloat16(bits), AdamConfig())
+    assert answer.content == expected.params.tobytes()
+    short = client.post(
+        f"/v1/sessions/{sid}/step",
+        content=bits.tobytes()[:-2],
+        headers={"Content-Type": BINARY, "Adamhub-Dtype": "bfloat16"},
+    )
+    assert short.status_code == 422 and short.json()["type"].endswith("wrong-size")
+
+
+@pytest.mark.parametrize("narrow", ["bfloat16", "float16"])
+def test_answers_come_in_the_dtype_asked_for(client: TestClient, narrow: str) -> None:
+    start = np.linspace(-1, 1, 8).astype(np.float32)
+    sid = client.post("/v1/sessions", json={"params": start.tolist()}).json()["id"]
+    headers = {"Accept": BINARY, "Adamhub-Accept-Dtype": narrow}
+    stepped = client.post(
+        f"/v1/sessions/{sid}/step",
+        content=np.ones(8, np.float32).tobytes(),
+        headers=headers | {"Content-Type": BINARY},
+    )
+    assert stepped.headers["adamhub-dtype"] == narrow
+    assert len(stepped.content) == 16  # half of float32's
+    full = np.frombuffer(
+        client.get(f"/v1/sessions/{sid}/params", headers={"Accept": BINARY}).content, np.float32
+    )
+    got = client.get(f"/v1/sessions/{sid}/params", headers=headers)
+    assert got.headers["adamhub-dtype"] == narrow
+    if narrow == "bfloat16":
+        received = widen_bfloat16(np.frombuffer(got.content, np.uint16))
+        assert np.array_equal(received, widen_bfloat16(narrow_to_bfloat16(full)))
+    else:
+        assert np.array_equal(np.frombuffer(got.content, "<f2"), full.astype(np.float16))
+    # The session keeps its dtype: the full answer is unchanged by the narrow ones.
+    again = client.get(f"/v1/sessions/{sid}/params", headers={"Accept": BINARY}).content
+    assert np.array_equal(np.frombuffer(again, np.float32), full)
+    assert (
+        client.get(
+            f"/v1/sessions/{sid}/params", headers=headers | {"Adamhub-Accept-Dtype": "int8"}
+        ).status_code
+        == 415
+    )
