@@ -41,7 +41,7 @@ def vector_request_budget(record: SessionRecord, dtype_header: str | None) -> in
             "content": {BINARY: openapi.BINARY_VECTOR},
         },
         304: {"description": "Not modified: `If-None-Match` names the current version."},
-        **openapi.problems(404, 422),
+        **openapi.problems(404, 415, 422),
     },
     summary="Read the parameters",
 )
