@@ -27,6 +27,7 @@ from adamhub_service.model.stored import (
     QuotaRefusal,
     RateDecision,
     ScreenView,
+    Wake,
 )
 from adamhub_service.optim import AdamState, FloatArray
 
@@ -71,8 +72,9 @@ class SessionRepository(Protocol):
     async def read_idempotency(self, session_id: str, key: str) -> IdempotencyRecord | None:
         """What ``key`` produced on this session, if it is recorded."""
 
-    async def notified(self, session_id: str, seconds: float) -> bool:
-        """Return when the session may have a new t (True), or after ``seconds``."""
+    async def notified(self, session_id: str, seconds: float) -> Wake:
+        """Return when the session may have a new t (with the record, when this
+        process's commit made it), or after ``seconds`` without news."""
 
     async def create(self, record: SessionRecord, state: AdamState) -> WriteStatus:
         """Store a new session: COMMITTED, or ID_TAKEN."""

@@ -3,7 +3,8 @@ cached, a step to log, and the answers of the quota and rate-limit counters."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from adamhub_service.model.log import LogEntry
 from adamhub_service.model.outcomes import IdempotencyClaim
@@ -80,3 +81,14 @@ class ScreenView:
     quarantined_until_ms: int | None
     now_ms: int
     norms: list[float]
+
+
+@dataclass(slots=True, eq=False)
+class Wake:
+    """How a wait ended: with ``news`` of the session or not (the time ran out); and
+    the record a commit of this process made while it waited, when one did (the truth
+    as of that commit: no read needed)."""
+
+    news: bool = False
+    record: SessionRecord | None = None
+    event: asyncio.Event = field(default_factory=asyncio.Event)

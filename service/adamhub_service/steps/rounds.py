@@ -47,13 +47,15 @@ CLOSE_GRACE_SECONDS = 2.0
 class Contributed:
     """A contribution that is in: its session, the step its round will produce,
     whether an earlier request with its Idempotency-Key put it in, and the round as it
-    left it when it did not close it."""
+    left it when it did not close it, or the record its close committed."""
 
     session_id: str
     rule: RoundRule
     round_step: int
     replayed: bool
     pending: RoundView | None = None
+    # The record the close this contribution made committed (no read to answer).
+    closed: SessionRecord | None = None
 
 
 class RoundService:
@@ -73,7 +75,7 @@ class RoundService:
         self._metrics = metrics
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
         self._grace_ms = int(close_grace_seconds * 1000)
-        self._closing: dict[str, asyncio.Task[None]] = {}
+        self._closing: dict[str, asyncio.Task[SessionRecord | None]] = {}
         # The gradients this process took for each session's open round (its base, and
         # write id → gradient): its closer reads only the others from the store.
         self._held: dict[str, tuple[int, dict[str, FloatArray]]] = {}
@@ -153,7 +155,10 @@ class RoundService:
             self._metrics.contributions.labels("taken").inc()
             self._hold(session_id, outcome.base, write_id, wire)
             if outcome.complete:
-                await self._close(session_id, outcome.base, outcome.contributions, "complete")
+                closed = await self._close(
+                    session_id, outcome.base, outcome.contributions, "complete"
+                )
+                return Contributed(session_id, rule, round_step, replayed, closed=closed)
             else:
                 pending = RoundView(
                     WriteStatus.COMMITTED,
@@ -174,7 +179,14 @@ class RoundService:
         pending = None
         if contributed.pending is not None:
             pending = (contributed.rule, contributed.pending)
-        seen, view = await self.wait_for_step(session_id, round_step, wait_seconds, pending=pending)
+        seen: SessionRecord | None
+        view: RoundView | None = None
+        if contributed.closed is not None and contributed.closed.t >= round_step:
+            seen = contributed.closed  # its own close: the record it committed
+        else:
+            seen, view = await self.wait_for_step(
+                session_id, round_step, wait_seconds, pending=pending
+            )
         if seen is None:
             seen = await self._store.record(session_id)
         self._release(session_id, seen.t)
@@ -242,9 +254,14 @@ class RoundService:
             pause = remaining
             if rule is not None and view is not None:
                 pause = min(pause, self._due_in(rule, view))
-            if await self._store.notified(session_id, pause):
-                # t has moved, most likely to min_step: read it alone first.
-                record = await self._store.record(session_id)
+            wake = await self._store.notified(session_id, pause)
+            if wake.news:
+                # t has moved, most likely to min_step. A commit of this process says
+                # where to itself; else read the record alone first.
+                committed = wake.record
+                fresh = committed is not None and committed.t >= min_step
+                record = committed if fresh else await self._store.record(session_id)
+                assert record is not None
                 if record.t >= min_step:
                     return record, view
             look = True
@@ -271,17 +288,20 @@ class RoundService:
             due = view.first_ms + rule.timeout_seconds * 1000 - view.now_ms
         return max(due / 1000, 0.005)
 
-    async def _close(self, session_id: str, base: int, contributions: int, how: str) -> None:
+    async def _close(
+        self, session_id: str, base: int, contributions: int, how: str
+    ) -> SessionRecord | None:
         """Close the round stepping from ``base`` with its ``contributions``: once per
-        process at a time, and to the end even when the request that started it goes."""
+        process at a time, and to the end even when the request that started it goes.
+        The record the close committed (None when another closed it)."""
         task = self._closing.get(session_id)
         if task is None or task.done():
             task = asyncio.create_task(self._close_round(session_id, base, contributions, how))
             self._closing[session_id] = task
             task.add_done_callback(lambda done: self._forget(session_id, done))
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
 
-    def _forget(self, session_id: str, task: asyncio.Task[None]) -> None:
+    def _forget(self, session_id: str, task: asyncio.Task[SessionRecord | None]) -> None:
         if self._closing.get(session_id) is task:
             del self._closing[session_id]
 
@@ -303,11 +323,17 @@ class RoundService:
         self._metrics.rounds.labels("dropped").inc()
         raise errors.RoundDropped(why)
 
-    async def _close_round(self, session_id: str, base: int, contributions: int, how: str) -> None:
-        async def attempt() -> bool | None:
-            current = await self._store.state(session_id)
+    async def _close_round(
+        self, session_id: str, base: int, contributions: int, how: str
+    ) -> SessionRecord | None:
+        async def attempt() -> tuple[SessionRecord | None] | None:
+            # The cached state (a hint: the commit is fenced by rev) when it is the
+            # round's base; else the store's.
+            current = await self._store.load(session_id)
             if current.state.step != base:
-                return True  # closed already (or the session went elsewhere)
+                current = await self._store.state(session_id)
+            if current.state.step != base:
+                return (None,)  # closed already (or the session went elsewhere)
             held = self._held.get(session_id)
             known = held[1] if held is not None and held[0] == base else None
             taken = await self._rounds.round_contributions(current.record, contributions, known)
@@ -337,12 +363,14 @@ class RoundService:
                 round_contributions=contributions,
             )
             if outcome.status is WriteStatus.COMMITTED:
+                assert outcome.rev is not None
                 self._release(session_id, state.step)
                 self._metrics.rounds.labels(how).inc()
-                return True
+                return (commit.answered(0, outcome.rev)[0],)
             return None
 
-        await self._store.until_committed(attempt)
+        (closed,) = await self._store.until_committed(attempt)
+        return closed
 
 
 def round_gradient(

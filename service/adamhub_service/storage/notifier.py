@@ -15,6 +15,8 @@ import logging
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from adamhub_service.model.records import SessionRecord
+from adamhub_service.model.stored import Wake
 from adamhub_service.storage.encoding import text
 
 CHANNEL_PATTERN = "adamhub:{*}:t"
@@ -27,27 +29,31 @@ class StepNotifier:
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[Wake]] = {}
         self._listener: asyncio.Task[None] | None = None
 
-    def changed(self, session_id: str) -> None:
-        """Wake the waiters of ``session_id`` (a commit of this process, or news)."""
-        for event in self._waiters.get(session_id, ()):
-            event.set()
+    def changed(self, session_id: str, record: SessionRecord | None = None) -> None:
+        """Wake the waiters of ``session_id``: a commit of this process (``record``, the
+        committed record), or news from the store."""
+        for waiter in self._waiters.get(session_id, ()):
+            waiter.news = True
+            if record is not None and (waiter.record is None or record.rev > waiter.record.rev):
+                waiter.record = record
+            waiter.event.set()
 
-    async def wait(self, session_id: str, seconds: float) -> bool:
-        """Return when the session may have changed (True), or after ``seconds`` (at
-        most a second) without news (False)."""
+    async def wait(self, session_id: str, seconds: float) -> Wake:
+        """Return when the session may have changed, or after ``seconds`` (at most a
+        second) without news."""
         self._ensure_listening()
-        event = asyncio.Event()
-        self._waiters.setdefault(session_id, set()).add(event)
+        waiter = Wake()
+        self._waiters.setdefault(session_id, set()).add(waiter)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=min(seconds, RECHECK_SECONDS))
-            return event.is_set()
+                await asyncio.wait_for(waiter.event.wait(), timeout=min(seconds, RECHECK_SECONDS))
+            return waiter
         finally:
             waiters = self._waiters[session_id]
-            waiters.discard(event)
+            waiters.discard(waiter)
             if not waiters:
                 del self._waiters[session_id]
 

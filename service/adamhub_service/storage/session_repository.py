@@ -30,7 +30,7 @@ from adamhub_service.model.outcomes import (
 )
 from adamhub_service.model.records import SessionRecord, is_session_id
 from adamhub_service.model.settings import SessionSettings
-from adamhub_service.model.stored import CachedSession, LoggedStep, StoredSession
+from adamhub_service.model.stored import CachedSession, LoggedStep, StoredSession, Wake
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray, adam_step
 from adamhub_service.storage.cache import StateCache
@@ -263,16 +263,16 @@ class RedisSessionRepository:
             )
             self._cache.put(committed)
             # This process's waiters need not wait for the store's notification.
-            self._notifier.changed(new.id)
+            self._notifier.changed(new.id, committed.record)
             if outcome.log_bytes >= snapshot_threshold(new, self._snapshot_bytes):
                 self._start_snapshot(committed, steps[-1].entry)
         elif outcome.status is not WriteStatus.REPLAYED:
             self._cache.drop(current.record.id)
         return outcome
 
-    async def notified(self, session_id: str, seconds: float) -> bool:
-        """Return when the session may have a new t (True), or after ``seconds`` (at
-        most a second) without news (False)."""
+    async def notified(self, session_id: str, seconds: float) -> Wake:
+        """Return when the session may have a new t (with the record, when this
+        process's commit made it), or after ``seconds`` (at most a second) without news."""
         return await self._notifier.wait(session_id, seconds)
 
     def _start_snapshot(self, committed: CachedSession, entry: LogEntry) -> None:
