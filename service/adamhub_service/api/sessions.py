@@ -37,6 +37,11 @@ SESSION_ID_REGEX = SESSION_ID_PATTERN.pattern
 JSON_EXPANSION = 8
 
 
+def json_body_bytes(request: Request, limit: int) -> int:
+    """What reading and parsing a JSON body of at most ``limit`` bytes holds."""
+    return min(declared_length(request) or limit, limit) * JSON_EXPANSION
+
+
 @router.post(
     "/sessions",
     status_code=201,
@@ -62,8 +67,7 @@ async def create_session(
     idempotency_key = checked_key(idempotency_key)
     settings = services.settings
     body_kind(request.headers.get("content-type"))
-    reserve = (declared_length(request) or settings.max_json_bytes) * JSON_EXPANSION
-    async with services.budget.hold(min(reserve, settings.max_json_bytes * JSON_EXPANSION)):
+    async with services.budget.hold(json_body_bytes(request, settings.max_json_bytes)):
         body = await read_body(
             request, limit=settings.max_json_bytes, stall_seconds=settings.body_timeout_seconds
         )
@@ -189,15 +193,20 @@ async def add_param_group(
     `size-changed`. The session cannot be rolled back past this."""
     settings = services.settings
     record = await services.sessions.get(session_id, caller, "sessions.update", fresh=False)
-    body = await json_model(
-        request,
-        ParamGroupIn,
-        limit=settings.max_json_bytes,
-        stall_seconds=settings.body_timeout_seconds,
-    )
-    grown = await services.sessions.add_param_group(
-        session_id, body.new_group(record.dtype), caller
-    )
+    async with services.budget.hold(json_body_bytes(request, settings.max_json_bytes)):
+        body = await json_model(
+            request,
+            ParamGroupIn,
+            limit=settings.max_json_bytes,
+            stall_seconds=settings.body_timeout_seconds,
+        )
+        group = body.new_group(record.dtype)
+    # The state read and the grown one are in memory at once.
+    size = record.size + int(group.params.size)
+    vectors = 4 if record.optimizer.amsgrad else 3
+    state_bytes = size * np.dtype(record.dtype).itemsize * vectors * 2
+    async with services.budget.hold(state_bytes if size <= settings.max_size else 0):
+        grown = await services.sessions.add_param_group(session_id, group, caller)
     return Response(render(SessionOut.of(grown)), media_type=JSON)
 
 

@@ -187,6 +187,13 @@ def test_another_tenants_session_is_exactly_an_unknown_one(client: TestClient) -
     assert client.delete(f"/v1/sessions/{theirs}", headers=auth(acme)).status_code == 404
     patch = client.patch(f"/v1/sessions/{theirs}", json={"name": "x"}, headers=auth(acme))
     assert patch.status_code == 404
+    for method, path, body in [
+        ("POST", f"/v1/sessions/{theirs}/param_groups", {"params": [1.0]}),
+        ("DELETE", f"/v1/sessions/{theirs}/quarantine/w", None),
+    ]:
+        refused = client.request(method, path, json=body, headers=auth(acme))
+        assert refused.status_code == 404 and problem_type(refused) == "session-not-found"
+    assert client.get(f"/v1/sessions/{theirs}", headers=auth(other)).json()["size"] == 3
     listed = client.get("/v1/sessions", headers=auth(acme)).json()["sessions"]
     assert [s["id"] for s in listed] == [mine]
     for secret, sid in ((acme, mine), (other, theirs)):
@@ -218,6 +225,8 @@ def test_a_worker_key_steps_and_reads_its_session_and_nothing_else(client: TestC
         ("PATCH", f"/v1/sessions/{sid}", {"name": "x"}),
         ("PUT", f"/v1/sessions/{sid}/params", {"params": [1, 2, 3]}),
         ("DELETE", f"/v1/sessions/{sid}", None),
+        ("POST", f"/v1/sessions/{sid}/param_groups", {"params": [1.0]}),
+        ("DELETE", f"/v1/sessions/{sid}/quarantine/w", None),
         ("POST", "/v1/sessions", {"size": 2}),
         ("GET", "/v1/sessions", None),
         ("GET", "/v1/keys", None),
