@@ -24,6 +24,23 @@ def decode_indices(raw: str) -> tuple[int, ...]:
     return tuple(int(part) for part in raw.split(","))
 
 
+def _tail(config: AdamConfig | None, segments: tuple[int, ...] | None) -> str:
+    """The optional end of a logged gradient's form: `` <optimizer json or ->`` and
+    `` <segments,…>``, each only when needed."""
+    shown = None if config is None else optimizer_json(config)
+    if segments is None:
+        return "" if shown is None else f" {shown}"
+    return f" {shown or '-'} {encode_indices(segments)}"
+
+
+def _parse_tail(parts: list[str]) -> tuple[AdamConfig | None, tuple[int, ...] | None]:
+    """The config and segments of a form's optional end (see ``_tail``)."""
+    config = None
+    if parts and parts[0] != "-":
+        config = optimizer_from_json(orjson.loads(parts[0]))
+    return config, decode_indices(parts[1]) if len(parts) > 1 else None
+
+
 def text(raw: bytes | str) -> str:
     """A stored value as text."""
     return raw.decode() if isinstance(raw, bytes) else raw
@@ -43,21 +60,13 @@ class LogEntry:
 
     def encode(self) -> str:
         """As stored: ``<write id> <dtype> <bytes>[ <optimizer json or ->[ <segments,…>]]``."""
-        head = f"{self.write_id} {self.dtype} {self.nbytes}"
-        config = None if self.config is None else optimizer_json(self.config)
-        if self.segments is None:
-            return head if config is None else f"{head} {config}"
-        return f"{head} {config or '-'} {encode_indices(self.segments)}"
+        return f"{self.write_id} {self.dtype} {self.nbytes}" + _tail(self.config, self.segments)
 
     @classmethod
     def decode(cls, raw: bytes | str) -> LogEntry:
         """From its stored form."""
         parts = text(raw).split(" ")
-        config = None
-        if len(parts) > 3 and parts[3] != "-":
-            config = optimizer_from_json(orjson.loads(parts[3]))
-        segments = decode_indices(parts[4]) if len(parts) > 4 else None
-        return cls(parts[0], parts[1], int(parts[2]), config, segments)
+        return cls(parts[0], parts[1], int(parts[2]), *_parse_tail(parts[3:]))
 
     @property
     def elements(self) -> int:
@@ -111,21 +120,14 @@ class Contribution:
         json or ->[ <segments,…>]]``."""
         loss = "-" if self.loss is None else repr(self.loss)
         head = f"{self.write_id} {self.dtype} {self.nbytes} {self.samples} {loss}"
-        config = None if self.config is None else optimizer_json(self.config)
-        if self.segments is None:
-            return head if config is None else f"{head} {config}"
-        return f"{head} {config or '-'} {encode_indices(self.segments)}"
+        return head + _tail(self.config, self.segments)
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Contribution:
         """From its stored form."""
         parts = text(raw).split(" ")
         loss = None if parts[4] == "-" else float(parts[4])
-        config = None
-        if len(parts) > 5 and parts[5] != "-":
-            config = optimizer_from_json(orjson.loads(parts[5]))
-        segments = decode_indices(parts[6]) if len(parts) > 6 else None
-        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]), loss, config, segments)
+        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]), loss, *_parse_tail(parts[5:]))
 
     @property
     def elements(self) -> int:

@@ -32,6 +32,7 @@ from adamhub_service.model.repositories import (
     TenantRepository,
 )
 from adamhub_service.model.settings import SessionSettings
+from adamhub_service.model.stored import QuotaRefusal
 from adamhub_service.optim import (
     AdamConfig,
     AdamState,
@@ -260,18 +261,7 @@ class SessionService:
             max_parameters=self._limits.tenant_max_parameters,
         )
         if refusal is not None:
-            limit = (
-                self._limits.tenant_max_sessions
-                if refusal.what == "sessions"
-                else self._limits.tenant_max_parameters
-            )
-            raise errors.QuotaExceeded(
-                f"tenant {principal.tenant!r} has {refusal.current} {refusal.what} of "
-                f"{limit}; this session would pass the limit",
-                quota=refusal.what,
-                limit=limit,
-                current=refusal.current,
-            )
+            raise self._over_quota(principal, refusal, "this session")
         if record.settings.expires_after_idle_seconds is not None:
             # Indexed first: the janitor drops the ids of sessions that were not made.
             await self._expiry.track(record.id, expires=True)
@@ -285,6 +275,23 @@ class SessionService:
         # Only a retried create can find its id taken: by the request that created it.
         assert idempotency_key is not None, f"session id {session_id} was taken"
         return Created(await self._store.record(session_id), replayed=True)
+
+    def _over_quota(
+        self, principal: Principal, refusal: QuotaRefusal, what: str
+    ) -> errors.QuotaExceeded:
+        """403 ``quota-exceeded``: ``what`` would take the tenant past a limit."""
+        limit = (
+            self._limits.tenant_max_sessions
+            if refusal.what == "sessions"
+            else self._limits.tenant_max_parameters
+        )
+        return errors.QuotaExceeded(
+            f"tenant {principal.tenant!r} has {refusal.current} {refusal.what} of {limit}; "
+            f"{what} would pass the limit",
+            quota=refusal.what,
+            limit=limit,
+            current=refusal.current,
+        )
 
     async def get(
         self, session_id: str, principal: Principal, action: str, *, fresh: bool = True
@@ -482,14 +489,7 @@ class SessionService:
                 new, max_parameters=self._limits.tenant_max_parameters
             )
             if refusal is not None:
-                limit = self._limits.tenant_max_parameters
-                raise errors.QuotaExceeded(
-                    f"tenant {principal.tenant!r} has {refusal.current} parameters of "
-                    f"{limit}; {added} more would pass the limit",
-                    quota=refusal.what,
-                    limit=limit,
-                    current=refusal.current,
-                )
+                raise self._over_quota(principal, refusal, f"{added} more parameters")
             old = len(before.optimizer.segment_sizes) or 1
             state = grown_state(current.state, group.params, old, len(config.segment_sizes) - old)
             outcome = await self._store.grow(before, new, state)

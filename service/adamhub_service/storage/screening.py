@@ -4,8 +4,6 @@ session's slot."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis.asyncio as redis
 
 from adamhub_service.model.stored import ScreenView
@@ -13,6 +11,7 @@ from adamhub_service.storage.encoding import text
 from adamhub_service.storage.errors import unavailable_on_error
 from adamhub_service.storage.keyspace import norms_key, refusals_key, screen_key
 from adamhub_service.storage.scripts import register
+from adamhub_service.storage.series import newest_or_after
 
 # Refusals kept per session (for the history and the dashboard).
 REFUSALS_KEPT = 1000
@@ -86,12 +85,6 @@ class RedisScreenRepository:
     async def refusals(self, session_id: str, *, after_ms: int | None, limit: int) -> list[bytes]:
         """Up to ``limit`` refusals (JSON), oldest first: those after ``after_ms``, or
         the newest."""
-        key = refusals_key(session_id)
-        async with unavailable_on_error():
-            if after_ms is None:
-                found: Any = await self._redis.zrange(key, -limit, -1)
-            else:
-                found = await self._redis.zrangebyscore(
-                    key, f"({after_ms}", "+inf", start=0, num=limit
-                )
-        return list(found)
+        return await newest_or_after(
+            self._redis, refusals_key(session_id), after=after_ms, limit=limit
+        )

@@ -44,6 +44,7 @@ from adamhub_service.storage.keyspace import (
     meta_key,
 )
 from adamhub_service.storage.scripts import register
+from adamhub_service.storage.series import newest_or_after
 
 
 def _outcome(reply: Sequence[Any]) -> WriteOutcome:
@@ -116,15 +117,9 @@ class SessionScripts:
     async def history(self, session_id: str, *, after_t: int | None, limit: int) -> list[bytes]:
         """Up to ``limit`` history points (JSON), oldest first: those after step
         ``after_t``, or the newest when it is None."""
-        key = history_key(session_id)
-        async with unavailable_on_error():
-            if after_t is None:
-                points: Any = await self._redis.zrange(key, -limit, -1)
-            else:
-                points = await self._redis.zrangebyscore(
-                    key, f"({after_t}", "+inf", start=0, num=limit
-                )
-        return list(points)
+        return await newest_or_after(
+            self._redis, history_key(session_id), after=after_t, limit=limit
+        )
 
     async def read_idempotency(self, session_id: str, key: str) -> IdempotencyRecord | None:
         """The idempotency record of ``key``, if any."""
