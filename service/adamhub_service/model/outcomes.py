@@ -19,6 +19,17 @@ class WriteStatus(IntEnum):
     STALE = 8  # a contribution computed at another step than the open round's
     SEALED = 9  # the open round takes no more contributions: it is being closed
     DROPPED = 10  # the round was dropped: its step would not have been finite
+    ELSEWHERE = 11  # another process holds contributions of the open round in memory
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A process that holds contributions to rounds in its memory: its ``token``
+    (unique to the process), and the lease (ms) each of its looks at a round renews;
+    past it, the contributions it holds are taken out of the round."""
+
+    token: str
+    lease_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +114,8 @@ class RoundView:
     sealed_ms: int = 0
     now_ms: int = 0
     dropped: str | None = None
+    # The end of the lease of the process holding contributions in memory (0: none
+    # does), and how many it holds.
+    lease_ms: int = 0
+    held: int = 0
+    holding: bool = False  # whether the caller is that process

@@ -14,6 +14,7 @@ from adamhub_service.model.log import Contribution
 from adamhub_service.model.outcomes import (
     AppendOutcome,
     ContributeOutcome,
+    Holder,
     IdempotencyClaim,
     IdempotencyRecord,
     RoundView,
@@ -87,9 +88,10 @@ class SessionRepository(Protocol):
         result: CachedSession,
         *,
         idempotency_ttl_ms: int,
-        round_contributions: int | None = None,
+        round_entries: Sequence[str] | None = None,
     ) -> AppendOutcome:
-        """Log ``steps`` computed from ``current`` if nothing moved."""
+        """Log ``steps`` computed from ``current`` if nothing moved (the close of the
+        open round when it still holds exactly the contributions ``round_entries``)."""
 
     async def reset(
         self, current: SessionRecord, new: SessionRecord, state: AdamState
@@ -123,11 +125,27 @@ class RoundRepository(Protocol):
         *,
         base_step: int | None,
         idempotency: IdempotencyClaim | None,
+        holder: Holder | None = None,
     ) -> ContributeOutcome:
-        """Add a contribution to the open round (at ``base_step``, or whichever)."""
+        """Add a contribution to the open round (at ``base_step``, or whichever): stored,
+        or held in ``holder``'s memory (``ELSEWHERE`` when another process holds some)."""
 
-    async def seal(self, session_id: str, base: int, *, grace_ms: int) -> RoundView:
-        """The open round at ``base``, sealed for this caller to close when it is due."""
+    async def seal(
+        self, session_id: str, base: int, *, grace_ms: int, holder: Holder | None = None
+    ) -> RoundView:
+        """The open round at ``base``, sealed for this caller to close when it is due
+        (renewing ``holder``'s lease when it holds contributions of it)."""
+
+    async def spill(
+        self,
+        record: SessionRecord,
+        base: int,
+        holder: Holder,
+        contribution: Contribution,
+        gradient: FloatArray,
+    ) -> WriteStatus:
+        """Store a contribution ``holder`` holds in the round at ``base``: COMMITTED,
+        or CONFLICT when the round no longer holds it."""
 
     async def drop_round(
         self, session_id: str, base: int, contributions: int, why: str
@@ -140,7 +158,8 @@ class RoundRepository(Protocol):
         contributions: int,
         known: Mapping[str, FloatArray] | None = None,
     ) -> list[tuple[Contribution, FloatArray]] | None:
-        """The round's first ``contributions`` in order (None: it is another round now)."""
+        """The round's first ``contributions`` in order (None: it is another round now,
+        or holds a contribution held in another process's memory)."""
 
 
 class TenantRepository(Protocol):

@@ -16,6 +16,7 @@ code is cached on disk.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import Any
 
@@ -23,6 +24,9 @@ import numba
 import numpy as np
 from numba import threading_layer  # type: ignore[attr-defined]
 
+# Threads of the pool sleep when a loop ends instead of spinning for the next: the
+# service's other work (HTTP, the store) needs the cores between loops.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Thread-safe pools first (numba's default order puts TBB first, and TBB, unlike
 # OpenMP, is rarely installed).
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]  # type: ignore[attr-defined]
@@ -30,6 +34,10 @@ _workqueue_lock = threading.Lock()
 
 # Weight decay modes.
 NO_DECAY, COUPLED_DECAY, DECOUPLED_DECAY = 0, 1, 2
+
+# Below this many elements, starting the thread pool costs more than the loop: the same
+# loops run in the calling thread (the same operations per element, so the same bits).
+SERIAL_ELEMENTS = 1 << 15
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -87,6 +95,10 @@ def _update(
     return not_finite
 
 
+# The same loop, compiled to run in the calling thread.
+_update_serial = numba.njit(cache=True, nogil=True)(_update.py_func)
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _block_sums_of_squares(grad: Any, block: int) -> Any:
     blocks = (grad.size + block - 1) // block
@@ -108,7 +120,11 @@ def _accumulate(total: Any, grad: Any, weight: Any) -> None:
 
 def accumulate(total: Any, grad: Any, weight: float) -> None:
     """``total += weight · grad`` elementwise in float64 (``total`` is float64): each
-    element by the same two operations whatever the cores."""
+    element by the same two operations (a product, then a sum, each rounded once)
+    whatever the cores, or numpy for a short vector."""
+    if total.size < SERIAL_ELEMENTS:
+        total += grad.astype(np.float64) * np.float64(weight)
+        return
     with _launch:
         _accumulate(total, grad, np.float64(weight))
 
@@ -126,8 +142,16 @@ def _block_sums_of_squared_differences(a: Any, b: Any, block: int) -> Any:
     return sums
 
 
+_block_sums_of_squared_differences_serial = numba.njit(cache=True, nogil=True)(
+    _block_sums_of_squared_differences.py_func
+)
+_block_sums_of_squares_serial = numba.njit(cache=True, nogil=True)(_block_sums_of_squares.py_func)
+
+
 def squared_distance(a: Any, b: Any) -> float:
     """Σ (a − b)², in float64 (the size of an update, for the history)."""
+    if a.size < SERIAL_ELEMENTS:
+        return float(_block_sums_of_squared_differences_serial(a, b, 1 << 16).sum())
     with _launch:
         sums = _block_sums_of_squared_differences(a, b, 1 << 16)
     return float(sums.sum())
@@ -136,6 +160,8 @@ def squared_distance(a: Any, b: Any) -> float:
 def squared_norm(grad: Any) -> float:
     """Σ g², in float64, summed in one fixed order (blocks of 2^16 in sequence, then
     the blocks in sequence) whatever the cores: a replayed step clips the same."""
+    if grad.size < SERIAL_ELEMENTS:
+        return float(_block_sums_of_squares_serial(grad, 1 << 16)[0]) if grad.size else 0.0
     with _launch:
         sums = _block_sums_of_squares(grad, 1 << 16)
     total = 0.0
@@ -150,6 +176,8 @@ def fused_update(*arrays: Any, scalars: tuple[Any, ...]) -> int:
     ``arrays`` are θ, m, v, max v (in), the gradient, θ, m, v, max v (out); ``scalars``
     the flags and coefficients, in the kernel's order.
     """
+    if arrays[0].size < SERIAL_ELEMENTS:
+        return int(_update_serial(*arrays, *scalars))
     with _launch:
         return int(_update(*arrays, *scalars))
 

@@ -7,6 +7,7 @@ and logs them all with one compare-and-set (``SessionRepository.append``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from adamhub_service import errors
@@ -96,7 +97,7 @@ class Commit:
         metrics: Metrics,
         *,
         idempotency_ttl_ms: int,
-        round_contributions: int | None = None,
+        round_entries: Sequence[str] | None = None,
     ) -> AppendOutcome:
         """Log the steps if the session is still at the cached version: ``COMMITTED``,
         ``REPLAYED`` (a step's key was recorded before) or ``CONFLICT`` (another writer
@@ -109,7 +110,7 @@ class Commit:
                 self.steps,
                 CachedSession(new, self.state, self.config),
                 idempotency_ttl_ms=idempotency_ttl_ms,
-                round_contributions=round_contributions,
+                round_entries=round_entries,
             )
         if outcome.status is WriteStatus.COMMITTED:
             metrics.steps.labels("applied").inc(len(self.steps))

@@ -1,21 +1,32 @@
 """Synchronous rounds: K workers' gradients averaged into one Adam step, as DDP does.
 
-A contribution is stored in the session's open round before it is acknowledged
-(``lua/contribute.lua``): the script checks that it was computed at the round's base
-step, records its Idempotency-Key, and numbers it. The request that completes the round
-closes it at once; a round past its deadline, or sealed by a closer that died, is
-closed by whichever waiter sees it first (``lua/seal.lua``), on any replica. Closing
-reads the contributions, sums them in their recorded order into the samples-weighted
-mean, steps, and logs the mean as the round's step with the same commit that drops the
-round (``lua/append.lua``): a replay gives the same bits, and a round closes once.
-Waiters learn of the close through the step notifications, bounded in time.
+A round's contributions meet in the memory of the process they reach (the round's
+*holder*) while their workers wait for the answer: the store counts each (with its
+Idempotency-Key, ``lua/contribute.lua``), but its gradient stays here. A worker that
+gets no answer retries with the same key, so a contribution need not be durable before
+its round closes, unless its worker is told it is in (202): then it is stored first
+(``lua/spill.lua``). A contribution reaching another process (another replica, or
+another worker process of one) is stored, and the holder reads it when it closes.
+
+The request that completes the round closes it at once. A round past its deadline is
+sealed by whichever process looks first and closed by its holder (or, when no process
+holds any of it, by the one that sealed it; a closer that died is replaced after a
+grace). The holder renews a lease each time it looks; contributions of a holder whose
+lease lapsed (it died) are taken out, and their workers' retries bring them again.
+Closing sums the contributions in their recorded order into the samples-weighted mean
+(or a robust aggregate), steps, and logs the mean as the round's step with the same
+commit that drops the round (``lua/append.lua``): a replay gives the same bits, and a
+round closes once. The holder's waiters get the state its close committed (no read);
+others learn of the close through the step notifications, bounded in time.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +34,7 @@ from adamhub_service import errors
 from adamhub_service.model.log import Contribution
 from adamhub_service.model.outcomes import (
     ContributeOutcome,
+    Holder,
     IdempotencyClaim,
     IdempotencyRecord,
     RoundView,
@@ -39,15 +51,50 @@ from adamhub_service.steps.staleness import stale_gradient
 from adamhub_service.steps.values import RoundPending, StepRequest, StepResult, compute_step
 
 # A round sealed for closing that has not closed after this long is closed by another
-# waiter: its closer died.
+# waiter: its closer died (rounds no process holds contributions of).
 CLOSE_GRACE_SECONDS = 2.0
+# A holder's lease on the contributions it holds: it renews it each time it looks at
+# the round (at least every RENEW_SECONDS); past it, they are taken out of the round.
+LEASE_SECONDS = 5.0
+RENEW_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """How a round this process held contributions of ended for them: the session as
+    it was then (None: they were taken out of the round, their holder's lease having
+    lapsed), and the parameters, when this process's close committed them."""
+
+    record: SessionRecord | None
+    params: FloatArray | None = None
+
+
+@dataclass(slots=True)
+class _Held:
+    """The contributions to one open round this process holds in memory, by write id
+    (with their numbers in the round), the write ids of their Idempotency-Keys, and how
+    the round ended for them; ``keeper`` renews the lease and closes the round when it
+    comes due."""
+
+    base: int
+    contributions: dict[str, tuple[int, Contribution, FloatArray]] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    ended: asyncio.Future[_Ended] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    keeper: asyncio.Task[None] | None = None
+
+
+class _TakenOut(Exception):
+    """The contribution was taken out of its round with its holder: contribute again."""
 
 
 @dataclass(frozen=True, slots=True)
 class Contributed:
     """A contribution that is in: its session, the step its round will produce,
-    whether an earlier request with its Idempotency-Key put it in, and the round as it
-    left it when it did not close it, or the record its close committed."""
+    whether an earlier request with its Idempotency-Key put it in, the round as it left
+    it when it did not close it, or the record its close committed; when this process
+    holds its gradient, the round it is held in and what to store it with."""
 
     session_id: str
     rule: RoundRule
@@ -56,6 +103,13 @@ class Contributed:
     pending: RoundView | None = None
     # The record the close this contribution made committed (no read to answer).
     closed: SessionRecord | None = None
+    held: _Held | None = None
+    record: SessionRecord | None = None
+    contribution: Contribution | None = None
+    gradient: FloatArray | None = None
+    # Contributes the same gradient again (it was taken out of its round).
+    again: Callable[[], Awaitable[Contributed]] | None = None
+    idempotency_key: str | None = None
 
 
 class RoundService:
@@ -69,16 +123,17 @@ class RoundService:
         *,
         idempotency_ttl_seconds: float,
         close_grace_seconds: float = CLOSE_GRACE_SECONDS,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self._store = store
         self._rounds = rounds
         self._metrics = metrics
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
         self._grace_ms = int(close_grace_seconds * 1000)
+        self._holder = Holder(secrets.token_hex(8), int(lease_seconds * 1000))
+        self._lease_seconds = lease_seconds
         self._closing: dict[str, asyncio.Task[SessionRecord | None]] = {}
-        # The gradients this process took for each session's open round (its base, and
-        # write id → gradient): its closer reads only the others from the store.
-        self._held: dict[str, tuple[int, dict[str, FloatArray]]] = {}
+        self._held: dict[str, _Held] = {}
 
     async def contribute(
         self,
@@ -92,9 +147,10 @@ class RoundService:
         when narrower) for the request's samples to the open round of ``record``'s
         session; close the round when this completes it. ``answer`` waits for the round.
 
-        A gradient for another step than the open round's is refused (409
-        ``stale-gradient``), after waiting up to the request's wait for a full round to
-        close; a retry is answered as its first request was.
+        While the request waits, the gradient is held here; one that will not wait
+        (``Prefer: wait=0``) is stored first. A gradient for another step than the open
+        round's is refused (409 ``stale-gradient``), after waiting up to the request's
+        wait for a full round to close; a retry is answered as its first request was.
         """
         session_id = record.id
         idempotency_key, settings = request.idempotency_key, request.settings
@@ -110,24 +166,34 @@ class RoundService:
             )
         config = None if settings is None else settings.applied_to(record.optimizer)
 
-        write_id = ""
+        async def again() -> Contributed:
+            return await self.contribute(record, gradient, logged=logged, request=request)
+
+        hold = wait_seconds > 0
+        contribution = Contribution("", "", 0, 0)
 
         async def attempt() -> ContributeOutcome | None:
-            nonlocal write_id
-            write_id = new_write_id()
+            nonlocal contribution, hold
             contribution = Contribution(
-                write_id, wire.dtype.name, wire.nbytes, samples, report.loss, config,
+                new_write_id(), wire.dtype.name, wire.nbytes, samples, report.loss, config,
                 request.segments,
             )  # fmt: skip
             outcome = await self._rounds.contribute(
-                record, contribution, wire, base_step=base_step, idempotency=claim
+                record,
+                contribution,
+                wire,
+                base_step=base_step,
+                idempotency=claim,
+                holder=self._holder if hold else None,
             )
+            if outcome.status is WriteStatus.ELSEWHERE:
+                hold = False  # another process holds the round: store it for that one
+                return await attempt()
             return None if outcome.status is WriteStatus.EXPIRED else outcome
 
         outcome = await self._store.until_committed(attempt)
         rule = record.settings.rounds
         assert rule is not None, "contributions go to rounds sessions"
-        replayed = False
         if outcome.status is WriteStatus.GONE:
             raise errors.SessionNotFound(session_id)
         if outcome.status is WriteStatus.STALE:
@@ -147,35 +213,61 @@ class RoundService:
                     "this Idempotency-Key was already used with a different gradient",
                     applied_t=outcome.replay.applied_t,
                 )
-            replayed = True
-            round_step = outcome.replay.applied_t
             self._metrics.contributions.labels("replayed").inc()
-        else:
-            round_step = outcome.base + 1
-            self._metrics.contributions.labels("taken").inc()
-            self._hold(session_id, outcome.base, write_id, wire)
-            if outcome.complete:
-                closed = await self._close(
-                    session_id, outcome.base, outcome.contributions, "complete"
-                )
-                return Contributed(session_id, rule, round_step, replayed, closed=closed)
-            else:
-                pending = RoundView(
-                    WriteStatus.COMMITTED,
-                    contributions=outcome.contributions,
-                    samples=outcome.samples,
-                    first_ms=outcome.first_ms,
-                    now_ms=outcome.now_ms,
-                )
-                return Contributed(session_id, rule, round_step, replayed, pending)
-        return Contributed(session_id, rule, round_step, replayed)
+            held = self._held.get(session_id)
+            held_here = held is not None and held.base + 1 == outcome.replay.applied_t
+            if held is not None and held_here and idempotency_key in held.keys:
+                # Its first request's gradient is held here: wait for that round too.
+                _, contribution, _ = held.contributions[held.keys[idempotency_key]]
+                return Contributed(
+                    session_id, rule, outcome.replay.applied_t, True, held=held, record=record,
+                    contribution=contribution, gradient=wire, again=again,
+                    idempotency_key=idempotency_key,
+                )  # fmt: skip
+            return Contributed(
+                session_id, rule, outcome.replay.applied_t, True, again=again,
+                idempotency_key=idempotency_key,
+            )  # fmt: skip
+        round_step = outcome.base + 1
+        self._metrics.contributions.labels("taken").inc()
+        held = None
+        if hold:
+            held = self._hold(session_id, rule, outcome, contribution, wire, idempotency_key)
+        if outcome.complete:
+            closed = await self._close(session_id, outcome.base, outcome.contributions, "complete")
+            return Contributed(session_id, rule, round_step, False, closed=closed)
+        pending = RoundView(
+            WriteStatus.COMMITTED,
+            contributions=outcome.contributions,
+            samples=outcome.samples,
+            first_ms=outcome.first_ms,
+            now_ms=outcome.now_ms,
+        )
+        return Contributed(
+            session_id, rule, round_step, False, pending, held=held, record=record,
+            contribution=contribution, gradient=wire, again=again,
+        )  # fmt: skip
 
     async def answer(
         self, contributed: Contributed, wait_seconds: float
     ) -> StepResult | RoundPending:
         """The round's step once it closes, or ``RoundPending`` after ``wait_seconds``
-        (the contribution stays in)."""
+        (the contribution stays in: stored first, when it was held here)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while True:
+            try:
+                return await self._answer(contributed, deadline)
+            except _TakenOut:
+                assert contributed.again is not None, "a contribution that was taken out"
+                self._metrics.contributions.labels("taken_out").inc()
+                contributed = await contributed.again()
+
+    async def _answer(self, contributed: Contributed, deadline: float) -> StepResult | RoundPending:
+        loop = asyncio.get_running_loop()
         session_id, round_step = contributed.session_id, contributed.round_step
+        if contributed.held is not None:
+            return await self._answer_held(contributed, deadline)
         pending = None
         if contributed.pending is not None:
             pending = (contributed.rule, contributed.pending)
@@ -183,16 +275,43 @@ class RoundService:
         view: RoundView | None = None
         if contributed.closed is not None and contributed.closed.t >= round_step:
             seen = contributed.closed  # its own close: the record it committed
+        elif contributed.replayed:
+            # Its first request's gradient may be held by a process that died: look
+            # that the round still counts it, each lease.
+            while True:
+                remaining = deadline - loop.time()
+                seen, view = await self.wait_for_step(
+                    session_id, round_step, max(0.0, min(remaining, self._lease_seconds))
+                )
+                if (seen is not None and seen.t >= round_step) or remaining <= self._lease_seconds:
+                    break
+                assert contributed.again is not None
+                await self._still_in(contributed)
         else:
             seen, view = await self.wait_for_step(
-                session_id, round_step, wait_seconds, pending=pending
+                session_id, round_step, max(0.0, deadline - loop.time()), pending=pending
             )
         if seen is None:
             seen = await self._store.record(session_id)
-        self._release(session_id, seen.t)
         if seen.t >= round_step:
             current, params = await self._store.params_of(seen)
             return StepResult(current, params, round_step, contributed.replayed)
+        if contributed.replayed:
+            await self._still_in(contributed)  # it is told it is in: it must be
+        return self._not_closed(contributed, seen, view)
+
+    async def _still_in(self, contributed: Contributed) -> None:
+        """Raise ``_TakenOut`` when the round no longer counts the replayed
+        contribution (its Idempotency-Key is no longer recorded)."""
+        key = contributed.idempotency_key
+        assert key is not None, "a replayed contribution has its key"
+        if await self._store.read_idempotency(contributed.session_id, key) is None:
+            raise _TakenOut
+
+    def _not_closed(
+        self, contributed: Contributed, seen: SessionRecord, view: RoundView | None
+    ) -> RoundPending:
+        round_step = contributed.round_step
         if seen.t < round_step - 1:
             raise errors.StaleGradient(
                 f"the session went back to t={seen.t} (a rollback or reset) before "
@@ -207,6 +326,41 @@ class RoundService:
         needed = contributed.rule.needed(held, held_samples)
         return RoundPending(seen.t, round_step, held, needed)
 
+    async def _answer_held(
+        self, contributed: Contributed, deadline: float
+    ) -> StepResult | RoundPending:
+        """Wait for the round whose contribution this process holds; at the end of the
+        wait, store it before telling its worker it is in."""
+        held, record = contributed.held, contributed.record
+        contribution, gradient = contributed.contribution, contributed.gradient
+        assert held is not None and record is not None
+        assert contribution is not None and gradient is not None
+        remaining = deadline - asyncio.get_running_loop().time()
+        with contextlib.suppress(TimeoutError):
+            ended = await asyncio.wait_for(asyncio.shield(held.ended), max(0.0, remaining))
+            return await self._ended(contributed, ended)
+        status = await self._rounds.spill(record, held.base, self._holder, contribution, gradient)
+        if status is WriteStatus.GONE:
+            raise errors.SessionNotFound(record.id)
+        if status is WriteStatus.COMMITTED:
+            held.contributions.pop(contribution.write_id, None)
+            view = await self._rounds.seal(record.id, held.base, grace_ms=self._grace_ms)
+            if view.status is WriteStatus.COMMITTED and not view.sealed:
+                return self._not_closed(contributed, record.evolve(t=held.base), view)
+        # The round ended meanwhile (the keeper learns how at once) or closes now.
+        return await self._ended(contributed, await asyncio.shield(held.ended))
+
+    async def _ended(self, contributed: Contributed, ended: _Ended) -> StepResult | RoundPending:
+        if ended.record is None:
+            raise _TakenOut
+        round_step = contributed.round_step
+        if ended.params is not None and ended.record.t == round_step:
+            return StepResult(ended.record, ended.params, round_step, contributed.replayed)
+        if ended.record.t >= round_step:
+            current, params = await self._store.params_of(ended.record)
+            return StepResult(current, params, round_step, contributed.replayed)
+        return self._not_closed(contributed, ended.record, None)
+
     async def wait_for_step(
         self,
         session_id: str,
@@ -217,8 +371,9 @@ class RoundService:
     ) -> tuple[SessionRecord | None, RoundView | None]:
         """Wait until the session's t is at least ``min_step``, or ``seconds`` have
         passed, closing the rounds that come due meanwhile (past their deadline, or
-        sealed by a closer that died). Returns the record as last read (None when none
-        was) and the open round as last seen.
+        sealed by a closer that died) when no process holds contributions of them.
+        Returns the record as last read (None when none was) and the open round as last
+        seen.
 
         ``pending``: the session's rule and open round as the caller just left them
         (below ``min_step``): the first look at the store is skipped. A wait that ends
@@ -266,23 +421,91 @@ class RoundService:
                     return record, view
             look = True
 
-    def _hold(self, session_id: str, base: int, write_id: str, gradient: FloatArray) -> None:
+    def _hold(
+        self,
+        session_id: str,
+        rule: RoundRule,
+        outcome: ContributeOutcome,
+        contribution: Contribution,
+        gradient: FloatArray,
+        idempotency_key: str | None,
+    ) -> _Held:
+        """Keep a contribution the store counts as held here (its number in the round is
+        ``outcome.contributions``); start the round's keeper when it is the first."""
         held = self._held.get(session_id)
-        if held is None or held[0] != base:
-            held = self._held[session_id] = (base, {})
-        held[1][write_id] = gradient
+        if held is not None and held.base != outcome.base:
+            # The session moved past that round (or went back): its keeper ends it.
+            held = None
+        if held is None:
+            held = self._held[session_id] = _Held(outcome.base)
+        number = outcome.contributions
+        held.contributions[contribution.write_id] = (number, contribution, gradient)
+        if idempotency_key is not None:
+            held.keys[idempotency_key] = contribution.write_id
+        if held.keeper is None:
+            pause = RENEW_SECONDS
+            if rule.timeout_seconds is not None:
+                due = outcome.first_ms + rule.timeout_seconds * 1000 - outcome.now_ms
+                pause = min(pause, max(due / 1000, 0.005))
+            held.keeper = asyncio.create_task(self._keep(session_id, held, pause))
+        return held
 
-    def _release(self, session_id: str, t: int) -> None:
-        """Forget the gradients held for a round the session is no longer at."""
-        held = self._held.get(session_id)
-        if held is not None and held[0] != t:
+    async def _keep(self, session_id: str, held: _Held, first_pause: float) -> None:
+        """Renew this process's lease on the round ``held`` is for while it holds
+        contributions of it, close it when it comes due, and say how it ended."""
+        try:
+            # The contribution that made it took the lease: nothing to look at until
+            # the round's news, its deadline, or the lease's renewal.
+            await self._store.notified(session_id, first_pause)
+            while not held.ended.done() and held.contributions:
+                view = await self._rounds.seal(
+                    session_id, held.base, grace_ms=self._grace_ms, holder=self._holder
+                )
+                if view.status is WriteStatus.GONE:
+                    raise errors.SessionNotFound(session_id)
+                if view.status is WriteStatus.DROPPED:
+                    raise errors.RoundDropped(view.dropped or "the round was dropped")
+                if view.status is WriteStatus.CONFLICT:
+                    # The session is past the round: its close, or a rollback or reset.
+                    if not held.ended.done():
+                        self._end(session_id, held, _Ended(await self._store.record(session_id)))
+                    return
+                if view.sealed:
+                    rule = (await self._store.record(session_id, fresh=False)).settings.rounds
+                    needed = 1 if rule is None else rule.needed(view.contributions, view.samples)
+                    how = "complete" if needed == 0 else "deadline"
+                    await self._close(session_id, held.base, view.contributions, how)
+                    continue
+                if not view.holding:
+                    self._end(session_id, held, _Ended(None))  # taken out: the lease lapsed
+                    return
+                rule = (await self._store.record(session_id, fresh=False)).settings.rounds
+                pause = RENEW_SECONDS
+                if rule is not None:
+                    pause = min(pause, self._due_in(rule, view))
+                await self._store.notified(session_id, pause)
+        except Exception as exc:  # every waiter on the round answers it
+            if not held.ended.done():
+                held.ended.set_exception(exc)
+                held.ended.exception()  # retrieved: waiters may all be gone
+        finally:
+            if self._held.get(session_id) is held and (held.ended.done() or not held.contributions):
+                del self._held[session_id]
+
+    def _end(self, session_id: str, held: _Held, ended: _Ended) -> None:
+        if not held.ended.done():
+            held.ended.set_result(ended)
+        if self._held.get(session_id) is held:
             del self._held[session_id]
 
     def _due_in(self, rule: RoundRule, view: RoundView) -> float:
-        """Seconds until the open round may need this waiter: its deadline, or the end of
-        its closer's grace (at least a few ms; the notifier caps the wait at a second)."""
+        """Seconds until the open round may need this waiter: its deadline, the end of
+        its closer's grace, or of its holder's lease (at least a few ms; the notifier
+        caps the wait at a second)."""
         due = float("inf")
-        if view.sealed_ms:
+        if view.sealed_ms and view.held:
+            due = view.lease_ms - view.now_ms
+        elif view.sealed_ms:
             due = view.sealed_ms + self._grace_ms - view.now_ms
         elif rule.timeout_seconds is not None and view.contributions:
             due = view.first_ms + rule.timeout_seconds * 1000 - view.now_ms
@@ -321,7 +544,25 @@ class RoundService:
         if status is WriteStatus.CONFLICT:
             return  # the round moved on: look again
         self._metrics.rounds.labels("dropped").inc()
-        raise errors.RoundDropped(why)
+        dropped = errors.RoundDropped(why)
+        held = self._held.get(session_id)
+        if held is not None and held.base == base and not held.ended.done():
+            held.ended.set_exception(dropped)
+            held.ended.exception()
+        raise dropped
+
+    async def _taken(
+        self, record: SessionRecord, contributions: int
+    ) -> list[tuple[Contribution, FloatArray]] | None:
+        """The round's contributions in their order: from memory when this process
+        holds them all, else with the stored ones read."""
+        held = self._held.get(record.id)
+        known = held.contributions if held is not None and held.base == record.t else {}
+        numbered = sorted(known.values(), key=lambda item: item[0])
+        if [number for number, _, _ in numbered] == list(range(1, contributions + 1)):
+            return [(contribution, gradient) for _, contribution, gradient in numbered]
+        gradients = {write_id: gradient for write_id, (_, _, gradient) in known.items()}
+        return await self._rounds.round_contributions(record, contributions, gradients)
 
     async def _close_round(
         self, session_id: str, base: int, contributions: int, how: str
@@ -334,11 +575,9 @@ class RoundService:
                 current = await self._store.state(session_id)
             if current.state.step != base:
                 return (None,)  # closed already (or the session went elsewhere)
-            held = self._held.get(session_id)
-            known = held[1] if held is not None and held[0] == base else None
-            taken = await self._rounds.round_contributions(current.record, contributions, known)
+            taken = await self._taken(current.record, contributions)
             if taken is None:
-                return None
+                return (None,)  # not this process's to close, or another round now
             record = current.record
             optimizer = record.optimizer
             for contribution, _ in taken:
@@ -360,13 +599,16 @@ class RoundService:
                 self._store,
                 self._metrics,
                 idempotency_ttl_ms=self._idempotency_ttl_ms,
-                round_contributions=contributions,
+                round_entries=[contribution.write_id for contribution, _ in taken],
             )
             if outcome.status is WriteStatus.COMMITTED:
                 assert outcome.rev is not None
-                self._release(session_id, state.step)
                 self._metrics.rounds.labels(how).inc()
-                return (commit.answered(0, outcome.rev)[0],)
+                closed, stepped = commit.answered(0, outcome.rev)
+                held = self._held.get(session_id)
+                if held is not None and held.base == base:
+                    self._end(session_id, held, _Ended(closed, stepped.params))
+                return (closed,)
             return None
 
         (closed,) = await self._store.until_committed(attempt)

@@ -1,5 +1,6 @@
-"""The open round of a rounds session in Redis: contributions taken, sealed, dropped
-(``lua/contribute.lua``, ``seal.lua``, ``drop.lua``), all in the session's slot."""
+"""The open round of a rounds session in Redis: contributions taken (stored, or held
+in a process's memory), sealed, stored after all, dropped (``lua/contribute.lua``,
+``seal.lua``, ``spill.lua``, ``drop.lua``), all in the session's slot."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import redis.asyncio as redis
 from adamhub_service.model.log import GRADIENT, Contribution
 from adamhub_service.model.outcomes import (
     ContributeOutcome,
+    Holder,
     IdempotencyClaim,
     IdempotencyRecord,
     RoundView,
@@ -19,7 +21,7 @@ from adamhub_service.model.outcomes import (
 )
 from adamhub_service.model.records import SessionRecord
 from adamhub_service.optim import FloatArray
-from adamhub_service.storage.chunks import VectorChunks, chunked
+from adamhub_service.storage.chunks import Chunk, VectorChunks, chunked
 from adamhub_service.storage.encoding import chunks_of, text
 from adamhub_service.storage.errors import unavailable_on_error
 from adamhub_service.storage.keyspace import (
@@ -40,6 +42,7 @@ class RedisRoundRepository:
         self._chunks = chunks
         self._contribute = register(client, "contribute")
         self._seal = register(client, "seal")
+        self._spill = register(client, "spill")
         self._drop = register(client, "drop")
 
     async def contribute(
@@ -50,53 +53,99 @@ class RedisRoundRepository:
         *,
         base_step: int | None,
         idempotency: IdempotencyClaim | None,
+        holder: Holder | None = None,
     ) -> ContributeOutcome:
         """Add a contribution (``gradient``, in its entry's dtype) to the session's open
-        round, if it is computed at that round's base (``None``: whichever is open).
+        round, if it is computed at that round's base (``None``: whichever is open):
+        stored, or with ``holder`` held in that process's memory (nothing is written but
+        the entry; ``ELSEWHERE`` when another process holds some of the round).
         ``idempotency.record``'s step is ignored: the script records the round's."""
         meta = meta_key(record.id)
         idem = meta if idempotency is None else idempotency_key(record.id, idempotency.key)
-        chunks = chunked(
-            chunk_keys(
-                record.id, contribution.write_id, (GRADIENT,), chunks_of(record, contribution)
-            ),
-            gradient,
-            record.chunk_elements,
-        )
+        chunks = [] if holder is not None else self._gradient_chunks(record, contribution, gradient)
         args: list[Any] = [
             "" if base_step is None else base_step,
             contribution.encode(),
             contribution.samples,
             "" if idempotency is None else idempotency.record.digest,
             0 if idempotency is None else idempotency.ttl_ms,
+            "" if holder is None else holder.token,
+            0 if holder is None else holder.lease_ms,
         ]
-        reply = await self._chunks.write_then_run(
-            self._contribute, [meta, idempotency_index_key(record.id), idem], chunks, args
-        )
+        keys = [meta, idempotency_index_key(record.id), idem]
+        if chunks:
+            reply = await self._chunks.write_then_run(self._contribute, keys, chunks, args)
+        else:
+            async with unavailable_on_error(write=True):
+                reply = await self._contribute(keys=keys, args=args)
         status = WriteStatus(int(reply[0]))
         if status is WriteStatus.COMMITTED:
             base, n, samples, complete, first_ms, now_ms = (int(part) for part in reply[1:7])
             return ContributeOutcome(status, base, n, samples, complete == 1, first_ms, now_ms)
         if status is WriteStatus.REPLAYED:
             return ContributeOutcome(status, replay=IdempotencyRecord.decode(text(reply[1])))
-        if status in (WriteStatus.STALE, WriteStatus.SEALED):
+        if status in (WriteStatus.STALE, WriteStatus.SEALED, WriteStatus.ELSEWHERE):
             return ContributeOutcome(status, base=int(reply[1]))
         return ContributeOutcome(status)
 
-    async def seal(self, session_id: str, base: int, *, grace_ms: int) -> RoundView:
+    async def seal(
+        self, session_id: str, base: int, *, grace_ms: int, holder: Holder | None = None
+    ) -> RoundView:
         """The open round stepping from ``base``, sealed for this caller to close when
-        it is due (see ``lua/seal.lua``)."""
+        it is due (see ``lua/seal.lua``); a look by its ``holder`` renews its lease."""
+        token, lease_ms = ("", 0) if holder is None else (holder.token, holder.lease_ms)
+        args: list[Any] = [base, grace_ms, token, lease_ms]
         async with unavailable_on_error(write=True):
-            reply = await self._seal(keys=[meta_key(session_id)], args=[base, grace_ms])
+            reply = await self._seal(keys=[meta_key(session_id)], args=args)
         head = int(reply[0])
         if head == 1:
             return RoundView(WriteStatus.COMMITTED, True, int(reply[1]), int(reply[2]))
         if head == 0:
-            n, samples, first_ms, sealed_ms, now_ms = (int(part) for part in reply[1:6])
-            return RoundView(WriteStatus.COMMITTED, False, n, samples, first_ms, sealed_ms, now_ms)
+            n, samples, first_ms, sealed_ms, now_ms, lease_ms, held, holding = (
+                int(part) for part in reply[1:9]
+            )
+            return RoundView(
+                WriteStatus.COMMITTED,
+                False,
+                n,
+                samples,
+                first_ms,
+                sealed_ms,
+                now_ms,
+                lease_ms=lease_ms,
+                held=held,
+                holding=holding == 1,
+            )
         if head == WriteStatus.DROPPED:
             return RoundView(WriteStatus.DROPPED, dropped=text(reply[1]))
         return RoundView(WriteStatus(head))
+
+    async def spill(
+        self,
+        record: SessionRecord,
+        base: int,
+        holder: Holder,
+        contribution: Contribution,
+        gradient: FloatArray,
+    ) -> WriteStatus:
+        """Store the contribution ``holder`` holds in the round at ``base`` (see
+        ``lua/spill.lua``): COMMITTED, or CONFLICT when the round no longer holds it."""
+        chunks = self._gradient_chunks(record, contribution, gradient)
+        reply = await self._chunks.write_then_run(
+            self._spill,
+            [meta_key(record.id)],
+            chunks,
+            [base, holder.token, contribution.write_id],
+        )
+        return WriteStatus(int(reply[0]))
+
+    def _gradient_chunks(
+        self, record: SessionRecord, contribution: Contribution, gradient: FloatArray
+    ) -> list[Chunk]:
+        keys = chunk_keys(
+            record.id, contribution.write_id, (GRADIENT,), chunks_of(record, contribution)
+        )
+        return chunked(keys, gradient, record.chunk_elements)
 
     async def drop_round(
         self, session_id: str, base: int, contributions: int, why: str
@@ -115,7 +164,8 @@ class RedisRoundRepository:
     ) -> list[tuple[Contribution, FloatArray]] | None:
         """The first ``contributions`` of the round stepping from ``record.t``, in their
         order, with their gradients (those in ``known``, by write id, are not read);
-        None when the round is no longer that one."""
+        None when the round is no longer that one, or holds one in the memory of
+        another process."""
         async with unavailable_on_error():
             raw = await self._redis.hgetall(round_key(record.id))
         fields = {text(name): value for name, value in raw.items()}
@@ -126,6 +176,13 @@ class RedisRoundRepository:
             return None
         taken = [Contribution.decode(entry) for entry in entries if entry is not None]
         known = known or {}
+        held_elsewhere = [
+            j
+            for j, entry in enumerate(taken, start=1)
+            if f"m{j}" in fields and entry.write_id not in known
+        ]
+        if held_elsewhere:
+            return None
         gradients = [
             known.get(entry.write_id, np.empty(entry.elements, dtype=entry.dtype))
             for entry in taken

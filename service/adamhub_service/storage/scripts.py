@@ -19,6 +19,7 @@ SESSION_SCRIPTS = (
     "load",
     "contribute",
     "seal",
+    "spill",
     "drop",
     "grow",
 )

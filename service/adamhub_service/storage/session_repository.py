@@ -239,7 +239,7 @@ class RedisSessionRepository:
         result: CachedSession,
         *,
         idempotency_ttl_ms: int,
-        round_contributions: int | None = None,
+        round_entries: Sequence[str] | None = None,
     ) -> AppendOutcome:
         """Log ``steps``, computed from ``current``, if nothing moved; ``result`` is the
         state they lead to (and ``new`` its record).
@@ -254,7 +254,7 @@ class RedisSessionRepository:
             new,
             steps,
             idempotency_ttl_ms=idempotency_ttl_ms,
-            round_contributions=round_contributions,
+            round_entries=round_entries,
         )
         if outcome.status is WriteStatus.COMMITTED:
             assert outcome.rev is not None

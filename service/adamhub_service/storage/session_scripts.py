@@ -197,13 +197,14 @@ class SessionScripts:
         steps: Sequence[LoggedStep],
         *,
         idempotency_ttl_ms: int,
-        round_contributions: int | None = None,
+        round_entries: Sequence[str] | None = None,
     ) -> AppendOutcome:
         """Log ``steps`` (the steps after ``current.t``, in order) and make ``new`` the
         record, if the session is still at ``current.rev``: one compare-and-set for all.
 
-        With ``round_contributions``, the one step is the close of the open round, which
-        must still hold that many contributions (else ``CONFLICT``); it is dropped.
+        With ``round_entries``, the one step is the close of the open round, which must
+        still hold exactly those contributions (write ids, in order; else ``CONFLICT``);
+        it is dropped.
         A step's idempotency key that is recorded already refuses the whole group as
         ``REPLAYED`` with that step's index. Store failures are as in ``_write_then_run``.
         """
@@ -227,7 +228,7 @@ class SessionScripts:
             current.t,
             idempotency_ttl_ms,
             sum(step.entry.nbytes for step in steps),
-            "" if round_contributions is None else round_contributions,
+            "" if round_entries is None else " ".join(round_entries),
             *(step.entry.encode() for step in steps),
             *(step.idempotency.record.encode() if step.idempotency else "" for step in steps),
             *(step.point or "" for step in steps),

@@ -9,8 +9,8 @@
 -- ARGV[4]  the idempotency records' TTL in milliseconds
 -- ARGV[5]  the bytes the steps add to the log
 -- ARGV[6]  "" for steps; for the close of a round (one step, the round's mean), the
---          number of contributions the mean holds: the round must still hold exactly
---          those, and is dropped with their gradients
+--          write ids of the contributions the mean holds, in order, space-separated: the
+--          round must still hold exactly those, and is dropped with their gradients
 -- ARGV[7 .. 6+n]      each step's log entry
 -- ARGV[7+n .. 6+2n]   each step's idempotency record ("" = none)
 -- ARGV[7+2n .. 6+3n]  each step's history point (JSON; "" = none)
@@ -37,8 +37,20 @@ if refused then
 end
 local prefix = prefix_of(meta)
 if ARGV[6] ~= '' then
-  local base, held = unpack(redis.call('HMGET', prefix .. 'round', 'base', 'n'))
-  if base ~= tostring(t0) or held ~= ARGV[6] then
+  local round = prefix .. 'round'
+  local base, held = unpack(redis.call('HMGET', round, 'base', 'n'))
+  if base ~= tostring(t0) then
+    return {CONFLICT}
+  end
+  local j = 0
+  for write_id in string.gmatch(ARGV[6], '%S+') do
+    j = j + 1
+    local entry = redis.call('HGET', round, tostring(j))
+    if not entry or entry_write_id(entry) ~= write_id then
+      return {CONFLICT}
+    end
+  end
+  if tostring(j) ~= held then
     return {CONFLICT}
   end
 end

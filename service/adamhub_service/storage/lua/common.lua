@@ -9,12 +9,16 @@
 --                   snapshots of θ, m, v (and max v) kept, newest = meta's snap_t
 --   <prefix>round   a hash, the open round of a rounds session: base (the t it steps
 --                   from), n, samples, first_ms, sealed_ms (set once it takes no more),
---                   and 1 .. n -> "<write id> <dtype> <bytes> <samples> <loss or ->[ <optimizer json>]"
+--                   and 1 .. n -> "<write id> <dtype> <bytes> <samples> <loss or ->[ <optimizer json>]";
+--                   contributions held in the memory of one process (the round's
+--                   holder, whose worker waits) rather than stored: holder (its
+--                   token), lease_ms (the end of its lease, store clock), held (how
+--                   many), and for each such j: m<j> = 1, k<j> = its idempotency key
 --   <prefix>dropped "<t> <why>": the round at t was dropped (its step not finite)
 --   <prefix>hist    a sorted set: the history points of the newest steps, by t
 --   <prefix>c:<write id>:<vector>:<i>   chunk i of a stored vector
 local COMMITTED, REPLAYED, CONFLICT, GONE, ID_TAKEN, EXPIRED, NO_HISTORY = 1, 2, 3, 4, 5, 6, 7
-local STALE, SEALED, DROPPED = 8, 9, 10
+local STALE, SEALED, DROPPED, ELSEWHERE = 8, 9, 10, 11
 
 local function prefix_of(meta)
   return string.sub(meta, 1, #meta - 4)
@@ -165,3 +169,42 @@ local function record_idempotency(index, key, value, ttl)
   redis.call('PEXPIRE', index, ttl)
 end
 
+-- Take out of the open round the contributions held by a holder whose lease lapsed
+-- (it died or stalled: its workers got no answer and retry), with their idempotency
+-- records; the others keep their order. Tell the session's waiters. How many went.
+local function purge_lapsed(meta, now)
+  local round = prefix_of(meta) .. 'round'
+  local n, held, lease = unpack(redis.call('HMGET', round, 'n', 'held', 'lease_ms'))
+  if not held or tonumber(held) == 0 or tonumber(lease) > now then
+    return 0
+  end
+  n = tonumber(n)
+  local kept, samples = 0, 0
+  for j = 1, n do
+    local entry = redis.call('HGET', round, tostring(j))
+    if redis.call('HEXISTS', round, 'm' .. j) == 1 then
+      local key = redis.call('HGET', round, 'k' .. j)
+      if key then
+        redis.call('DEL', key)
+      end
+      redis.call('HDEL', round, 'm' .. j, 'k' .. j)
+    else
+      kept = kept + 1
+      samples = samples + tonumber(string.match(entry, '^%S+ %S+ %S+ (%d+)'))
+      if kept ~= j then
+        redis.call('HSET', round, tostring(kept), entry)
+      end
+    end
+  end
+  if kept == 0 then
+    redis.call('DEL', round)
+  else
+    for j = kept + 1, n do
+      redis.call('HDEL', round, tostring(j))
+    end
+    redis.call('HSET', round, 'n', kept, 'samples', samples, 'held', 0)
+    redis.call('HDEL', round, 'holder', 'lease_ms', 'sealed_ms')
+  end
+  publish_t(meta)
+  return n - kept
+end

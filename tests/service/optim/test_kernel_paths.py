@@ -1,0 +1,52 @@
+"""Short vectors run the kernels in the calling thread, long ones on the thread pool:
+both paths give the same bits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adamhub_service.optim import kernel
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_the_update_in_one_thread_equals_the_parallel_one(dtype: type, amsgrad: bool) -> None:
+    rng = np.random.default_rng(7)
+    size = 5_000
+    params, exp_avg, grad = (rng.normal(size=size).astype(dtype) for _ in range(3))
+    exp_avg_sq, max_sq = (rng.random(size).astype(dtype) for _ in range(2))
+    grad[::97] = 0
+    scalars = tuple(dtype(x) for x in (0.01, 0.1, 0.999, 0.001, 0.3, 1e-8, -0.001))
+    outputs = []
+    for update in (kernel._update, kernel._update_serial):
+        out = [np.zeros_like(params) for _ in range(4)]
+        not_finite = update(
+            params, exp_avg, exp_avg_sq, max_sq, grad, *out,
+            False, kernel.DECOUPLED_DECAY, *scalars, amsgrad,
+        )  # fmt: skip
+        outputs.append((not_finite, [vector.tobytes() for vector in out]))
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_accumulating_a_short_vector_equals_the_kernel(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    size = kernel.SERIAL_ELEMENTS - 1
+    through_numpy, through_kernel = np.zeros(size), np.zeros(size)
+    for weight in (3, 1, 17):
+        gradient = rng.normal(size=size).astype(dtype)
+        kernel.accumulate(through_numpy, gradient, weight)
+        wide = gradient.astype(np.float32) if dtype == np.float16 else gradient
+        kernel._accumulate(through_kernel, wide, np.float64(weight))
+    assert through_numpy.tobytes() == through_kernel.tobytes()
+
+
+def test_norms_of_a_short_vector_equal_the_kernels() -> None:
+    rng = np.random.default_rng(5)
+    a, b = (rng.normal(size=kernel.SERIAL_ELEMENTS - 1) for _ in range(2))
+    parallel_norm = float(kernel._block_sums_of_squares(a, 1 << 16).sum())
+    assert kernel.squared_norm(a) == parallel_norm
+    parallel_distance = float(kernel._block_sums_of_squared_differences(a, b, 1 << 16).sum())
+    assert kernel.squared_distance(a, b) == parallel_distance
+    assert kernel.squared_norm(a[:0]) == 0.0
