@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import numpy as np
 import redis
 
@@ -189,3 +190,58 @@ def run_threads(calls: Sequence[Callable[[], T]]) -> list[T]:
         thread.join(120)
     assert not failures, failures
     return results
+
+
+def test_kill_9_keeps_a_202_contribution_and_takes_a_waiting_one_again(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    def start(port: int | None = None) -> ServiceProcess:
+        return ServiceProcess(
+            "--redis-url", redis_url, port=port, log_path=tmp_path / "service.log"
+        ).start()
+
+    service = start()
+    session_id = new_session(service.base_url, {"contributions": 3})
+    round_key = f"adamhub:{{{session_id}}}:round"
+    told_in = httpx.post(
+        f"{service.base_url}/v1/sessions/{session_id}/step",
+        content=gradient(0, 0).tobytes(),
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Adamhub-Dtype": "float64",
+            "Idempotency-Key": "worker-0",
+            "Prefer": "wait=0",
+        },
+    )
+    assert told_in.status_code == 202
+    waiting: list[list[tuple[int, bytes]]] = []
+    thread = threading.Thread(
+        target=lambda: waiting.append(
+            worker_rounds(service.base_url, session_id, 1, 1, max_retries=30)
+        )
+    )
+    thread.start()
+    deadline = time.monotonic() + 20
+    while int(redis_client.hget(round_key, "n") or 0) < 2:
+        assert time.monotonic() < deadline, "the contribution did not arrive"
+        time.sleep(0.02)
+    service.kill()
+    # The 202 one is stored; the waiting one was held by the process that died.
+    assert not redis_client.hexists(round_key, "m1")
+    assert redis_client.hexists(round_key, "m2")
+    service = start(service.port)
+    try:
+        (late,) = run_threads([partial(worker_rounds, service.base_url, session_id, 2, 1)])
+        thread.join(60)
+        assert len(waiting) == 1
+        mean = np.mean([gradient(w, 0) for w in range(3)], axis=0)
+        params = adam_step(init_state(np.zeros(SIZE), CONFIG), mean, CONFIG).params
+        for answers in (waiting[0], late):
+            (applied_t, got) = answers[0]
+            assert applied_t == 1
+            np.testing.assert_allclose(np.frombuffer(got), params, rtol=0, atol=1e-12)
+        with adamhub.Client(service.base_url) as client:
+            assert client.session(session_id).t == 1  # three in, each once
+        assert not redis_client.exists(round_key)
+    finally:
+        assert service.stop() == 0

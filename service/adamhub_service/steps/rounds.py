@@ -433,8 +433,9 @@ class RoundService:
         """Keep a contribution the store counts as held here (its number in the round is
         ``outcome.contributions``); start the round's keeper when it is the first."""
         held = self._held.get(session_id)
-        if held is not None and held.base != outcome.base:
-            # The session moved past that round (or went back): its keeper ends it.
+        if held is not None and (held.base != outcome.base or held.ended.done()):
+            # The session moved past that round (or went back, or dropped it): its
+            # keeper ends it.
             held = None
         if held is None:
             held = self._held[session_id] = _Held(outcome.base)
@@ -546,9 +547,12 @@ class RoundService:
         self._metrics.rounds.labels("dropped").inc()
         dropped = errors.RoundDropped(why)
         held = self._held.get(session_id)
-        if held is not None and held.base == base and not held.ended.done():
-            held.ended.set_exception(dropped)
-            held.ended.exception()
+        if held is not None and held.base == base:
+            # The next round starts from the same base: it is held anew.
+            del self._held[session_id]
+            if not held.ended.done():
+                held.ended.set_exception(dropped)
+                held.ended.exception()
         raise dropped
 
     async def _taken(

@@ -386,3 +386,39 @@ def test_bad_aggregates_are_refused(
     response = client.post("/v1/sessions", json={"size": 2, "rounds": rounds})
     assert response.status_code == 422
     assert message in response.text
+
+
+def test_a_waiting_contribution_is_held_in_memory_and_stored_before_a_202(
+    client: TestClient, redis_client: redis.Redis
+) -> None:
+    sid = create(client, {"contributions": 2})
+    round_key, chunks = f"adamhub:{{{sid}}}:round", f"adamhub:{{{sid}}}:c:*:g:*"
+    first = np.arange(SIZE, dtype=np.float64)
+    waiting = threading.Thread(target=lambda: answers.append(contribute(client, sid, first)))
+    answers: list[httpx.Response] = []
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while int(redis_client.hget(round_key, "n") or 0) < 1:
+        assert time.monotonic() < deadline, "the contribution did not arrive"
+        time.sleep(0.01)
+    # Counted by the store, its gradient in this process's memory only.
+    assert redis_client.hget(round_key, "held") == b"1"
+    assert redis_client.hexists(round_key, "m1")
+    assert redis_client.keys(chunks) == []
+    closing = contribute(client, sid, -first)
+    waiting.join(10)
+    assert closing.status_code == answers[0].status_code == 200
+    assert closing.content == answers[0].content
+    assert not redis_client.exists(round_key)
+
+    # A worker told its contribution is in (202) may count on it: it is stored first.
+    pending = contribute(client, sid, first, Prefer="wait=0.3")
+    assert pending.status_code == 202, pending.text
+    assert pending.json()["contributions"] == 1
+    assert int(redis_client.hget(round_key, "held") or 0) == 0
+    assert not redis_client.hexists(round_key, "m1")
+    write_id = redis_client.hget(round_key, "1").split()[0].decode()
+    assert len(redis_client.keys(f"adamhub:{{{sid}}}:c:{write_id}:g:*")) == 3  # 10 in 4s
+    closed = contribute(client, sid, first)
+    assert closed.status_code == 200
+    assert closed.headers["adamhub-applied-step"] == "2"
