@@ -7,11 +7,13 @@ measures, binary float32:
 
 - rounds per second with K worker *processes* contributing to one rounds session of
   K = 4 and 16, at 1k and 1M parameters; beside it, Ray's synchronous parameter server
-  (the pattern of Ray's own example: the driver gathers K worker actors' gradients and
-  the server actor applies their mean; in memory, no durability; needs the `bench`
-  extra);
+  in the faster of two forms (Ray's own example, the driver gathering K worker actors'
+  gradients with the parameters passed on as one shared object; and a barrier in an
+  async server actor), in memory, no durability (needs the `bench` extra);
+- the same at K = 4 through a replica of two worker processes (`--workers 2`): the
+  contributions reaching the process that does not hold the round are stored for it;
 - what the contribution that completes a round waits beyond a plain step of the same
-  size (it reads the round's K contributions, averages them, steps and commits).
+  size (it averages the round's K contributions, steps and commits).
 
 Writes bench/results/rounds.json and rounds.md.
 """
@@ -247,6 +249,10 @@ def main() -> None:
     store = StoreServer("--appendonly", "yes", "--appendfsync", "everysec").start()
     log = Path(tempfile.mkstemp(prefix="adamhub-bench-", suffix=".log")[1])
     service = ServiceProcess("--redis-url", store.url, log_path=log).start()
+    # A replica of two worker processes (as the compose file runs): a round's
+    # contributions reach both, and those reaching the process that does not hold the
+    # round are stored for it.
+    pair = ServiceProcess("--redis-url", store.url, "--workers", "2", log_path=log).start()
     ray = ray_module()
     peer = RaySyncPeer(ray) if ray is not None else None
     note = "" if peer else "Ray is not installed (pip install -e '.[bench]'): its column is empty."
@@ -265,6 +271,11 @@ def main() -> None:
                         client, service.base_url, workers, size
                     ),
                 }
+                row["two_processes_rounds_per_s"] = (
+                    adamhub_rounds_per_s(client, pair.base_url, workers, size)
+                    if workers == 4
+                    else None
+                )
                 ours, theirs = row["adamhub_rounds_per_s"], row["ray_rounds_per_s"]
                 row["ratio"] = None if theirs is None else round(ours / theirs, 2)
                 rates.append(row)
@@ -276,6 +287,7 @@ def main() -> None:
         if peer:
             peer.close()
         service.stop()
+        pair.stop()
         store.cleanup()
 
     table = render(rates, last, note)
@@ -295,8 +307,8 @@ def render(rates: list[dict[str, Any]], last: list[dict[str, float]], note: str)
         f"rounds, one run, {os.cpu_count()} CPUs, binary float32, worker processes",
         "",
         "| rounds/s | Ray driver-gathered | Ray barrier | Ray (the faster) | adamhub "
-        "| adamhub ÷ Ray |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| adamhub ÷ Ray | adamhub, 2 processes |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rates:
         forms = row["ray_forms"] or {}
@@ -304,7 +316,7 @@ def render(rates: list[dict[str, Any]], last: list[dict[str, float]], note: str)
             f"| {row['workers']} workers, {row['params']:,} params "
             f"| {fmt(forms.get('driver'))} | {fmt(forms.get('barrier'))} "
             f"| {fmt(row['ray_rounds_per_s'])} | {fmt(row['adamhub_rounds_per_s'])} "
-            f"| {fmt(row['ratio'], 2)} |"
+            f"| {fmt(row['ratio'], 2)} | {fmt(row['two_processes_rounds_per_s'])} |"
         )
     lines += [
         "",
