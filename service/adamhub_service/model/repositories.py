@@ -35,6 +35,18 @@ from adamhub_service.optim import AdamState, FloatArray
 T = TypeVar("T")
 
 
+class SessionWatch(Protocol):
+    """A session's news from ``with`` on, for a caller that waits more than once."""
+
+    def __enter__(self) -> SessionWatch: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    async def wait(self, seconds: float) -> Wake:
+        """Return at once when news came since the last wait, else at the next news or
+        after ``seconds`` (at most a second)."""
+
+
 class SessionRepository(Protocol):
     """Sessions' records, states (θ, m, v at a version), logs, snapshots and history
     points; every write a compare-and-set on the record's ``rev``."""
@@ -76,6 +88,9 @@ class SessionRepository(Protocol):
     async def notified(self, session_id: str, seconds: float) -> Wake:
         """Return when the session may have a new t (with the record, when this
         process's commit made it), or after ``seconds`` without news."""
+
+    def watch(self, session_id: str) -> SessionWatch:
+        """The session's news for a caller that waits more than once."""
 
     async def create(self, record: SessionRecord, state: AdamState) -> WriteStatus:
         """Store a new session: COMMITTED, or ID_TAKEN."""

@@ -55,7 +55,8 @@ class Metrics:
         )
         self.contributions = Counter(
             "adamhub_round_contributions",
-            "Contributions to rounds: taken, replayed, or refused as stale.",
+            "Contributions to rounds: taken, replayed, refused as stale, or taken out with "
+            "a holder that died (and contributed again).",
             ["outcome"],
             registry=self.registry,
         )

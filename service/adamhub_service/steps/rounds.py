@@ -384,42 +384,45 @@ class RoundService:
         record: SessionRecord | None = None
         rule, view = pending if pending is not None else (None, None)
         look = pending is None
-        while True:
-            if look:
-                record = await self._store.record(session_id)
-                if record.t >= min_step:
-                    return record, view
-                rule = record.settings.rounds
-                if rule is not None:
-                    view = await self._rounds.seal(session_id, record.t, grace_ms=self._grace_ms)
-                    if view.status is WriteStatus.GONE:
-                        raise errors.SessionNotFound(session_id)
-                    if view.status is WriteStatus.CONFLICT:
-                        continue  # t moved on under the look
-                    if view.status is WriteStatus.DROPPED:
+        with self._store.watch(session_id) as watch:
+            while True:
+                if look:
+                    record = await self._store.record(session_id)
+                    if record.t >= min_step:
                         return record, view
-                    if view.sealed:
-                        needed = rule.needed(view.contributions, view.samples)
-                        how = "complete" if needed == 0 else "deadline"
-                        await self._close(session_id, record.t, view.contributions, how)
-                        continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return record, view
-            pause = remaining
-            if rule is not None and view is not None:
-                pause = min(pause, self._due_in(rule, view))
-            wake = await self._store.notified(session_id, pause)
-            if wake.news:
-                # t has moved, most likely to min_step. A commit of this process says
-                # where to itself; else read the record alone first.
-                committed = wake.record
-                fresh = committed is not None and committed.t >= min_step
-                record = committed if fresh else await self._store.record(session_id)
-                assert record is not None
-                if record.t >= min_step:
+                    rule = record.settings.rounds
+                    if rule is not None:
+                        view = await self._rounds.seal(
+                            session_id, record.t, grace_ms=self._grace_ms
+                        )
+                        if view.status is WriteStatus.GONE:
+                            raise errors.SessionNotFound(session_id)
+                        if view.status is WriteStatus.CONFLICT:
+                            continue  # t moved on under the look
+                        if view.status is WriteStatus.DROPPED:
+                            return record, view
+                        if view.sealed:
+                            needed = rule.needed(view.contributions, view.samples)
+                            how = "complete" if needed == 0 else "deadline"
+                            await self._close(session_id, record.t, view.contributions, how)
+                            continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
                     return record, view
-            look = True
+                pause = remaining
+                if rule is not None and view is not None:
+                    pause = min(pause, self._due_in(rule, view))
+                wake = await watch.wait(pause)
+                if wake.news:
+                    # t has moved, most likely to min_step. A commit of this process says
+                    # where to itself; else read the record alone first.
+                    committed = wake.record
+                    fresh = committed is not None and committed.t >= min_step
+                    record = committed if fresh else await self._store.record(session_id)
+                    assert record is not None
+                    if record.t >= min_step:
+                        return record, view
+                look = True
 
     def _hold(
         self,
@@ -455,36 +458,15 @@ class RoundService:
         """Renew this process's lease on the round ``held`` is for while it holds
         contributions of it, close it when it comes due, and say how it ended."""
         try:
-            # The contribution that made it took the lease: nothing to look at until
-            # the round's news, its deadline, or the lease's renewal.
-            await self._store.notified(session_id, first_pause)
-            while not held.ended.done() and held.contributions:
-                view = await self._rounds.seal(
-                    session_id, held.base, grace_ms=self._grace_ms, holder=self._holder
-                )
-                if view.status is WriteStatus.GONE:
-                    raise errors.SessionNotFound(session_id)
-                if view.status is WriteStatus.DROPPED:
-                    raise errors.RoundDropped(view.dropped or "the round was dropped")
-                if view.status is WriteStatus.CONFLICT:
-                    # The session is past the round: its close, or a rollback or reset.
-                    if not held.ended.done():
-                        self._end(session_id, held, _Ended(await self._store.record(session_id)))
-                    return
-                if view.sealed:
-                    rule = (await self._store.record(session_id, fresh=False)).settings.rounds
-                    needed = 1 if rule is None else rule.needed(view.contributions, view.samples)
-                    how = "complete" if needed == 0 else "deadline"
-                    await self._close(session_id, held.base, view.contributions, how)
-                    continue
-                if not view.holding:
-                    self._end(session_id, held, _Ended(None))  # taken out: the lease lapsed
-                    return
-                rule = (await self._store.record(session_id, fresh=False)).settings.rounds
-                pause = RENEW_SECONDS
-                if rule is not None:
-                    pause = min(pause, self._due_in(rule, view))
-                await self._store.notified(session_id, pause)
+            with self._store.watch(session_id) as watch:
+                # The contribution that made it took the lease: nothing to look at
+                # until the round's news, its deadline, or the lease's renewal.
+                await watch.wait(first_pause)
+                while not held.ended.done() and held.contributions:
+                    pause = await self._look_as_holder(session_id, held)
+                    if pause is None:
+                        return
+                    await watch.wait(pause)
         except Exception as exc:  # every waiter on the round answers it
             if not held.ended.done():
                 held.ended.set_exception(exc)
@@ -492,6 +474,32 @@ class RoundService:
         finally:
             if self._held.get(session_id) is held and (held.ended.done() or not held.contributions):
                 del self._held[session_id]
+
+    async def _look_as_holder(self, session_id: str, held: _Held) -> float | None:
+        """Look at the round as its holder (renewing the lease) and close it when it is
+        due: the seconds until the next look, or None when the round ended for ``held``."""
+        view = await self._rounds.seal(
+            session_id, held.base, grace_ms=self._grace_ms, holder=self._holder
+        )
+        if view.status is WriteStatus.GONE:
+            raise errors.SessionNotFound(session_id)
+        if view.status is WriteStatus.DROPPED:
+            raise errors.RoundDropped(view.dropped or "the round was dropped")
+        if view.status is WriteStatus.CONFLICT:
+            # The session is past the round: its close, or a rollback or reset.
+            if not held.ended.done():
+                self._end(session_id, held, _Ended(await self._store.record(session_id)))
+            return None
+        rule = (await self._store.record(session_id, fresh=False)).settings.rounds
+        if view.sealed:
+            needed = 1 if rule is None else rule.needed(view.contributions, view.samples)
+            how = "complete" if needed == 0 else "deadline"
+            await self._close(session_id, held.base, view.contributions, how)
+            return 0.0
+        if not view.holding:
+            self._end(session_id, held, _Ended(None))  # taken out: the lease lapsed
+            return None
+        return RENEW_SECONDS if rule is None else min(RENEW_SECONDS, self._due_in(rule, view))
 
     def _end(self, session_id: str, held: _Held, ended: _Ended) -> None:
         if not held.ended.done():

@@ -44,18 +44,14 @@ class StepNotifier:
     async def wait(self, session_id: str, seconds: float) -> Wake:
         """Return when the session may have changed, or after ``seconds`` (at most a
         second) without news."""
+        with self.watch(session_id) as watch:
+            return await watch.wait(seconds)
+
+    def watch(self, session_id: str) -> Watch:
+        """News of ``session_id`` for a caller that waits more than once: news that
+        comes between two waits (while it looks at the store) wakes the next."""
         self._ensure_listening()
-        waiter = Wake()
-        self._waiters.setdefault(session_id, set()).add(waiter)
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.event.wait(), timeout=min(seconds, RECHECK_SECONDS))
-            return waiter
-        finally:
-            waiters = self._waiters[session_id]
-            waiters.discard(waiter)
-            if not waiters:
-                del self._waiters[session_id]
+        return Watch(self._waiters, session_id)
 
     async def close(self) -> None:
         """Stop listening."""
@@ -82,3 +78,37 @@ class StepNotifier:
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+class Watch:
+    """A session's news, kept from ``with`` on: each ``wait`` returns at once when news
+    came since the last one ended."""
+
+    def __init__(self, waiters: dict[str, set[Wake]], session_id: str) -> None:
+        self._waiters = waiters
+        self._session_id = session_id
+        self._wake = Wake()
+
+    def __enter__(self) -> Watch:
+        self._waiters.setdefault(self._session_id, set()).add(self._wake)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        waiters = self._waiters[self._session_id]
+        waiters.discard(self._wake)
+        if not waiters:
+            del self._waiters[self._session_id]
+
+    async def wait(self, seconds: float) -> Wake:
+        """Return when the session may have changed since the last wait (with the record,
+        when this process's commit made it), or after ``seconds`` (at most a second)."""
+        wake = self._wake
+        if not wake.event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.event.wait(), timeout=min(seconds, RECHECK_SECONDS))
+        # What came is the caller's; news from now on goes to the next wait.
+        waiters = self._waiters[self._session_id]
+        waiters.discard(wake)
+        self._wake = Wake()
+        waiters.add(self._wake)
+        return wake

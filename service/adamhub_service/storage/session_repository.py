@@ -35,7 +35,7 @@ from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray, adam_step
 from adamhub_service.storage.cache import StateCache
 from adamhub_service.storage.encoding import record_changes, settings_fields, state_of
-from adamhub_service.storage.notifier import StepNotifier
+from adamhub_service.storage.notifier import StepNotifier, Watch
 from adamhub_service.storage.session_scripts import SessionScripts
 
 _BACKOFF_BASE_SECONDS = 0.002
@@ -274,6 +274,10 @@ class RedisSessionRepository:
         """Return when the session may have a new t (with the record, when this
         process's commit made it), or after ``seconds`` (at most a second) without news."""
         return await self._notifier.wait(session_id, seconds)
+
+    def watch(self, session_id: str) -> Watch:
+        """The session's news for a caller that waits more than once (see ``Watch``)."""
+        return self._notifier.watch(session_id)
 
     def _start_snapshot(self, committed: CachedSession, entry: LogEntry) -> None:
         session_id = committed.record.id
