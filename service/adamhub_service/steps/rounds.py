@@ -85,6 +85,33 @@ class _Held:
     keeper: asyncio.Task[None] | None = None
 
 
+class _Arrivals:
+    """The contributions of this process whose store call is under way, per session:
+    the store numbers them in one order, their requests resume in another, so a close
+    waits for them to be held before it takes its round from memory."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._settled: dict[str, asyncio.Event] = {}
+
+    def begin(self, session_id: str) -> None:
+        self._counts[session_id] = self._counts.get(session_id, 0) + 1
+
+    def end(self, session_id: str) -> None:
+        self._counts[session_id] -= 1
+        if not self._counts[session_id]:
+            del self._counts[session_id]
+            settled = self._settled.pop(session_id, None)
+            if settled is not None:
+                settled.set()
+
+    async def settled(self, session_id: str) -> None:
+        """Return when no store call of a contribution to the session is under way."""
+        if session_id in self._counts:
+            event = self._settled.setdefault(session_id, asyncio.Event())
+            await event.wait()
+
+
 class _TakenOut(Exception):
     """The contribution was taken out of its round with its holder: contribute again."""
 
@@ -134,6 +161,7 @@ class RoundService:
         self._lease_seconds = lease_seconds
         self._closing: dict[str, asyncio.Task[SessionRecord | None]] = {}
         self._held: dict[str, _Held] = {}
+        self._arrivals = _Arrivals()
 
     async def contribute(
         self,
@@ -191,9 +219,16 @@ class RoundService:
                 return await attempt()
             return None if outcome.status is WriteStatus.EXPIRED else outcome
 
-        outcome = await self._store.until_committed(attempt)
         rule = record.settings.rounds
         assert rule is not None, "contributions go to rounds sessions"
+        held = None
+        self._arrivals.begin(session_id)
+        try:
+            outcome = await self._store.until_committed(attempt)
+            if hold and outcome.status is WriteStatus.COMMITTED:
+                held = self._hold(session_id, rule, outcome, contribution, wire, idempotency_key)
+        finally:
+            self._arrivals.end(session_id)
         if outcome.status is WriteStatus.GONE:
             raise errors.SessionNotFound(session_id)
         if outcome.status is WriteStatus.STALE:
@@ -230,9 +265,6 @@ class RoundService:
             )  # fmt: skip
         round_step = outcome.base + 1
         self._metrics.contributions.labels("taken").inc()
-        held = None
-        if hold:
-            held = self._hold(session_id, rule, outcome, contribution, wire, idempotency_key)
         if outcome.complete:
             closed = await self._close(session_id, outcome.base, outcome.contributions, "complete")
             return Contributed(session_id, rule, round_step, False, closed=closed)
@@ -568,11 +600,17 @@ class RoundService:
     ) -> list[tuple[Contribution, FloatArray]] | None:
         """The round's contributions in their order: from memory when this process
         holds them all, else with the stored ones read."""
-        held = self._held.get(record.id)
-        known = held.contributions if held is not None and held.base == record.t else {}
-        numbered = sorted(known.values(), key=lambda item: item[0])
-        if [number for number, _, _ in numbered] == list(range(1, contributions + 1)):
-            return [(contribution, gradient) for _, contribution, gradient in numbered]
+        every = list(range(1, contributions + 1))
+        for settled in (False, True):
+            if settled:
+                # Contributions of this process whose store calls came back after this
+                # one's are held in a moment: wait for them rather than read.
+                await self._arrivals.settled(record.id)
+            held = self._held.get(record.id)
+            known = held.contributions if held is not None and held.base == record.t else {}
+            numbered = sorted(known.values(), key=lambda item: item[0])
+            if [number for number, _, _ in numbered] == every:
+                return [(contribution, gradient) for _, contribution, gradient in numbered]
         gradients = {write_id: gradient for write_id, (_, _, gradient) in known.items()}
         return await self._rounds.round_contributions(record, contributions, gradients)
 
