@@ -42,9 +42,10 @@ class SessionWatch(Protocol):
 
     def __exit__(self, *exc: object) -> None: ...
 
-    async def wait(self, seconds: float) -> Wake:
-        """Return at once when news came since the last wait, else at the next news or
-        after ``seconds`` (at most a second)."""
+    async def wait(self, seconds: float, *, until_step: int | None = None) -> Wake:
+        """Return at once when news came since the last wait (or the session was heard
+        to reach ``until_step``), else at the next news or after ``seconds`` (at most a
+        second)."""
 
 
 class SessionRepository(Protocol):

@@ -444,7 +444,7 @@ class RoundService:
                 pause = remaining
                 if rule is not None and view is not None:
                     pause = min(pause, self._due_in(rule, view))
-                wake = await watch.wait(pause)
+                wake = await watch.wait(pause, until_step=min_step)
                 if wake.news:
                     # t has moved, most likely to min_step. A commit of this process says
                     # where to itself; else read the record alone first.
