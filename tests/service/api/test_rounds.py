@@ -417,7 +417,9 @@ def test_a_waiting_contribution_is_held_in_memory_and_stored_before_a_202(
     assert pending.json()["contributions"] == 1
     assert int(redis_client.hget(round_key, "held") or 0) == 0
     assert not redis_client.hexists(round_key, "m1")
-    write_id = redis_client.hget(round_key, "1").split()[0].decode()
+    entry = redis_client.hget(round_key, "1")
+    assert isinstance(entry, bytes)
+    write_id = entry.split()[0].decode()
     assert len(redis_client.keys(f"adamhub:{{{sid}}}:c:{write_id}:g:*")) == 3  # 10 in 4s
     closed = contribute(client, sid, first)
     assert closed.status_code == 200

@@ -3,6 +3,8 @@ both paths give the same bits."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -11,15 +13,16 @@ from adamhub_service.optim import kernel
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("amsgrad", [False, True])
-def test_the_update_in_one_thread_equals_the_parallel_one(dtype: type, amsgrad: bool) -> None:
+def test_the_update_in_one_thread_equals_the_parallel_one(dtype: Any, amsgrad: bool) -> None:
     rng = np.random.default_rng(7)
     size = 5_000
-    params, exp_avg, grad = (rng.normal(size=size).astype(dtype) for _ in range(3))
-    exp_avg_sq, max_sq = (rng.random(size).astype(dtype) for _ in range(2))
+    params, exp_avg, grad = (np.asarray(rng.normal(size=size), dtype) for _ in range(3))
+    exp_avg_sq, max_sq = (np.asarray(rng.random(size), dtype) for _ in range(2))
     grad[::97] = 0
     scalars = tuple(dtype(x) for x in (0.01, 0.1, 0.999, 0.001, 0.3, 1e-8, -0.001))
     outputs = []
-    for update in (kernel._update, kernel._update_serial):
+    updates: tuple[Any, ...] = (kernel._update, kernel._update_serial)
+    for update in updates:
         out = [np.zeros_like(params) for _ in range(4)]
         not_finite = update(
             params, exp_avg, exp_avg_sq, max_sq, grad, *out,
@@ -30,12 +33,12 @@ def test_the_update_in_one_thread_equals_the_parallel_one(dtype: type, amsgrad: 
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_accumulating_a_short_vector_equals_the_kernel(dtype: type) -> None:
+def test_accumulating_a_short_vector_equals_the_kernel(dtype: Any) -> None:
     rng = np.random.default_rng(3)
     size = kernel.SERIAL_ELEMENTS - 1
     through_numpy, through_kernel = np.zeros(size), np.zeros(size)
     for weight in (3, 1, 17):
-        gradient = rng.normal(size=size).astype(dtype)
+        gradient = np.asarray(rng.normal(size=size), dtype)
         kernel.accumulate(through_numpy, gradient, weight)
         wide = gradient.astype(np.float32) if dtype == np.float16 else gradient
         kernel._accumulate(through_kernel, wide, np.float64(weight))
