@@ -94,7 +94,7 @@ class StepNotifier:
             logger.warning("step notifications stopped: %s", exc)
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
 
 class Watch:
