@@ -34,6 +34,7 @@ from adamhub_service.sessions.service import SessionLimits, SessionService
 from adamhub_service.steps.rounds import RoundService
 from adamhub_service.steps.screening import Screening
 from adamhub_service.steps.service import StepService
+from adamhub_service.storage.acks import ReplicaAcks
 from adamhub_service.storage.connection import Storage, StorageOptions, connect
 from adamhub_service.tenancy.api_keys import KeyService
 from adamhub_service.tenancy.limits import RateLimiter
@@ -61,6 +62,9 @@ def create_app(settings: Settings) -> FastAPI:
                 cache_bytes=settings.cache_bytes,
                 commit_attempts=settings.commit_attempts,
                 snapshot_bytes=settings.snapshot_bytes,
+                acks=ReplicaAcks(
+                    settings.replica_acks, int(settings.replica_ack_timeout_seconds * 1000)
+                ),
             ),
             metrics,
         )
@@ -106,7 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
                 storage.rates, metrics, rate=settings.rate_limit, burst=settings.rate_limit_burst
             ),
             budget=budget,
-            ready=storage.ping,
+            ready=storage.status,
         )
         app.state.janitor = Janitor(
             sessions, storage.expiry, storage.tenants, every_seconds=settings.janitor_seconds

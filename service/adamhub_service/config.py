@@ -50,6 +50,15 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="Socket timeout of every store command."
     )
     redis_max_connections: int = Field(default=64, ge=1)
+    replica_acks: int = Field(
+        default=0,
+        ge=0,
+        description="Replicas of the store that must confirm a write (WAIT) before it is "
+        "acknowledged; when they do not in time, the answer is 503 outcome-unknown.",
+    )
+    replica_ack_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="How long a write waits for its replicas' confirmation."
+    )
 
     master_key: str | None = Field(
         default=None,

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from adamhub_service.config import Settings
+from adamhub_service.model.stored import StoreStatus
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.sessions.budget import InflightBudget
 from adamhub_service.sessions.service import SessionService
@@ -29,7 +30,7 @@ class Services:
     limiter: RateLimiter
     budget: InflightBudget
     # Raises StoreUnavailable unless the store answers (the readiness probe).
-    ready: Callable[[], Awaitable[None]]
+    ready: Callable[[], Awaitable[StoreStatus]]
 
 
 async def services(request: Request) -> Services:

@@ -14,7 +14,7 @@ from adamhub_service.api import openapi
 from adamhub_service.api.auth import PrincipalDep
 from adamhub_service.api.deps import ServicesDep
 from adamhub_service.api.negotiation import JSON
-from adamhub_service.api.schemas import Health, render
+from adamhub_service.api.schemas import Health, StoreHealth, render
 
 router = APIRouter(tags=["operations"])
 
@@ -24,7 +24,7 @@ DOCS_ASSETS = "/docs/assets"
 @router.get("/healthz", response_model=Health, summary="The process is up (no store call)")
 async def healthz() -> Response:
     """Always 200 while the process runs."""
-    return Response(render(Health(status="ok")), media_type=JSON)
+    return Response(render(Health(status="ok"), exclude_none=True), media_type=JSON)
 
 
 @router.get(
@@ -34,9 +34,18 @@ async def healthz() -> Response:
     summary="The store answers",
 )
 async def readyz(services: ServicesDep) -> Response:
-    """200 when the store answers, else 503."""
-    await services.ready()
-    return Response(render(Health(status="ready")), media_type=JSON)
+    """200 when the store answers (with how it is deployed), else 503."""
+    store = await services.ready()
+    health = Health(
+        status="ready",
+        store=StoreHealth(
+            mode="standalone",
+            primaries=store.primaries,
+            replicas=store.replicas,
+            replica_acks=store.replica_acks,
+        ),
+    )
+    return Response(render(health), media_type=JSON)
 
 
 @router.get(

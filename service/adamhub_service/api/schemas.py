@@ -675,10 +675,23 @@ class KeyList(BaseModel):
     keys: list[KeyOut]
 
 
+class StoreHealth(BaseModel):
+    """The store as the readiness probe found it."""
+
+    mode: Literal["standalone"] = Field(description="How the store is deployed.")
+    primaries: int = Field(description="The primaries the service reaches.")
+    replicas: int = Field(description="The replicas of the primary.")
+    replica_acks: int = Field(
+        description="How many replicas confirm each write before it is acknowledged "
+        "(ADAMHUB_REPLICA_ACKS)."
+    )
+
+
 class Health(BaseModel):
     """The answer of the health and readiness probes."""
 
     status: Literal["ok", "ready"]
+    store: StoreHealth | None = Field(default=None, description="The store (readiness only).")
 
 
 class Problem(BaseModel):

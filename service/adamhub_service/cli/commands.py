@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, help="embedded store's folder (ADAMHUB_DATA_DIR, ./adamhub-data)"
     )
     serve.add_argument("--workers", type=int, help="worker processes (ADAMHUB_WORKERS, 1)")
+    serve.add_argument(
+        "--replica-acks",
+        type=int,
+        help="replicas of the store that confirm each write before it is acknowledged "
+        "(ADAMHUB_REPLICA_ACKS, 0)",
+    )
     serve.add_argument("--log-level", help="debug, info, warning… (ADAMHUB_LOG_LEVEL, info)")
     serve.add_argument(
         "--master-key",

@@ -92,3 +92,14 @@ class Wake:
     news: bool = False
     record: SessionRecord | None = None
     event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """How the store answers: its mode (``standalone``), the primaries it reaches, the
+    replicas of its primary, and how many of them confirm each write."""
+
+    mode: str
+    primaries: int
+    replicas: int
+    replica_acks: int

@@ -21,6 +21,7 @@ from adamhub_service.model.outcomes import WriteStatus
 from adamhub_service.model.records import SessionRecord
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import FloatArray
+from adamhub_service.storage.acks import NO_ACKS, ReplicaAcks
 from adamhub_service.storage.errors import unavailable_on_error
 
 Chunk = tuple[str, memoryview]
@@ -58,11 +59,18 @@ class VectorChunks:
         pending_write_ttl_ms: int,
         round_trip_bytes: int = 64 << 20,
         metrics: Metrics | None = None,
+        acks: ReplicaAcks = NO_ACKS,
     ) -> None:
         self._redis = client
         self._pending_ttl_ms = pending_write_ttl_ms
         self._round_trip_bytes = round_trip_bytes
         self._metrics = metrics
+        self._acks = acks
+
+    @property
+    def acks(self) -> ReplicaAcks:
+        """The replicas that confirm each write."""
+        return self._acks
 
     async def read_into(
         self, record: SessionRecord, targets: Sequence[tuple[Sequence[str], FloatArray]]
@@ -129,10 +137,13 @@ class VectorChunks:
                 # A plain EVALSHA: redis-py's Script in a pipeline would add a SCRIPT
                 # EXISTS round trip to every commit.
                 pipe.evalsha(script.sha, len(all_keys), *all_keys, *args)
+                waits = self._acks.add_wait(pipe)
                 replies = await pipe.execute(raise_on_error=False)
+                confirmed = replies.pop() if waits else None
                 reply = replies[-1]
                 if isinstance(reply, NoScriptError):
-                    reply = await script(keys=all_keys, args=args)
+                    reply = await self._acks.run(self._redis, script, all_keys, args)
+                    confirmed = None  # confirmed by that run
                 discard = True  # an answer came: the outcome is known
                 if self._metrics is not None:
                     self._metrics.store_written_bytes.inc(sum(len(data) for _, data in chunks))
@@ -143,6 +154,8 @@ class VectorChunks:
                 if isinstance(reply, Exception):
                     raise reply
             discard = WriteStatus(int(reply[0])) is not WriteStatus.COMMITTED
+            if waits and confirmed is not None and not discard:
+                self._acks.confirm(confirmed)
             return reply
         finally:
             if discard:

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as redis
 
+from adamhub_service.model.stored import StoreStatus
 from adamhub_service.observability.metrics import Metrics
+from adamhub_service.storage.acks import NO_ACKS, ReplicaAcks
 from adamhub_service.storage.api_keys import RedisApiKeyRepository
 from adamhub_service.storage.cache import StateCache
 from adamhub_service.storage.chunks import VectorChunks
@@ -45,6 +47,7 @@ class StorageOptions:
     cache_bytes: int = 1 << 30
     commit_attempts: int = 32
     snapshot_bytes: int | None = None
+    acks: ReplicaAcks = NO_ACKS
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class Storage:
     rates: RedisRateRepository
     api_keys: RedisApiKeyRepository
     screening: RedisScreenRepository
+    acks: ReplicaAcks = NO_ACKS
 
     @classmethod
     def over(
@@ -71,6 +75,7 @@ class Storage:
             pending_write_ttl_ms=options.pending_write_ttl_ms,
             round_trip_bytes=options.round_trip_bytes,
             metrics=metrics,
+            acks=options.acks,
         )
         sessions = RedisSessionRepository(
             SessionScripts(client, chunks),
@@ -90,12 +95,26 @@ class Storage:
             RedisRateRepository(client),
             RedisApiKeyRepository(client),
             RedisScreenRepository(client),
+            options.acks,
         )
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers."""
         async with unavailable_on_error():
             await self.client.ping()
+
+    async def status(self) -> StoreStatus:
+        """How the store is deployed, as it answers now (``StoreUnavailable`` when it
+        does not): its mode, primaries, the replicas of its primary, and how many of them
+        confirm each write."""
+        async with unavailable_on_error():
+            replication = await self.client.info("replication")
+        return StoreStatus(
+            mode="standalone",
+            primaries=1,
+            replicas=int(replication.get("connected_slaves", 0)),
+            replica_acks=self.acks.replicas,
+        )
 
     async def close(self) -> None:
         """Finish the snapshots being written, then close every connection."""

@@ -153,7 +153,9 @@ class RedisRoundRepository:
         """Drop the open round at ``base`` if it still holds ``contributions``, noting
         ``why`` for its waiters (see ``lua/drop.lua``)."""
         async with unavailable_on_error(write=True):
-            reply = await self._drop(keys=[meta_key(session_id)], args=[base, contributions, why])
+            reply = await self._chunks.acks.run(
+                self._redis, self._drop, [meta_key(session_id)], [base, contributions, why]
+            )
         return WriteStatus(int(reply[0]))
 
     async def round_contributions(

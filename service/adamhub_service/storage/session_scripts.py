@@ -167,7 +167,9 @@ class SessionScripts:
         """Set fields of the record if the session is still at ``current.rev``."""
         args: list[Any] = [current.rev, "", *_pairs(changes)]
         async with unavailable_on_error(write=True):
-            reply = await self._commit(keys=[meta_key(current.id)], args=args)
+            reply = await self._chunks.acks.run(
+                self._redis, self._commit, [meta_key(current.id)], args
+            )
         return _outcome(reply)
 
     async def _commit_snapshot(
@@ -268,7 +270,9 @@ class SessionScripts:
         ``current.rev`` and the store keeps what that needs (else ``NO_HISTORY``)."""
         args: list[Any] = [current.rev, k, *_pairs(changes)]
         async with unavailable_on_error(write=True):
-            reply = await self._rollback(keys=[meta_key(current.id)], args=args)
+            reply = await self._chunks.acks.run(
+                self._redis, self._rollback, [meta_key(current.id)], args
+            )
         status = WriteStatus(int(reply[0]))
         if status is WriteStatus.NO_HISTORY:
             return WriteOutcome(status, oldest_t=int(reply[1]))
@@ -280,7 +284,8 @@ class SessionScripts:
         releases them next)."""
         keys = [meta_key(record.id), idempotency_index_key(record.id)]
         async with unavailable_on_error(write=True):
-            status = WriteStatus(int((await self._delete(keys=keys, args=[record.rev]))[0]))
+            reply = await self._chunks.acks.run(self._redis, self._delete, keys, [record.rev])
+        status = WriteStatus(int(reply[0]))
         return status
 
     def _state_chunks(self, record: SessionRecord, write_id: str, state: AdamState) -> list[Chunk]:

@@ -557,7 +557,10 @@ def test_openapi_describes_binary_bodies(client: TestClient) -> None:
 
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/readyz").json() == {
+        "status": "ready",
+        "store": {"mode": "standalone", "primaries": 1, "replicas": 0, "replica_acks": 0},
+    }
 
 
 def test_metrics_count_requests_steps_and_replays(client: TestClient) -> None:
