@@ -46,6 +46,7 @@ format: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/bench_step.py
 	$(PY) bench/bench_rounds.py
+	$(PY) bench/bench_acks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
