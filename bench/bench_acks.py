@@ -77,7 +77,8 @@ def main() -> None:
     for row in rows:
         added = row["acks_1_ms"] - row["acks_0_ms"]
         lines.append(
-            f"| {int(row['params']):,} | {row['acks_0_ms']:.2f} | {row['acks_1_ms']:.2f} | {added:.2f} |"
+            f"| {int(row['params']):,} | {row['acks_0_ms']:.2f} "
+            f"| {row['acks_1_ms']:.2f} | {added:.2f} |"
         )
     table = "\n".join(lines) + "\n"
     print(table)
