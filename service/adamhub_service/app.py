@@ -36,6 +36,7 @@ from adamhub_service.steps.screening import Screening
 from adamhub_service.steps.service import StepService
 from adamhub_service.storage.acks import ReplicaAcks
 from adamhub_service.storage.connection import Storage, StorageOptions, connect
+from adamhub_service.storage.migrations import move_old_keys_once_reachable
 from adamhub_service.tenancy.api_keys import KeyService
 from adamhub_service.tenancy.limits import RateLimiter
 
@@ -54,6 +55,10 @@ def create_app(settings: Settings) -> FastAPI:
             timeout_seconds=settings.redis_timeout_seconds,
             max_connections=settings.redis_max_connections,
         )
+        # Before serving, unless the store is down: then as soon as it answers.
+        migration = asyncio.create_task(move_old_keys_once_reachable(client))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(migration), settings.redis_timeout_seconds)
         storage = Storage.over(
             client,
             StorageOptions(
@@ -119,9 +124,11 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            migration.cancel()
             janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await janitor
+            for task in (migration, janitor):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await storage.close()
             metrics.process_stopped()
 

@@ -18,6 +18,7 @@ from adamhub_service import errors
 from adamhub_service.cli.embedded import store_url
 from adamhub_service.model.principal import ACTIONS, ALL, MASTER
 from adamhub_service.storage.api_keys import RedisApiKeyRepository
+from adamhub_service.storage.migrations import move_old_keys
 from adamhub_service.tenancy.api_keys import KeyService, NewKey
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace, redis_url: str | None, data_dir: Path) -> int:
 async def _with_keys(url: str, command: Callable[[KeyService], Coroutine[Any, Any, int]]) -> int:
     client = redis.Redis.from_url(url)
     try:
+        await move_old_keys(client)
         return await command(KeyService(RedisApiKeyRepository(client), master_key=None))
     finally:
         await client.aclose()

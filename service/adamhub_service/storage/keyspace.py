@@ -6,7 +6,9 @@
 - ``adamhub:{<id>}:idems``: the session's idempotency records, by expiry
 - ``adamhub:{<id>}:log``, ``:snaps``, ``:round``: hashes the session scripts keep
   (``lua/common.lua``)
-- ``adamhub:sessions``: a sorted set of every session id, for listing
+- ``adamhub:tenant:{<tenant>}:sessions``, ``:sizes``, ``:create:<key>``: a tenant's
+  index of sessions, their sizes, its creates' Idempotency-Keys
+- ``adamhub:{keys}:index``, ``:key:<sha256>``, ``:key-id:<id>``: the API keys
 
 The hash tag ``{<id>}`` puts a session in one Redis Cluster slot, so one Lua script
 can touch all its keys.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-INDEX_KEY = "adamhub:sessions"
 # The ids of the sessions that expire when idle (expires_after_idle_seconds).
 EXPIRING_KEY = "adamhub:expiring"
 
@@ -59,35 +60,42 @@ def idempotency_key(session_id: str, key: str) -> str:
     return f"{session_prefix(session_id)}idem:{key}"
 
 
-# Tenants: an index of each tenant's sessions (the default tenant's is the index of
-# 0.1.0), the sizes of its sessions for the parameter quota, its create idempotency keys.
+# Tenants: an index of each tenant's sessions, the sizes of its sessions for the
+# parameter quota, its create idempotency keys; all under the tag ``{<tenant>}``, so a
+# script on a tenant's quota touches one Redis Cluster slot.
+def tenant_prefix(tenant: str) -> str:
+    """The prefix of every key of a tenant."""
+    return f"adamhub:tenant:{{{tenant}}}:"
+
+
 def tenant_index_key(tenant: str) -> str:
     """The sorted set of a tenant's session ids."""
-    return INDEX_KEY if tenant == "default" else f"adamhub:tenant:{tenant}:sessions"
+    return f"{tenant_prefix(tenant)}sessions"
 
 
 def tenant_sizes_key(tenant: str) -> str:
     """The hash of a tenant's session sizes (session id → size)."""
-    return f"adamhub:tenant:{tenant}:sizes"
+    return f"{tenant_prefix(tenant)}sizes"
 
 
 def create_idempotency_key(tenant: str, key: str) -> str:
     """The record of a create's Idempotency-Key: ``<session id>:<digest of the request>``."""
-    return f"adamhub:tenant:{tenant}:create:{key}"
+    return f"{tenant_prefix(tenant)}create:{key}"
 
 
-# API keys: only a hash of each secret is stored.
-API_KEYS_INDEX = "adamhub:keys"
+# API keys: only a hash of each secret is stored; all under the tag ``{keys}``, so a key
+# is made or revoked in one transaction (one slot).
+API_KEYS_INDEX = "adamhub:{keys}:index"
 
 
 def api_key_key(secret_hash: str) -> str:
     """The hash holding an API key's grant, by the SHA-256 of its secret."""
-    return f"adamhub:key:{secret_hash}"
+    return f"adamhub:{{keys}}:key:{secret_hash}"
 
 
 def api_key_id_key(key_id: str) -> str:
     """The secret hash of an API key, by its id."""
-    return f"adamhub:key-id:{key_id}"
+    return f"adamhub:{{keys}}:key-id:{key_id}"
 
 
 def rate_key(key_id: str) -> str:

@@ -110,7 +110,7 @@ def test_keys_are_shown_once_stored_hashed_and_revoked(
     # The secret is never stored nor shown again.
     dump = repr([(k, redis_client.dump(k)) for k in redis_client.keys("*")])
     assert secret not in dump
-    assert len(redis_client.keys("adamhub:key:*")) == 1
+    assert len(redis_client.keys("adamhub:{keys}:key:*")) == 1
     shown = client.get(f"/v1/keys/{key_id}", headers=auth(MASTER)).json()
     assert "key" not in shown and shown["id"] == key_id
     listed = client.get("/v1/keys", headers=auth(MASTER)).json()["keys"]
@@ -163,7 +163,7 @@ def test_bad_key_requests_are_422_and_make_nothing(
 ) -> None:
     response = client.post("/v1/keys", json=body, headers=auth(MASTER))
     assert response.status_code == 422, response.text
-    assert redis_client.keys("adamhub:key*") == []
+    assert redis_client.keys("adamhub:{keys}:*") == []
 
 
 # -- tenants and actions --------------------------------------------------------------------
