@@ -62,7 +62,7 @@ def raw_request(port: int, head: bytes, body: bytes = b"", *, timeout: float = 1
 
 def send_until_answered(sock: socket.socket, piece: bytes, *, limit: int) -> tuple[bytes, int]:
     """Send ``piece`` again and again until the peer answers or hangs up (or ``limit``);
-    return the start of the answer and the bytes sent."""
+    return the answer (b"" when none came) and the bytes sent."""
     sent = 0
     while sent < limit:
         readable, _, _ = select.select([sock], [], [], 0)
@@ -73,10 +73,25 @@ def send_until_answered(sock: socket.socket, piece: bytes, *, limit: int) -> tup
         except OSError:
             break
         sent += len(piece)
+    answer = b""
     try:
-        return sock.recv(65536), sent
+        # The whole answer: its head, then as many bytes as its Content-Length says.
+        while part := sock.recv(65536):
+            answer += part
+            head, found, body = answer.partition(b"\r\n\r\n")
+            if found and len(body) >= _content_length(head):
+                break
     except OSError:
-        return b"", sent
+        pass
+    return answer, sent
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
 
 
 def create(base_url: str, size: int = 3) -> str:
