@@ -161,16 +161,21 @@ class RedisSessionRepository:
         """The stored state: the newest snapshot with the log after it replayed."""
         if not is_session_id(session_id):
             raise errors.SessionNotFound(session_id)
-        stored = await self._store.load(session_id)
+        # A state of this process at an older step of the same history is caught up
+        # with the log after it (the same replay, so the same bits), not rebuilt.
+        held = self._cache.get(session_id)
+        since = None if held is None else (held.state.step, held.record.head)
+        stored = await self._store.load(session_id, since=since)
         if stored is WriteStatus.GONE:
             self._cache.drop(session_id)
             raise errors.SessionNotFound(session_id)
         if not isinstance(stored, StoredSession):
             return None  # a snapshot or the log changed while it was read
+        start = held if not stored.snapshot else None
         if stored.record.size * (1 + len(stored.log)) >= _THREAD_ELEMENTS:
-            rebuilt = await asyncio.to_thread(_replayed, stored)
+            rebuilt = await asyncio.to_thread(_replayed, stored, start)
         else:
-            rebuilt = _replayed(stored)
+            rebuilt = _replayed(stored, start)
         self._cache.put(rebuilt)
         return rebuilt
 
@@ -385,8 +390,13 @@ class RedisSessionRepository:
         return status
 
 
-def _replayed(stored: StoredSession) -> CachedSession:
+def _replayed(stored: StoredSession, start: CachedSession | None = None) -> CachedSession:
+    """The state ``stored`` leads to: from its snapshot, or from ``start`` (a state at
+    its ``snapshot_t`` when it holds no snapshot)."""
+    logged = sum(entry.nbytes for entry, _ in stored.log)
+    if start is not None:
+        state, config = replay(start.state, start.config, stored.log)
+        return CachedSession(stored.record, state, config, start.log_bytes + logged)
     state = state_of(stored.snapshot, stored.snapshot_t, stored.snapshot_segment_steps)
     state, config = replay(state, stored.snapshot_config, stored.log)
-    logged = sum(entry.nbytes for entry, _ in stored.log)
     return CachedSession(stored.record, state, config, logged)

@@ -23,7 +23,7 @@ from adamhub_service.model.outcomes import (
 )
 from adamhub_service.model.records import SessionRecord, new_write_id
 from adamhub_service.model.stored import LoggedStep, StoredSession
-from adamhub_service.optim import AdamConfig, AdamState
+from adamhub_service.optim import AdamConfig, AdamState, FloatArray
 from adamhub_service.storage.chunks import Chunk, VectorChunks, chunked
 from adamhub_service.storage.encoding import (
     MetaFields,
@@ -82,25 +82,37 @@ class SessionScripts:
             raws = await pipe.execute()
         return [record_from_hash(raw) if raw else None for raw in raws]
 
-    async def load(self, session_id: str) -> StoredSession | WriteStatus:
+    async def load(
+        self, session_id: str, *, since: tuple[int, str] | None = None
+    ) -> StoredSession | WriteStatus:
         """The record, newest snapshot and log after it of a session; ``GONE`` when there
-        is no such session, ``CONFLICT`` when a concurrent change retired what was read."""
+        is no such session, ``CONFLICT`` when a concurrent change retired what was read.
+
+        ``since``: the step and head (its log entry's write id) of a state the caller
+        holds. When the log still holds that entry, only the log after it is read: the
+        answer's ``snapshot`` is empty and its ``snapshot_t`` is that step."""
+        args: list[int | str] = [] if since is None else [since[0], since[1]]
         async with unavailable_on_error():
-            reply = await self._load(keys=[meta_key(session_id)])
+            reply = await self._load(keys=[meta_key(session_id)], args=args)
         if not reply:
             return WriteStatus.GONE
         raw_record, raw_snapshot, snapshot_t, raw_entries = reply
         record = record_from_hash(dict(zip(raw_record[::2], raw_record[1::2], strict=True)))
         if raw_snapshot is None or any(entry is None for entry in raw_entries):
             return WriteStatus.CONFLICT
-        snapshot = SnapshotRef.decode(raw_snapshot)
         entries = [LogEntry.decode(entry) for entry in raw_entries]
-        fields = tuple(snapshot.vectors)
-        vectors = {name: np.empty(record.size, dtype=record.dtype) for name in fields}
-        targets = [
-            (chunk_keys(record.id, snapshot.write_id, (name,), chunk_count(record)), vector)
-            for name, vector in vectors.items()
-        ]
+        vectors: dict[str, FloatArray] = {}
+        targets: list[tuple[Sequence[str], FloatArray]] = []
+        config, segment_steps = record.optimizer, None
+        if raw_snapshot:
+            snapshot = SnapshotRef.decode(raw_snapshot)
+            config, segment_steps = snapshot.config, snapshot.segment_steps
+            fields = tuple(snapshot.vectors)
+            vectors = {name: np.empty(record.size, dtype=record.dtype) for name in fields}
+            targets = [
+                (chunk_keys(record.id, snapshot.write_id, (name,), chunk_count(record)), vector)
+                for name, vector in vectors.items()
+            ]
         # A partial step's gradient holds its segments only.
         gradients = [np.empty(entry.elements, dtype=entry.dtype) for entry in entries]
         targets += [
@@ -110,9 +122,7 @@ class SessionScripts:
         if not await self._chunks.read_into(record, targets):
             return WriteStatus.CONFLICT
         log = list(zip(entries, gradients, strict=True))
-        return StoredSession(
-            record, snapshot.config, vectors, int(snapshot_t), log, snapshot.segment_steps
-        )
+        return StoredSession(record, config, vectors, int(snapshot_t), log, segment_steps)
 
     async def history(self, session_id: str, *, after_t: int | None, limit: int) -> list[bytes]:
         """Up to ``limit`` history points (JSON), oldest first: those after step

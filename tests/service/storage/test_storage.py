@@ -20,13 +20,15 @@ from adamhub_service.model.log import LogEntry
 from adamhub_service.model.outcomes import WriteStatus
 from adamhub_service.model.principal import LOCAL
 from adamhub_service.model.records import new_write_id
-from adamhub_service.model.stored import CachedSession, LoggedStep
+from adamhub_service.model.stored import CachedSession, LoggedStep, StoredSession
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig
 from adamhub_service.sessions.service import NewSession, SessionLimits, SessionService
 from adamhub_service.steps.service import StepService
+from adamhub_service.storage.chunks import VectorChunks
 from adamhub_service.storage.connection import Storage, StorageOptions, connect
 from adamhub_service.storage.session_repository import RedisSessionRepository
+from adamhub_service.storage.session_scripts import SessionScripts
 from adamhub_service.testing import LOOPBACK, free_port
 
 BINARY = "application/octet-stream"
@@ -239,3 +241,41 @@ def test_the_index_of_idempotency_records_forgets_expired_ones(
         index = redis_client.zrange(f"adamhub:{{{sid}}}:idems", 0, -1)
         assert index == [f"adamhub:{{{sid}}}:idem:new".encode()]
         assert redis_client.pttl(f"adamhub:{{{sid}}}:idems") > 0  # it expires with its records
+
+
+def test_a_process_behind_catches_up_from_the_log_after_its_state_bit_for_bit(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        rng = np.random.default_rng(11)
+        writer_storage, writer, sessions, writer_steps = open_sessions(
+            redis_url, cache_bytes=1 << 20
+        )
+        reader_storage, reader, *_ = open_sessions(redis_url, cache_bytes=1 << 20)
+        record = (await sessions.create(new_session(rng.normal(size=7)), LOCAL)).record
+        for _ in range(3):
+            await writer_steps.step(record.id, rng.normal(size=7))
+        behind = await reader.state(record.id)  # the reader holds t=3
+        assert behind.state.step == 3
+        for _ in range(4):
+            await writer_steps.step(record.id, rng.normal(size=7))
+        # Only the log after its state is read: no snapshot, the four new steps.
+        scripts = SessionScripts(reader_storage.client, VectorChunks(
+            reader_storage.client, pending_write_ttl_ms=60_000
+        ))  # fmt: skip
+        tail = await scripts.load(record.id, since=(3, behind.record.head))
+        assert isinstance(tail, StoredSession)
+        assert tail.snapshot == {} and tail.snapshot_t == 3 and len(tail.log) == 4
+        caught_up = await reader.state(record.id)
+        ahead = await writer.state(record.id)
+        assert caught_up.state.step == ahead.state.step == 7
+        for name in ("params", "exp_avg", "exp_avg_sq"):
+            assert getattr(caught_up.state, name).tobytes() == getattr(ahead.state, name).tobytes()
+        assert caught_up.config == ahead.config
+        # Another history since (a rollback, then other steps): rebuilt from the snapshot.
+        stale = await scripts.load(record.id, since=(3, "not-its-head"))
+        assert isinstance(stale, StoredSession) and stale.snapshot != {}
+        await writer_storage.close()
+        await reader_storage.close()
+
+    asyncio.run(scenario())

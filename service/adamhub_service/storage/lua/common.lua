@@ -43,6 +43,13 @@ local function entry_write_id(entry)
   return string.match(entry, '^(%S+)')
 end
 
+-- Whether the log's entry of step t is the write `write_id` (so a state computed up to
+-- it is of this history: a rollback or reset since would have written another).
+local function entry_is(prefix, t, write_id)
+  local entry = redis.call('HGET', prefix .. 'log', tostring(t))
+  return entry ~= false and entry_write_id(entry) == write_id
+end
+
 local function entry_bytes(entry)
   return tonumber(string.match(entry, '^%S+ %S+ (%d+)'))
 end
