@@ -130,9 +130,7 @@ def test_kill_9_with_two_of_four_in_then_two_more_close_the_round_with_all_four(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     def start(port: int | None = None) -> ServiceProcess:
-        return ServiceProcess(
-            "--redis-url", redis_url, port=port, log_path=tmp_path / "service.log"
-        ).start()
+        return start_service(redis_url, tmp_path, port)
 
     service = start()
     session_id = new_session(service.base_url, {"contributions": 4})
@@ -172,6 +170,13 @@ def test_kill_9_with_two_of_four_in_then_two_more_close_the_round_with_all_four(
         assert service.stop() == 0
 
 
+def start_service(redis_url: str, tmp_path: Path, port: int | None = None) -> ServiceProcess:
+    """The service on ``redis_url`` (on ``port``: a restart), logging under ``tmp_path``."""
+    return ServiceProcess(
+        "--redis-url", redis_url, port=port, log_path=tmp_path / "service.log"
+    ).start()
+
+
 def run_threads(calls: Sequence[Callable[[], T]]) -> list[T]:
     """Run the calls on threads at once; their results in order."""
     results: list[Any] = [None] * len(calls)
@@ -196,9 +201,7 @@ def test_kill_9_keeps_a_202_contribution_and_takes_a_waiting_one_again(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     def start(port: int | None = None) -> ServiceProcess:
-        return ServiceProcess(
-            "--redis-url", redis_url, port=port, log_path=tmp_path / "service.log"
-        ).start()
+        return start_service(redis_url, tmp_path, port)
 
     service = start()
     session_id = new_session(service.base_url, {"contributions": 3})

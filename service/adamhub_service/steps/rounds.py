@@ -268,15 +268,8 @@ class RoundService:
         if outcome.complete:
             closed = await self._close(session_id, outcome.base, outcome.contributions, "complete")
             return Contributed(session_id, rule, round_step, False, closed=closed)
-        pending = RoundView(
-            WriteStatus.COMMITTED,
-            contributions=outcome.contributions,
-            samples=outcome.samples,
-            first_ms=outcome.first_ms,
-            now_ms=outcome.now_ms,
-        )
         return Contributed(
-            session_id, rule, round_step, False, pending, held=held, record=record,
+            session_id, rule, round_step, False, _view_of(outcome), held=held, record=record,
             contribution=contribution, gradient=wire, again=again,
         )  # fmt: skip
 
@@ -479,10 +472,7 @@ class RoundService:
         if idempotency_key is not None:
             held.keys[idempotency_key] = contribution.write_id
         if held.keeper is None:
-            pause = RENEW_SECONDS
-            if rule.timeout_seconds is not None:
-                due = outcome.first_ms + rule.timeout_seconds * 1000 - outcome.now_ms
-                pause = min(pause, max(due / 1000, 0.005))
+            pause = min(RENEW_SECONDS, self._due_in(rule, _view_of(outcome)))
             held.keeper = asyncio.create_task(self._keep(session_id, held, pause))
         return held
 
@@ -695,6 +685,17 @@ def round_gradient(
         parts.append(rule.aggregated(holders, record.dtype))
     present = None if len(carried) == len(ranges) else tuple(carried)
     return np.concatenate(parts), present
+
+
+def _view_of(outcome: ContributeOutcome) -> RoundView:
+    """The open round as a contribution that did not complete it left it."""
+    return RoundView(
+        WriteStatus.COMMITTED,
+        contributions=outcome.contributions,
+        samples=outcome.samples,
+        first_ms=outcome.first_ms,
+        now_ms=outcome.now_ms,
+    )
 
 
 def _mean_loss(contributions: Sequence[Contribution]) -> float | None:
