@@ -29,8 +29,13 @@ serve: $(VENV)/.installed
 test-deps:
 	@tools/ensure_chromium.sh
 
+# The suites that touch the store run twice: on one Redis, then on a Redis Cluster of
+# three primaries (tests/conftest.py starts either).
+CLUSTER_SUITES ?= tests/service tests/e2e/test_exactly_once.py tests/e2e/test_round_workers.py
+
 test: $(VENV)/.torch test-deps
 	$(PY) -m pytest
+	ADAMHUB_TEST_STORE=cluster $(PY) -m pytest $(CLUSTER_SUITES)
 
 lint: $(VENV)/.torch
 	$(VENV)/bin/ruff check .

@@ -54,9 +54,13 @@ def create_app(settings: Settings) -> FastAPI:
             redis_url,
             timeout_seconds=settings.redis_timeout_seconds,
             max_connections=settings.redis_max_connections,
+            cluster=settings.redis_cluster,
         )
-        # Before serving, unless the store is down: then as soon as it answers.
-        migration = asyncio.create_task(move_old_keys_once_reachable(client))
+        # Before serving, unless the store is down: then as soon as it answers. (A
+        # cluster never held an earlier version's names.)
+        migration = asyncio.create_task(
+            asyncio.sleep(0) if settings.redis_cluster else move_old_keys_once_reachable(client)
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(migration), settings.redis_timeout_seconds)
         storage = Storage.over(

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
         default=None,
         description="Redis to keep state in; without it `serve` starts an embedded Valkey.",
     )
+    redis_cluster: bool = Field(
+        default=False,
+        description="The Redis URL names one node of a Redis Cluster; the others are found.",
+    )
     chunk_elements: int = Field(
         default=262_144, ge=1, description="Elements per stored chunk of a vector."
     )

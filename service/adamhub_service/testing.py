@@ -21,6 +21,7 @@ __all__ = [
     "SERVICE_COMMAND",
     "DroppingProxy",
     "ServiceProcess",
+    "StoreCluster",
     "StoreServer",
     "free_port",
     "store_binary",
@@ -87,6 +88,104 @@ class StoreServer:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class StoreCluster:
+    """A private Redis Cluster on free ports: ``primaries`` nodes that share the slots,
+    each with ``replicas`` replicas, made with ``redis-cli --cluster create``."""
+
+    def __init__(
+        self, primaries: int = 3, replicas: int = 0, *extra_args: str, node_timeout_ms: int = 2000
+    ) -> None:
+        self.primaries = primaries
+        self.replicas = replicas
+        args = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
+                "--cluster-config-file", "nodes.conf", "--repl-diskless-sync-delay", "0",
+                *extra_args]  # fmt: skip
+        self.nodes = [
+            StoreServer(*args, port=cluster_port()) for _ in range(primaries * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL of the first node (a client finds the others)."""
+        return self.nodes[0].url
+
+    def start(self) -> StoreCluster:
+        """Start the nodes, join them, and wait until every node sees every slot served."""
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli_binary(), "--cluster", "create", *addresses,
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
+        )  # fmt: skip
+        self.wait_until_ok()
+        return self
+
+    def wait_until_ok(self, seconds: float = 30) -> None:
+        """Wait until every running node reports ``cluster_state:ok`` and knows every
+        other running node."""
+        running = [node for node in self.nodes if node.process is not None]
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if all(self._ok(node, len(running)) for node in running):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the test cluster did not come up")
+
+    def _ok(self, node: StoreServer, known: int) -> bool:
+        info = self.cli(node, "CLUSTER", "INFO")
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        return (
+            fields.get("cluster_state") == "ok"
+            and int(fields.get("cluster_known_nodes", 0)) >= known
+        )
+
+    @staticmethod
+    def cli(node: StoreServer, *command: str) -> str:
+        """A command's reply from one node, as ``redis-cli`` prints it."""
+        done = subprocess.run(
+            [cli_binary(), "-p", str(node.port), *command],
+            check=True, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        return done.stdout
+
+    def cleanup(self) -> None:
+        """Stop every node and remove their folders."""
+        for node in self.nodes:
+            node.cleanup()
+
+
+# A cluster node also listens on its port + 10000 (the cluster bus).
+CLUSTER_BUS_OFFSET = 10_000
+_taken_cluster_ports: set[int] = set()
+
+
+def cluster_port() -> int:
+    """A free port for a cluster node whose bus port (+10000) is free too."""
+    for _ in range(1000):
+        port = random.randint(20_000, 50_000)
+        if port in _taken_cluster_ports:
+            continue
+        try:
+            for candidate in (port, port + CLUSTER_BUS_OFFSET):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        _taken_cluster_ports.add(port)
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def cli_binary() -> str:
+    """``redis-cli`` from PATH, else ``valkey-cli`` beside the embedded server binary."""
+    found = shutil.which("redis-cli") or shutil.which("valkey-cli")
+    if found:
+        return found
+    return str(Path(store_binary()).with_name("valkey-cli"))
 
 
 class DroppingProxy:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import redis
 
 import adamhub
@@ -66,6 +67,7 @@ def test_lost_answers_are_retried_and_applied_once(redis_url: str, tmp_path: Pat
         service.stop()
 
 
+@pytest.mark.standalone_only
 def test_kill_9_and_restart_while_a_worker_steps(tmp_path: Path) -> None:
     port = free_port()
     data_dir = str(tmp_path / "data")

@@ -39,7 +39,7 @@ async def readyz(services: ServicesDep) -> Response:
     health = Health(
         status="ready",
         store=StoreHealth(
-            mode="standalone",
+            mode=store.mode,
             primaries=store.primaries,
             replicas=store.replicas,
             replica_acks=store.replica_acks,

@@ -678,9 +678,12 @@ class KeyList(BaseModel):
 class StoreHealth(BaseModel):
     """The store as the readiness probe found it."""
 
-    mode: Literal["standalone"] = Field(description="How the store is deployed.")
+    mode: Literal["standalone", "cluster"] = Field(
+        description="How the store is deployed: one Redis, or a Redis Cluster "
+        "(ADAMHUB_REDIS_CLUSTER)."
+    )
     primaries: int = Field(description="The primaries the service reaches.")
-    replicas: int = Field(description="The replicas of the primary.")
+    replicas: int = Field(description="The replicas of those primaries.")
     replica_acks: int = Field(
         description="How many replicas confirm each write before it is acknowledged "
         "(ADAMHUB_REPLICA_ACKS)."

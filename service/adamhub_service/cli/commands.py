@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (ADAMHUB_PORT, 8000)")
     serve.add_argument("--redis-url", help="Redis to use (ADAMHUB_REDIS_URL); default: embedded")
     serve.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=None,
+        help="--redis-url is a node of a Redis Cluster (ADAMHUB_REDIS_CLUSTER)",
+    )
+    serve.add_argument(
         "--data-dir", type=Path, help="embedded store's folder (ADAMHUB_DATA_DIR, ./adamhub-data)"
     )
     serve.add_argument("--workers", type=int, help="worker processes (ADAMHUB_WORKERS, 1)")
@@ -90,8 +96,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         return demo.run(workers=args.workers, steps=args.steps)
     if args.command == "keys":
         store = ServerOptions(**({"data_dir": args.data_dir} if args.data_dir else {}))
-        redis_url = args.redis_url or Settings().redis_url
-        return key_commands.run(args, redis_url, store.data_dir)
+        defaults = Settings()
+        redis_url = args.redis_url or defaults.redis_url
+        cluster = bool(args.redis_cluster or defaults.redis_cluster)
+        return key_commands.run(args, redis_url, store.data_dir, cluster=cluster)
     flags = {
         key: value for key, value in vars(args).items() if key != "command" and value is not None
     }
@@ -99,6 +107,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     options = ServerOptions(**{k: v for k, v in flags.items() if k in server_fields})
     settings = Settings(**{k: v for k, v in flags.items() if k not in server_fields})
     configure_logging(options.log_level, options.log_format)
+    if settings.redis_cluster and not settings.redis_url:
+        logger.error("--redis-cluster needs --redis-url, a node of the cluster")
+        return 2
     try:
         return serve(options, settings)
     except EmbeddedStoreError as exc:

@@ -12,12 +12,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as redis
-
 from adamhub_service import errors
 from adamhub_service.cli.embedded import store_url
 from adamhub_service.model.principal import ACTIONS, ALL, MASTER
 from adamhub_service.storage.api_keys import RedisApiKeyRepository
+from adamhub_service.storage.connection import connect
 from adamhub_service.storage.migrations import move_old_keys
 from adamhub_service.tenancy.api_keys import KeyService, NewKey
 
@@ -74,11 +73,19 @@ def _add_store_flags(parser: argparse.ArgumentParser, *, default: Any) -> None:
         "--redis-url", default=default, help="Redis of the service (ADAMHUB_REDIS_URL)"
     )
     parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=default,
+        help="--redis-url is a node of a Redis Cluster (ADAMHUB_REDIS_CLUSTER)",
+    )
+    parser.add_argument(
         "--data-dir", type=Path, default=default, help="embedded store's folder (ADAMHUB_DATA_DIR)"
     )
 
 
-def run(args: argparse.Namespace, redis_url: str | None, data_dir: Path) -> int:
+def run(
+    args: argparse.Namespace, redis_url: str | None, data_dir: Path, *, cluster: bool = False
+) -> int:
     """Run a ``keys`` sub-command against the service's store."""
     commands: dict[str, Callable[[KeyService], Coroutine[Any, Any, int]]] = {
         "create": lambda keys: _create(keys, args),
@@ -88,18 +95,21 @@ def run(args: argparse.Namespace, redis_url: str | None, data_dir: Path) -> int:
     command = commands[args.keys_command]
     try:
         if redis_url:
-            return asyncio.run(_with_keys(redis_url, command))
+            return asyncio.run(_with_keys(redis_url, command, cluster=cluster))
         with store_url(data_dir) as url:
-            return asyncio.run(_with_keys(url, command))
+            return asyncio.run(_with_keys(url, command, cluster=False))
     except errors.AdamhubError as exc:
         print(f"adamhub-service keys: {exc.detail}", file=sys.stderr)
         return 1
 
 
-async def _with_keys(url: str, command: Callable[[KeyService], Coroutine[Any, Any, int]]) -> int:
-    client = redis.Redis.from_url(url)
+async def _with_keys(
+    url: str, command: Callable[[KeyService], Coroutine[Any, Any, int]], *, cluster: bool
+) -> int:
+    client = connect(url, timeout_seconds=10, max_connections=4, cluster=cluster)
     try:
-        await move_old_keys(client)
+        if not cluster:  # a cluster never held an earlier version's names
+            await move_old_keys(client)
         return await command(KeyService(RedisApiKeyRepository(client), master_key=None))
     finally:
         await client.aclose()

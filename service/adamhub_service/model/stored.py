@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Literal
 
 from adamhub_service.model.log import LogEntry
 from adamhub_service.model.outcomes import IdempotencyClaim
@@ -96,10 +97,10 @@ class Wake:
 
 @dataclass(frozen=True, slots=True)
 class StoreStatus:
-    """How the store answers: its mode (``standalone``), the primaries it reaches, the
-    replicas of its primary, and how many of them confirm each write."""
+    """How the store answers: its mode (``standalone`` or ``cluster``), the primaries it
+    reaches, their replicas, and how many replicas confirm each write."""
 
-    mode: str
+    mode: Literal["standalone", "cluster"]
     primaries: int
     replicas: int
     replica_acks: int

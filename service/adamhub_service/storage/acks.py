@@ -2,9 +2,12 @@
 answered only once N replicas of the store hold it.
 
 ``WAIT`` counts the writes of the connection it is sent on, so it goes in the same
-pipeline as the write. When the replicas do not confirm within the timeout the write is
-on the primary but may not survive its death: the caller is told ``OutcomeUnknown``
-(503; a retry with the same Idempotency-Key is safe), never a success.
+pipeline as the write; in a cluster, to the primary of the write's slot, whose commands
+of a pipeline share one connection. When the replicas do not confirm within the timeout
+the write is on the primary but may not survive its death: the caller is told
+``OutcomeUnknown`` (503; a retry with the same Idempotency-Key is safe), never a
+success. So is a cluster write whose slot moved while it ran (a failover, a reshard):
+its ``WAIT`` went to the old primary, and confirms nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from redis.exceptions import NoScriptError
 
 from adamhub_service.errors import OutcomeUnknown
 from adamhub_service.model.outcomes import WriteStatus
+from adamhub_service.storage.topology import primary_of
 
 
 def committed(reply: Any) -> bool:
@@ -35,16 +39,27 @@ class ReplicaAcks:
     replicas: int = 0
     timeout_ms: int = 5000
 
-    def add_wait(self, pipe: Pipeline) -> bool:
-        """Put ``WAIT`` at the end of ``pipe`` (whose last reply it then is); False, and
-        nothing added, when no replica need confirm."""
+    def add_wait(self, client: redis.Redis, pipe: Pipeline, key: str) -> Waited | None:
+        """Put ``WAIT`` at the end of ``pipe`` (whose last reply it then is), for the write
+        to ``key``; None, and nothing added, when no replica need confirm."""
         if not self.replicas:
-            return False
-        pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
-        return True
+            return None
+        node = primary_of(client, key)
+        if node is None:
+            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+            return Waited(client, key, None)
+        pipe.execute_command("WAIT", self.replicas, self.timeout_ms, target_nodes=node)
+        return Waited(client, key, node.name)
 
-    def confirm(self, confirmed: Any) -> None:
-        """Raise ``OutcomeUnknown`` unless ``confirmed`` (WAIT's reply) is enough."""
+    def confirm(self, confirmed: Any, waited: Waited) -> None:
+        """Raise ``OutcomeUnknown`` unless ``confirmed`` (WAIT's reply) is enough, from
+        the primary that took the write."""
+        if waited.moved():
+            raise OutcomeUnknown(
+                "the store's cluster moved the session's slot while the write ran, so no "
+                "replica's confirmation is known: retry with the same Idempotency-Key, or "
+                "read the session"
+            )
         if isinstance(confirmed, Exception) or int(confirmed) < self.replicas:
             raise OutcomeUnknown(
                 f"the write is on the store's primary, but {self.replicas} of its replicas "
@@ -69,7 +84,8 @@ class ReplicaAcks:
         for _ in range(2):
             async with client.pipeline(transaction=False) as pipe:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
-                self.add_wait(pipe)
+                waited = self.add_wait(client, pipe, str(keys[0]))
+                assert waited is not None
                 reply, confirmed = await pipe.execute(raise_on_error=False)
             if isinstance(reply, NoScriptError):
                 # Not run (the store restarted): load it and send both again.
@@ -78,9 +94,26 @@ class ReplicaAcks:
             if isinstance(reply, Exception):
                 raise reply
             if wrote(reply):
-                self.confirm(confirmed)
+                self.confirm(confirmed, waited)
             return reply
         raise OutcomeUnknown("the store kept forgetting a script; nothing is known of the write")
+
+
+@dataclass(frozen=True, slots=True)
+class Waited:
+    """A ``WAIT`` sent after a write to ``key``, to the cluster node named ``node``
+    (None: the one Redis)."""
+
+    client: redis.Redis
+    key: str
+    node: str | None
+
+    def moved(self) -> bool:
+        """Whether the key's slot is served by another node now."""
+        if self.node is None:
+            return False
+        now = primary_of(self.client, self.key)
+        return now is None or now.name != self.node
 
 
 # No replica confirms: writes are answered as soon as the primary has them.

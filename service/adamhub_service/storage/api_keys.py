@@ -85,7 +85,9 @@ class RedisApiKeyRepository:
             if found is None:
                 return False
             async with self._redis.pipeline() as pipe:
-                pipe.unlink(api_key_key(text(found)), api_key_id_key(key_id))
+                # Both keys are in one slot ({keys}); a cluster's pipe.unlink would split
+                # them by slot outside the transaction.
+                pipe.execute_command("UNLINK", api_key_key(text(found)), api_key_id_key(key_id))
                 pipe.zrem(API_KEYS_INDEX, key_id)
                 await pipe.execute()
         return True

@@ -137,9 +137,9 @@ class VectorChunks:
                 # A plain EVALSHA: redis-py's Script in a pipeline would add a SCRIPT
                 # EXISTS round trip to every commit.
                 pipe.evalsha(script.sha, len(all_keys), *all_keys, *args)
-                waits = self._acks.add_wait(pipe)
+                waited = self._acks.add_wait(self._redis, pipe, keys[0])
                 replies = await pipe.execute(raise_on_error=False)
-                confirmed = replies.pop() if waits else None
+                confirmed = replies.pop() if waited else None
                 reply = replies[-1]
                 if isinstance(reply, NoScriptError):
                     reply = await self._acks.run(self._redis, script, all_keys, args)
@@ -154,8 +154,8 @@ class VectorChunks:
                 if isinstance(reply, Exception):
                     raise reply
             discard = WriteStatus(int(reply[0])) is not WriteStatus.COMMITTED
-            if waits and confirmed is not None and not discard:
-                self._acks.confirm(confirmed)
+            if waited and confirmed is not None and not discard:
+                self._acks.confirm(confirmed, waited)
             return reply
         finally:
             if discard:

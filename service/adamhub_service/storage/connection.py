@@ -5,8 +5,10 @@ through its protocol (``model/repositories.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 
 from adamhub_service.model.stored import StoreStatus
 from adamhub_service.observability.metrics import Metrics
@@ -24,10 +26,30 @@ from adamhub_service.storage.screening import RedisScreenRepository
 from adamhub_service.storage.session_repository import RedisSessionRepository
 from adamhub_service.storage.session_scripts import SessionScripts
 from adamhub_service.storage.tenants import RedisTenantRepository
+from adamhub_service.storage.topology import is_cluster
 
 
-def connect(url: str, *, timeout_seconds: float, max_connections: int = 100) -> redis.Redis:
-    """A connection pool to the Redis at ``url`` (bytes in, bytes out)."""
+def connect(
+    url: str, *, timeout_seconds: float, max_connections: int = 100, cluster: bool = False
+) -> redis.Redis:
+    """A connection pool to the Redis at ``url`` (bytes in, bytes out); with ``cluster``,
+    a client of the Redis Cluster that ``url`` is a node of, which finds the others and
+    sends each command to the primary of its keys' slot.
+
+    The cluster client is typed as the plain one: every command the stores send has the
+    same signature on both, and each script and transaction touches one slot.
+    """
+    if cluster:
+        return cast(
+            redis.Redis,
+            RedisCluster.from_url(
+                url,
+                decode_responses=False,
+                socket_timeout=timeout_seconds,
+                socket_connect_timeout=timeout_seconds,
+                max_connections=max_connections,
+            ),
+        )
     return redis.Redis.from_url(
         url,
         decode_responses=False,
@@ -107,12 +129,27 @@ class Storage:
         """How the store is deployed, as it answers now (``StoreUnavailable`` when it
         does not): its mode, primaries, the replicas of its primary, and how many of them
         confirm each write."""
+        if is_cluster(self.client):
+            return await self._cluster_status()
         async with unavailable_on_error():
             replication = await self.client.info("replication")
         return StoreStatus(
             mode="standalone",
             primaries=1,
             replicas=int(replication.get("connected_slaves", 0)),
+            replica_acks=self.acks.replicas,
+        )
+
+    async def _cluster_status(self) -> StoreStatus:
+        cluster = cast(RedisCluster, self.client)
+        async with unavailable_on_error():
+            # Each primary's own view: a primary that does not answer is not counted.
+            replies = await cluster.info("replication", target_nodes=RedisCluster.PRIMARIES)
+        answering = [reply for reply in replies.values() if isinstance(reply, dict)]
+        return StoreStatus(
+            mode="cluster",
+            primaries=len(answering),
+            replicas=sum(int(reply.get("connected_slaves", 0)) for reply in answering),
             replica_acks=self.acks.replicas,
         )
 

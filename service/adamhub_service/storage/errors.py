@@ -7,11 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
+    ClusterDownError,
+    MovedError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterUnreachableError,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -23,7 +29,7 @@ logger = logging.getLogger("adamhub_service.storage")
 # Replies with which Redis refuses a command without running it.
 _REFUSALS = (
     "OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS",
-    "CLUSTERDOWN", "TRYAGAIN", "NOSCRIPT",
+    "CLUSTERDOWN", "TRYAGAIN", "NOSCRIPT", "MOVED", "ASK",
 )  # fmt: skip
 
 
@@ -33,6 +39,11 @@ def _refusal(exc: ResponseError) -> str | None:
         (OutOfMemoryError, "OOM"),
         (ReadOnlyError, "READONLY"),
         (BusyLoadingError, "LOADING"),
+        # A cluster's redirections, when the client's own retries did not end them.
+        (ClusterDownError, "CLUSTERDOWN"),
+        (TryAgainError, "TRYAGAIN"),
+        (MovedError, "MOVED"),
+        (AskError, "ASK"),
     ):
         if isinstance(exc, kind):
             return name
@@ -70,6 +81,11 @@ async def unavailable_on_error(*, write: bool = False) -> AsyncIterator[None]:
                 f"the store refused the command ({refusal}); nothing was changed"
             ) from exc
         raise
+    except (RedisClusterUnreachableError, SlotNotCoveredError) as exc:
+        # A cluster client that reaches no node, or none serving the key's slot: it sent
+        # nothing.
+        logger.warning("the store's cluster did not answer: %s", exc)
+        raise StoreUnavailable("the store did not answer; nothing was changed") from exc
     except RedisError as exc:
         logger.warning("the store failed: %s", exc)
         raise StoreUnavailable("the store failed; nothing was changed") from exc

@@ -23,18 +23,24 @@ class RedisScreenRepository:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._refuse = register(client, "refuse")
+        # TIME is not sent in a cluster's pipelines: the script reads it beside the rest.
+        self._view = register(client, "screen_view")
 
     async def look(self, session_id: str, worker: str, window: int) -> ScreenView:
         """The worker's quarantine (if any), the store's clock and the newest ``window``
         accepted norms."""
-        async with unavailable_on_error(), self._redis.pipeline(transaction=False) as pipe:
-            pipe.hget(screen_key(session_id), f"q:{worker}")
-            pipe.lrange(norms_key(session_id), 0, window - 1)
-            pipe.time()
-            until, norms, (seconds, micros) = await pipe.execute()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        quarantined = None if until is None or int(until) <= now_ms else int(until)
+        record, norms, now_ms = await self._read(session_id, window)
+        until = record.get(f"q:{worker}")
+        quarantined = None if until is None or until <= now_ms else until
         return ScreenView(quarantined, now_ms, [float(norm) for norm in norms])
+
+    async def _read(self, session_id: str, window: int) -> tuple[dict[str, int], list[bytes], int]:
+        """The screening hash, the newest ``window`` norms, and the store's clock (ms)."""
+        keys = [screen_key(session_id), norms_key(session_id)]
+        async with unavailable_on_error():
+            flat, norms, (seconds, micros) = await self._view(keys=keys, args=[window])
+        record = {text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return record, norms, int(seconds) * 1000 + int(micros) // 1000
 
     async def refuse(
         self,
@@ -71,15 +77,11 @@ class RedisScreenRepository:
 
     async def quarantined(self, session_id: str) -> dict[str, float]:
         """The workers in quarantine now, and until when (Unix seconds)."""
-        async with unavailable_on_error(), self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(screen_key(session_id))
-            pipe.time()
-            record, (seconds, micros) = await pipe.execute()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        record, _, now_ms = await self._read(session_id, 0)
         return {
-            text(field)[2:]: int(until) / 1000
+            field[2:]: until / 1000
             for field, until in record.items()
-            if text(field).startswith("q:") and int(until) > now_ms
+            if field.startswith("q:") and until > now_ms
         }
 
     async def refusals(self, session_id: str, *, after_ms: int | None, limit: int) -> list[bytes]:

@@ -366,6 +366,7 @@ def test_errors_never_name_internal_addresses(redis_url: str) -> None:
     assert port  # the real store's address is not in any answer either
 
 
+@pytest.mark.standalone_only
 def test_a_store_out_of_memory_is_503_and_changes_nothing(
     client: TestClient, redis_client: redis.Redis
 ) -> None:

@@ -12,6 +12,7 @@ import redis
 
 from adamhub_service import errors
 from adamhub_service.api.problems import status_of
+from adamhub_service.config import Settings
 from adamhub_service.model.principal import LOCAL
 from adamhub_service.model.settings import SessionSettings
 from adamhub_service.observability.metrics import Metrics
@@ -48,7 +49,7 @@ class Replica:
 def replica(redis_url: str, *, cache_bytes: int = 1 << 20, snapshot_bytes: int = 100) -> Replica:
     """A process on the test store; snapshots after every ~``snapshot_bytes`` logged."""
     storage = Storage.over(
-        connect(redis_url, timeout_seconds=5, max_connections=8),
+        connect(redis_url, timeout_seconds=5, max_connections=8, cluster=Settings().redis_cluster),
         StorageOptions(
             pending_write_ttl_ms=60_000, cache_bytes=cache_bytes, snapshot_bytes=snapshot_bytes
         ),
@@ -86,7 +87,9 @@ def gradients(count: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.normal(size=SIZE).astype(np.float32) for _ in range(count)]
 
 
-def test_a_replica_without_the_state_rebuilds_the_same_bits(redis_url: str) -> None:
+def test_a_replica_without_the_state_rebuilds_the_same_bits(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
     """Steps logged by one replica — some float16 on the wire, some after a change of
     the learning rate, across several snapshots — rebuild bit for bit in another."""
 
@@ -125,7 +128,7 @@ def test_a_replica_without_the_state_rebuilds_the_same_bits(redis_url: str) -> N
         expected = adam_step(expected, grad, config)
         assert_same_bits((await second.store.load(record.id)).state, expected)
         assert_same_bits((await first.store.load(record.id)).state, expected)
-        snapshots = redis.Redis.from_url(redis_url).hgetall(f"adamhub:{{{record.id}}}:snaps")
+        snapshots = redis_client.hgetall(f"adamhub:{{{record.id}}}:snaps")
         assert len(snapshots) == 1 and b"0" not in snapshots  # snapshots were taken
         await first.close()
         await second.close()

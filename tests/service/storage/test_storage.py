@@ -41,6 +41,7 @@ def client(redis_url: str) -> Iterator[TestClient]:
         yield test_client
 
 
+@pytest.mark.standalone_only
 def test_redis_holds_a_bounded_log_and_one_snapshot_over_1000_steps(
     client: TestClient, redis_client: redis.Redis
 ) -> None:
@@ -94,7 +95,7 @@ def open_sessions(
     """A process's view of the sessions in the test Redis: storage, its session
     repository, sessions, steps."""
     storage = Storage.over(
-        connect(redis_url, timeout_seconds=5, max_connections=4),
+        connect(redis_url, timeout_seconds=5, max_connections=4, cluster=Settings().redis_cluster),
         StorageOptions(
             pending_write_ttl_ms=60_000, cache_bytes=cache_bytes, commit_attempts=commit_attempts
         ),
@@ -121,11 +122,13 @@ def logged_step(gradient: np.ndarray) -> LoggedStep:
     return LoggedStep(LogEntry(new_write_id(), str(gradient.dtype), gradient.nbytes), gradient)
 
 
-def test_append_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) -> None:
+def test_append_refuses_a_stale_rev_and_leaves_no_orphans(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
     async def scenario() -> None:
         redis_store, store, sessions, _ = open_sessions(redis_url)
         record = (await sessions.create(new_session(np.ones(7, np.float32)), LOCAL)).record
-        client = redis.Redis.from_url(redis_url)
+        client = redis_client
         keys_before = sorted(client.keys("*"))
 
         # A writer that read rev 1 but lost the race to another writer.
@@ -144,13 +147,14 @@ def test_append_refuses_a_stale_rev_and_leaves_no_orphans(redis_url: str) -> Non
         # The winner added its log entry (3 chunks), the log itself and the history.
         assert len(client.keys("*")) == len(keys_before) + 3 + 1 + 1
         assert int(client.hget(f"adamhub:{{{record.id}}}:meta", "t") or 0) == 1
-        client.close()
         await redis_store.close()
 
     asyncio.run(scenario())
 
 
-def test_append_on_a_deleted_session_is_gone_and_leaves_nothing(redis_url: str) -> None:
+def test_append_on_a_deleted_session_is_gone_and_leaves_nothing(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
     async def scenario() -> None:
         redis_store, store, sessions, steps = open_sessions(redis_url)
         record = (await sessions.create(new_session(np.ones(7, np.float32)), LOCAL)).record
@@ -164,9 +168,8 @@ def test_append_on_a_deleted_session_is_gone_and_leaves_nothing(redis_url: str) 
             idempotency_ttl_ms=1000,
         )  # fmt: skip
         assert outcome.status is WriteStatus.GONE
-        client = redis.Redis.from_url(redis_url)
+        client = redis_client
         assert client.keys("*") == []
-        client.close()
         await redis_store.close()
 
     asyncio.run(scenario())
@@ -191,7 +194,9 @@ def test_store_down_is_503_with_retry_after() -> None:
         assert client.get("/healthz").status_code == 200
 
 
-def test_losing_every_compare_and_set_is_409_with_retry_after(redis_url: str) -> None:
+def test_losing_every_compare_and_set_is_409_with_retry_after(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
     async def scenario() -> None:
         redis_store, store, mine, my_steps = open_sessions(
             redis_url, cache_bytes=1 << 20, commit_attempts=1
@@ -206,10 +211,9 @@ def test_losing_every_compare_and_set_is_409_with_retry_after(redis_url: str) ->
         assert caught.value.retry_after == 1
         current = await store.record(record.id)
         assert current.t == 1  # the refused step changed nothing
-        client = redis.Redis.from_url(redis_url)
+        client = redis_client
         # the snapshot (3 vectors × 3 chunks) and the other's step (3): no chunk of its own
         assert len(client.keys("*:c:*")) == 9 + 3
-        client.close()
         # With the cache refreshed by the failure, the next attempt succeeds.
         result = await my_steps.step(record.id, np.full(7, 2.0, np.float32))
         assert result.applied_t == 2
