@@ -76,6 +76,13 @@ class StoreServer:
                 time.sleep(0.05)
         raise RuntimeError(f"the test store did not start on port {self.port}")
 
+    def kill(self) -> None:
+        """``kill -9`` it (its folder stays: ``start`` brings it back)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(20)
+        self.process = None
+
     def stop(self) -> None:
         """Stop it (SIGTERM, so an AOF is flushed) and wait."""
         if self.process is not None and self.process.poll() is None:
@@ -142,6 +149,31 @@ class StoreCluster:
             fields.get("cluster_state") == "ok"
             and int(fields.get("cluster_known_nodes", 0)) >= known
         )
+
+    def node_serving(self, key: str) -> StoreServer:
+        """The node that is the primary of ``key``'s slot now."""
+        node = self.node_serving_or_none(key)
+        if node is None:
+            raise RuntimeError(f"no running primary serves {key}")
+        return node
+
+    def node_serving_or_none(self, key: str) -> StoreServer | None:
+        """The running node that says it is the primary of ``key``'s slot, if any."""
+        running = [node for node in self.nodes if node.process is not None]
+        slot = int(self.cli(running[0], "CLUSTER", "KEYSLOT", key).strip())
+        return next((node for node in running if self._owns(node, slot)), None)
+
+    def _owns(self, node: StoreServer, slot: int) -> bool:
+        """Whether ``node`` is a primary that says it serves ``slot``."""
+        for line in self.cli(node, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "myself" not in fields[2] or "master" not in fields[2]:
+                continue
+            for part in fields[8:]:
+                first, _, last = part.partition("-")
+                if first.isdigit() and int(first) <= slot <= int(last or first):
+                    return True
+        return False
 
     @staticmethod
     def cli(node: StoreServer, *command: str) -> str:
