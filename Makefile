@@ -24,10 +24,11 @@ $(VENV)/.torch: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(VENV)/bin/adamhub-service serve --port $(PORT)
 
-# What the tests need beyond Python: Debian's Chromium for the dashboard's test.
+# What the tests need beyond Python: Chromium (the dashboard) and HAProxy (the cluster
+# topology), from Debian when missing.
 .PHONY: test-deps
 test-deps:
-	@tools/ensure_chromium.sh
+	@tools/ensure_test_deps.sh
 
 # The suites that touch the store run twice: on one Redis, then on a Redis Cluster of
 # three primaries (tests/conftest.py starts either).

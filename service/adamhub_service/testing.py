@@ -20,6 +20,7 @@ __all__ = [
     "LOOPBACK",
     "SERVICE_COMMAND",
     "DroppingProxy",
+    "HAProxy",
     "ServiceProcess",
     "StoreCluster",
     "StoreServer",
@@ -102,10 +103,16 @@ class StoreCluster:
     each with ``replicas`` replicas, made with ``redis-cli --cluster create``."""
 
     def __init__(
-        self, primaries: int = 3, replicas: int = 0, *extra_args: str, node_timeout_ms: int = 2000
+        self,
+        primaries: int = 3,
+        replicas: int = 0,
+        *extra_args: str,
+        node_timeout_ms: int = 2000,
+        password: str | None = None,
     ) -> None:
         self.primaries = primaries
         self.replicas = replicas
+        self.password = password
         args = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
                 "--cluster-config-file", "nodes.conf", "--repl-diskless-sync-delay", "0",
                 *extra_args]  # fmt: skip
@@ -116,7 +123,8 @@ class StoreCluster:
     @property
     def url(self) -> str:
         """The redis:// URL of the first node (a client finds the others)."""
-        return self.nodes[0].url
+        auth = "" if self.password is None else f":{self.password}@"
+        return f"redis://{auth}127.0.0.1:{self.nodes[0].port}/0"
 
     def start(self) -> StoreCluster:
         """Start the nodes, join them, and wait until every node sees every slot served."""
@@ -124,7 +132,7 @@ class StoreCluster:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
-            [cli_binary(), "--cluster", "create", *addresses,
+            [cli_binary(), *self._auth(), "--cluster", "create", *addresses,
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
         )  # fmt: skip
@@ -175,11 +183,13 @@ class StoreCluster:
                     return True
         return False
 
-    @staticmethod
-    def cli(node: StoreServer, *command: str) -> str:
+    def _auth(self) -> list[str]:
+        return [] if self.password is None else ["-a", self.password, "--no-auth-warning"]
+
+    def cli(self, node: StoreServer, *command: str) -> str:
         """A command's reply from one node, as ``redis-cli`` prints it."""
         done = subprocess.run(
-            [cli_binary(), "-p", str(node.port), *command],
+            [cli_binary(), *self._auth(), "-p", str(node.port), *command],
             check=True, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         return done.stdout
@@ -218,6 +228,47 @@ def cli_binary() -> str:
     if found:
         return found
     return str(Path(store_binary()).with_name("valkey-cli"))
+
+
+class HAProxy:
+    """Debian's ``haproxy`` in the foreground with a given configuration."""
+
+    def __init__(self, config: str, port: int) -> None:
+        self.port = port
+        self.folder = Path(tempfile.mkdtemp(prefix="adamhub-test-haproxy-"))
+        (self.folder / "haproxy.cfg").write_text(config)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The load balancer's root URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> HAProxy:
+        """Start it and wait until it accepts connections."""
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        with open(self.folder / "haproxy.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [binary, "-db", "-f", str(self.folder / "haproxy.cfg")],
+                stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError((self.folder / "haproxy.log").read_text())
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("haproxy did not start")
+
+    def stop(self) -> None:
+        """Stop it and remove its folder."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class DroppingProxy:

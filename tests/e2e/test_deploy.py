@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 import adamhub
-from adamhub_service.testing import ServiceProcess, StoreServer, free_port
+from adamhub_service.optim import AdamConfig, adam_step, init_state
+from adamhub_service.testing import HAProxy, ServiceProcess, StoreCluster, StoreServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,3 +171,107 @@ def test_the_compose_topology_runs_natively(compose: dict[str, Any], tmp_path: P
     finally:
         service.stop()
         store.cleanup()
+
+
+def cluster_node_args(compose: dict[str, Any]) -> list[str]:
+    """The redis-server arguments of the compose file's cluster nodes (`sh -c "exec …"`)."""
+    node = compose["services"]["redis-node-1"]
+    script = node["command"][-1].replace("$$REDIS_PASSWORD", node["environment"]["REDIS_PASSWORD"])
+    words = shlex.split(script)
+    assert words[:2] == ["exec", "redis-server"]
+    return words[2:]
+
+
+def test_the_cluster_profile_is_three_primaries_three_replicas_three_replicas_and_haproxy(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    cluster = {
+        name for name, service in services.items() if "cluster" in service.get("profiles", [])
+    }
+    nodes = {f"redis-node-{n}" for n in range(1, 7)}
+    replicas = {f"adamhub-{n}" for n in range(1, 4)}
+    assert cluster == nodes | replicas | {"redis-cluster-init", "haproxy"}
+    assert "--cluster-replicas 1" in services["redis-cluster-init"]["command"][-1]
+    for name in replicas:
+        environment = services[name]["environment"]
+        assert environment["ADAMHUB_REDIS_CLUSTER"] == "true"
+        assert environment["ADAMHUB_REPLICA_ACKS"] == "1"
+        assert environment["ADAMHUB_REDIS_URL"].endswith("@redis-node-1:6379/0")
+    haproxy = services["haproxy"]
+    assert haproxy["ports"] == ["127.0.0.1:8000:8000"]
+    assert haproxy["volumes"] == ["./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"]
+    servers = re.findall(
+        r"^\s*server (\S+) (\S+)$", (ROOT / "deploy/haproxy.cfg").read_text(), re.M
+    )
+    assert servers == [(name, f"{name}:8000") for name in sorted(replicas)]
+
+
+def native_haproxy_config(ports: list[int], port: int) -> str:
+    """deploy/haproxy.cfg with its replicas and its front on this machine's ports."""
+    config = (ROOT / "deploy/haproxy.cfg").read_text()
+    config = config.replace("bind :8000", f"bind 127.0.0.1:{port}")
+    for n, replica_port in enumerate(ports, start=1):
+        config = config.replace(f"adamhub-{n}:8000", f"127.0.0.1:{replica_port}")
+    return config
+
+
+def served_steps(log: Path, session_id: str) -> int:
+    """How many steps of the session a replica's log shows it served."""
+    return sum(
+        1 for line in log.read_text().splitlines() if "/step 200" in line and session_id in line
+    )
+
+
+def test_the_cluster_profile_runs_natively(compose: dict[str, Any], tmp_path: Path) -> None:
+    """The compose file's cluster topology, as processes: a cluster of 3 primaries and 3
+    replicas with the nodes' arguments, 3 adamhub replicas with their environment, and
+    deploy/haproxy.cfg in front. A session's steps all reach one replica; when that one
+    stops, another takes the session over, exactly."""
+    compose = interpolate(compose, SECRETS)
+    password = SECRETS["ADAMHUB_REDIS_PASSWORD"]
+    cluster = StoreCluster(3, 1, *cluster_node_args(compose), password=password).start()
+    replicas: list[ServiceProcess] = []
+    balancer = None
+    try:
+        for n in range(1, 4):
+            environment = {**dockerfile_env(), **compose["services"][f"adamhub-{n}"]["environment"]}
+            environment["ADAMHUB_REDIS_URL"] = cluster.url
+            environment["ADAMHUB_PORT"] = str(free_port())
+            environment["ADAMHUB_WORKERS"] = "1"  # two cores here
+            replica = ServiceProcess(
+                port=int(environment["ADAMHUB_PORT"]),
+                env=environment,
+                log_path=tmp_path / f"adamhub-{n}.log",
+            )
+            replicas.append(replica.start())
+        front = free_port()
+        balancer = HAProxy(native_haproxy_config([r.port for r in replicas], front), front)
+        balancer.start()
+        master_key = SECRETS["ADAMHUB_MASTER_KEY"]
+        config = AdamConfig(lr=0.1)
+        state = init_state(np.zeros(100, np.float32), config)
+        with adamhub.Client(
+            balancer.base_url, api_key=master_key, max_retries=20, max_retry_delay=0.5
+        ) as client:
+            session = client.create_session(size=100, optimizer={"lr": 0.1})
+            for i in range(20):
+                gradient = np.full(100, i + 1, np.float32)
+                session.step(gradient)
+                state = adam_step(state, gradient, config)
+            served = [served_steps(r.log_path, session.id) for r in replicas]
+            assert sorted(served) == [0, 0, 20], served  # one replica served them all
+            # That replica stops: the health check takes it out, another takes over.
+            replicas[served.index(20)].stop()
+            for i in range(20, 30):
+                gradient = np.full(100, i + 1, np.float32)
+                session.step(gradient)
+                state = adam_step(state, gradient, config)
+            assert session.t == 30
+            assert session.params().tobytes() == state.params.tobytes()
+    finally:
+        if balancer is not None:
+            balancer.stop()
+        for replica in replicas:
+            replica.stop()
+        cluster.cleanup()
