@@ -183,6 +183,36 @@ class StoreCluster:
                     return True
         return False
 
+    def node_id(self, node: StoreServer) -> str:
+        """The cluster's id of ``node``."""
+        return self.cli(node, "CLUSTER", "MYID").strip()
+
+    def move_slots(self, source: StoreServer, target: StoreServer, slots: int) -> None:
+        """``redis-cli --cluster reshard``: move ``slots`` slots from ``source`` to
+        ``target`` while clients use them, each slot's keys in one MIGRATE (so that a
+        script sees all of a session's keys on one node, never some of them)."""
+        done = subprocess.run(
+            [cli_binary(), *self._auth(), "--cluster", "reshard", f"127.0.0.1:{source.port}",
+             "--cluster-from", self.node_id(source), "--cluster-to", self.node_id(target),
+             "--cluster-slots", str(slots), "--cluster-pipeline", str(MIGRATE_KEYS),
+             "--cluster-yes"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"the reshard failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+    def slots_of(self, node: StoreServer) -> int:
+        """How many slots ``node`` serves."""
+        count = 0
+        for line in self.cli(node, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "myself" in fields[2]:
+                for part in fields[8:]:
+                    first, _, last = part.partition("-")
+                    if first.isdigit():
+                        count += int(last or first) - int(first) + 1
+        return count
+
     def _auth(self) -> list[str]:
         return [] if self.password is None else ["-a", self.password, "--no-auth-warning"]
 
@@ -200,6 +230,8 @@ class StoreCluster:
             node.cleanup()
 
 
+# Keys per MIGRATE when slots move: more than a slot holds, so that each slot moves whole.
+MIGRATE_KEYS = 1_000_000
 # A cluster node also listens on its port + 10000 (the cluster bus).
 CLUSTER_BUS_OFFSET = 10_000
 _taken_cluster_ports: set[int] = set()

@@ -148,3 +148,74 @@ def test_a_primary_killed_mid_rounds_loses_no_acknowledged_contribution(
         applied_t, params = got.pop()
         assert applied_t == round_ + 1
         assert np.abs(np.frombuffer(params) - state.params).max() <= 1e-12
+
+
+def steps_through(
+    base_url: str, session_id: str, worker: int, applied: list[int], stop: threading.Event
+) -> None:
+    """Step through the SDK until ``stop``; the applied t of each step is appended to
+    ``applied`` as it comes."""
+    with patient_client(base_url) as client:
+        session = client.session(session_id)
+        while not stop.is_set():
+            session.step(gradient_of(session.size, worker, len(applied)))
+            assert session.last_applied_t is not None
+            applied.append(session.last_applied_t)
+
+
+def gradient_of(size: int, worker: int, index: int) -> np.ndarray:
+    return np.random.default_rng([size, worker, index]).normal(size=size).astype(np.float32)
+
+
+def test_slots_move_while_four_workers_step_1k_and_1m_sessions(tmp_path: Path) -> None:
+    """Resharding under load: every slot of the primary that holds a 1M session moves to
+    another primary, and back, while 4 workers step it and three 1k sessions."""
+    # A primary that gives away its last slot stays a primary (and takes them back).
+    cluster = StoreCluster(3, 0, "--cluster-allow-replica-migration", "no").start()
+    service = ServiceProcess(
+        "--redis-url", cluster.url, "--redis-cluster", log_path=tmp_path / "service.log"
+    ).start()
+    sizes = [1_000_000, 1_000, 1_000, 1_000]
+    try:
+        with patient_client(service.base_url) as client:
+            ids = [client.create_session(size=size, optimizer={"lr": 0.01}).id for size in sizes]
+        results: list[list[int]] = [[] for _ in sizes]
+        failures: list[BaseException] = []
+        stop = threading.Event()
+
+        def work(worker: int) -> None:
+            try:
+                steps_through(service.base_url, ids[worker], worker, results[worker], stop)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(len(sizes))]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        source = cluster.node_serving(f"adamhub:{{{ids[0]}}}:meta")
+        target = next(node for node in cluster.nodes if node is not source)
+        slots = cluster.slots_of(source)
+        before = [len(applied) for applied in results]
+        cluster.move_slots(source, target, slots)
+        assert cluster.node_serving(f"adamhub:{{{ids[0]}}}:meta") is target
+        cluster.move_slots(target, source, slots)
+        after = [len(applied) for applied in results]
+        # Every session was stepped while its slots moved.
+        assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+        time.sleep(0.5)  # and after
+        stop.set()
+        for thread in threads:
+            thread.join(300)
+        assert not failures, failures
+        with patient_client(service.base_url) as client:
+            for worker, (size, session_id) in enumerate(zip(sizes, ids, strict=True)):
+                steps = len(results[worker])
+                assert results[worker] == list(range(1, steps + 1)), "lost or applied twice"
+                state = init_state(np.zeros(size, np.float32), CONFIG)
+                for index in range(steps):
+                    state = adam_step(state, gradient_of(size, worker, index), CONFIG)
+                assert client.session(session_id).params().tobytes() == state.params.tobytes()
+    finally:
+        service.stop()
+        cluster.cleanup()
