@@ -53,6 +53,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_step.py
 	$(PY) bench/bench_rounds.py
 	$(PY) bench/bench_acks.py
+	$(PY) bench/bench_cluster.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,11 @@ def new_session_id() -> str:
     return f"s_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
+def session_id_ms(session_id: str) -> int:
+    """When the id was made (Unix ms), from its clock (``new_session_id``)."""
+    return int(session_id[2:14], 16)
+
+
 def new_write_id() -> str:
     """A fresh id naming one written version of a session's vectors."""
     return secrets.token_hex(8)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import fnmatch
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from adamhub_service.model.records import (
     is_session_id,
     new_session_id,
     new_write_id,
+    session_id_ms,
     utc_now,
 )
 from adamhub_service.model.repositories import (
@@ -44,6 +46,10 @@ from adamhub_service.optim import (
 from adamhub_service.sessions import checkpoints
 from adamhub_service.sessions.checkpoints import Checkpoint
 from adamhub_service.sessions.events import SessionEvent, session_events
+
+# The longest a create's commit may take once it has reserved its id (its chunks expire
+# after ADAMHUB_PENDING_WRITE_TTL_SECONDS, 600 by default; a commit does not outlive them).
+CREATE_COMMIT_MS = 15 * 60 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,11 +359,20 @@ class SessionService:
         ids = await self._tenants.ids(tenant, after=after, limit=limit)
         found = await self._store.read_records(ids)
         for session_id, record in zip(ids, found, strict=True):
-            if record is None:
-                # Repair: a delete that stopped between the session and its index.
+            if record is None and self._surely_not_in_creation(session_id):
+                # Repair: a delete that stopped between the session and its index, or a
+                # create that stopped between its index and its session.
                 await self._tenants.release(tenant, session_id)
         records = [record for record in found if record is not None]
         return records, (ids[-1] if ids and len(ids) == limit else None)
+
+    def _surely_not_in_creation(self, session_id: str) -> bool:
+        """Whether no create can still commit this id: its id was made (at a create's
+        first attempt) longer ago than a retry of that create can come (the create key's
+        TTL), plus the longest a commit takes. Released sooner, an id a create then
+        commits would be a session its tenant's index does not list."""
+        age_ms = time.time_ns() // 1_000_000 - session_id_ms(session_id)
+        return age_ms > self._idempotency_ttl_ms + CREATE_COMMIT_MS
 
     async def _all_records(self, tenant: str) -> builtins.list[SessionRecord]:
         """Every record of the tenant, in creation order."""
