@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +260,12 @@ def test_the_cluster_profile_runs_natively(compose: dict[str, Any], tmp_path: Pa
                 gradient = np.full(100, i + 1, np.float32)
                 session.step(gradient)
                 state = adam_step(state, gradient, config)
+            # A replica logs a request once it has answered it: wait for the last line.
+            deadline = time.monotonic() + 5
             served = [served_steps(r.log_path, session.id) for r in replicas]
+            while sum(served) < 20 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                served = [served_steps(r.log_path, session.id) for r in replicas]
             assert sorted(served) == [0, 0, 20], served  # one replica served them all
             # That replica stops: the health check takes it out, another takes over.
             replicas[served.index(20)].stop()
