@@ -1,9 +1,10 @@
-"""adamhub on a real Redis Cluster with a replica per primary: a primary killed while
-workers step loses no acknowledged step (``--replica-acks 1``), for plain steps and for
-rounds."""
+"""adamhub on a real Redis Cluster: a primary killed while workers step loses no
+acknowledged step (``--replica-acks 1``, a replica per primary), for plain steps and for
+rounds; slots move while workers step; the `keys` command works on a cluster."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 
 import adamhub
 from adamhub_service.optim import AdamConfig, adam_step, init_state
-from adamhub_service.testing import ServiceProcess, StoreCluster
+from adamhub_service.testing import SERVICE_COMMAND, ServiceProcess, StoreCluster
 
 SIZE = 1000
 CONFIG = AdamConfig(lr=0.01)
@@ -216,6 +217,42 @@ def test_slots_move_while_four_workers_step_1k_and_1m_sessions(tmp_path: Path) -
                 for index in range(steps):
                     state = adam_step(state, gradient_of(size, worker, index), CONFIG)
                 assert client.session(session_id).params().tobytes() == state.params.tobytes()
+    finally:
+        service.stop()
+        cluster.cleanup()
+
+
+def test_the_keys_command_manages_keys_on_a_cluster(tmp_path: Path) -> None:
+    """`adamhub-service keys … --redis-cluster`: a key made there works on a service of
+    the cluster, and revoked there it is refused."""
+    cluster = StoreCluster(primaries=3).start()
+    master = "cluster-master-key-0123456789abcdef"
+    service = ServiceProcess(
+        "--redis-url", cluster.url, "--redis-cluster",
+        env={"ADAMHUB_MASTER_KEY": master}, log_path=tmp_path / "service.log",
+    ).start()  # fmt: skip
+
+    def keys(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [*SERVICE_COMMAND, "keys", *args, "--redis-url", cluster.url, "--redis-cluster"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    try:
+        made = keys("create", "--tenant", "acme")
+        assert made.returncode == 0, made.stderr
+        secret = made.stdout.strip()
+        listed = keys("list")
+        assert listed.returncode == 0 and "acme" in listed.stdout, listed.stderr
+        key_id = listed.stdout.splitlines()[1].split()[0]
+        with adamhub.Client(service.base_url, api_key=secret) as team:
+            session = team.create_session(size=4)
+            assert [s.id for s in team.list_sessions()] == [session.id]
+        assert keys("revoke", key_id).returncode == 0
+        time.sleep(1.0)  # a replica re-reads a cached key within a second
+        with (
+            adamhub.Client(service.base_url, api_key=secret) as revoked,
+            pytest.raises(adamhub.AuthenticationError),
+        ):
+            revoked.list_sessions()
     finally:
         service.stop()
         cluster.cleanup()
