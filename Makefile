@@ -24,8 +24,8 @@ $(VENV)/.torch: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(VENV)/bin/adamhub-service serve --port $(PORT)
 
-# What the tests need beyond Python: Chromium (the dashboard) and HAProxy (the cluster
-# topology), from Debian when missing.
+# What the tests need beyond Python: Chromium (the dashboard), HAProxy (the cluster
+# topology) and Node (the TypeScript client), from Debian when missing.
 .PHONY: test-deps
 test-deps:
 	@tools/ensure_test_deps.sh
@@ -44,6 +44,7 @@ lint: $(VENV)/.torch
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile
+	tools/check_typescript.sh $(PY)
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
