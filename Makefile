@@ -21,6 +21,11 @@ $(VENV)/.torch: $(VENV)/.installed
 	fi
 	touch $@
 
+# JAX and optax, for adamhub.optax's checks and tests.
+$(VENV)/.jax: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[jax]'
+	touch $@
+
 serve: $(VENV)/.installed
 	$(VENV)/bin/adamhub-service serve --port $(PORT)
 
@@ -34,11 +39,11 @@ test-deps:
 # three primaries (tests/conftest.py starts either).
 CLUSTER_SUITES ?= tests/service tests/e2e/test_exactly_once.py tests/e2e/test_round_workers.py
 
-test: $(VENV)/.torch test-deps
+test: $(VENV)/.torch $(VENV)/.jax test-deps
 	$(PY) -m pytest
 	ADAMHUB_TEST_STORE=cluster $(PY) -m pytest $(CLUSTER_SUITES)
 
-lint: $(VENV)/.torch
+lint: $(VENV)/.torch $(VENV)/.jax
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
