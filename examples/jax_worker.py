@@ -23,7 +23,8 @@ from adamhub.optax import remote_adam
 
 def predict(params: dict[str, Any], x: jax.Array) -> jax.Array:
     hidden = jnp.tanh(x @ params["w1"] + params["b1"])
-    return hidden @ params["w2"] + params["b2"]
+    output: jax.Array = hidden @ params["w2"] + params["b2"]
+    return output
 
 
 def loss(params: dict[str, Any], x: jax.Array, y: jax.Array) -> jax.Array:
