@@ -60,6 +60,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_rounds.py
 	$(PY) bench/bench_acks.py
 	$(PY) bench/bench_cluster.py
+	$(PY) bench/bench_int8.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

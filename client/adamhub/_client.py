@@ -140,9 +140,10 @@ class Client(BaseClient[httpx.Client]):
     retried ``max_retries`` times (default 3: connection errors, timeouts, 408, 409
     conflicts, 429, 502, 503, 504) with exponential backoff from
     ``initial_retry_delay`` (0.5 s) up to ``max_retry_delay`` (8 s) and full jitter,
-    honouring ``Retry-After``. ``gradient_dtype`` (``"bfloat16"``, ``"float16"``) sets
-    how the sessions it returns send gradients, ``answer_dtype`` (the same) how their
-    parameters come back: either halves what travels, the session keeping its dtype.
+    honouring ``Retry-After``. ``gradient_dtype`` (``"bfloat16"``, ``"float16"``, or
+    ``"int8"``: 8-bit blocks with error feedback, a quarter of float32's bytes) sets how
+    the sessions it returns send gradients, ``answer_dtype`` (``"bfloat16"``,
+    ``"float16"``) how their parameters come back; the session keeps its dtype.
     ``http_client`` injects a configured ``httpx.Client``. Use as a context manager, or
     call ``close()``.
     """

@@ -20,6 +20,7 @@ from adamhub._calls import Call, one, run_async, run_sync
 from adamhub._config import AdamConfig
 from adamhub._errors import StaleGradientError
 from adamhub._settings import SessionSettings, SessionUpdate, settings_of, update_body
+from adamhub.quantization import INT8, WIRE_NAME, ErrorFeedback
 
 
 class Requester(Protocol):
@@ -48,6 +49,9 @@ class AsyncRequester(Protocol):
 
 BINARY = "application/octet-stream"
 WIRE_DTYPES = ("bfloat16", "float16", "float32", "float64")
+# 8-bit gradients: `gradient_dtype="int8"` sends `int8-block4096` bodies, with error
+# feedback (``quantization.py``).
+GRADIENT_DTYPES = (*WIRE_DTYPES, INT8)
 FLOAT16_MAX = 65504.0
 Vector = npt.NDArray[np.floating]
 
@@ -71,10 +75,16 @@ class SessionBase(Generic[C]):
     def __init__(
         self, client: C, resource: dict[str, Any], *, gradient_dtype: str | None = None
     ) -> None:
-        if gradient_dtype is not None and gradient_dtype not in WIRE_DTYPES:
-            raise ValueError(f"gradient_dtype must be one of {WIRE_DTYPES}, not {gradient_dtype!r}")
+        if gradient_dtype is not None and gradient_dtype not in GRADIENT_DTYPES:
+            raise ValueError(
+                f"gradient_dtype must be one of {GRADIENT_DTYPES}, not {gradient_dtype!r}"
+            )
         self._client: C = client
         self.gradient_dtype = gradient_dtype
+        # With int8 gradients: what quantization has not sent yet, added to the next
+        # gradient (error feedback); its next value, kept once the step is taken.
+        self.error_feedback: ErrorFeedback | None = None
+        self._pending_feedback: ErrorFeedback | None = None
         self._round_wait_seconds = client.round_wait_seconds
         self._worker = client.worker
         self._answer_dtype = client.answer_dtype
@@ -126,6 +136,14 @@ class SessionBase(Generic[C]):
         if wire == "float16" and vector.size and np.abs(vector).max() > FLOAT16_MAX:
             # It would not survive the narrowing: the exact values go instead.
             wire = self.dtype
+        if wire == INT8:
+            if segments is not None:
+                raise ValueError("8-bit gradients carry every parameter: leave out segments")
+            feedback = self.error_feedback or ErrorFeedback(self.size)
+            body, self._pending_feedback = feedback.encode(vector)
+            wire = WIRE_NAME
+        else:
+            body = wire_bytes(vector, wire)
         sent = {
             "Content-Type": BINARY,
             "Accept": BINARY,
@@ -151,12 +169,7 @@ class SessionBase(Generic[C]):
         if self.settings["rounds"] is not None:
             # Answer before the client's read timeout; a 202 is followed by long-polls.
             sent[headers.PREFER] = f"wait={wait_seconds:g}"
-        return RequestSpec(
-            "POST",
-            f"{self._path}/step",
-            content=wire_bytes(vector, wire),
-            headers=sent,
-        )
+        return RequestSpec("POST", f"{self._path}/step", content=body, headers=sent)
 
     def _carried_size(self, segments: list[int] | None) -> int:
         """The numbers a step carrying ``segments`` (None: all) holds."""
@@ -236,6 +249,10 @@ class SessionBase(Generic[C]):
         except StaleGradientError as exc:
             exc.params = yield from self._params_call()  # the newest, for the next gradient
             raise
+        if self._pending_feedback is not None:
+            # The step is taken (or its contribution is in): what it did not send waits
+            # for the next one.
+            self.error_feedback, self._pending_feedback = self._pending_feedback, None
         round_step = self._pending_round(response)
         if round_step is None:
             return self._step_result(response)

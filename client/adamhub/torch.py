@@ -34,6 +34,7 @@ from adamhub._errors import (
     UnprocessableEntityError,
 )
 from adamhub._session import Session
+from adamhub.quantization import ErrorFeedback
 
 # The hyperparameters of a torch param group that a session's param group holds.
 _GROUP_FIELDS = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
@@ -77,6 +78,10 @@ class RemoteAdam(torch.optim.Optimizer):
     weights a worker's gradient by its batch size. A gradient computed at parameters the
     session has left (``StaleGradientError``) is skipped, the newest parameters are
     copied in, and it is counted in ``stale_steps``.
+    ``gradient_dtype`` sets how gradients travel (default: the client's):
+    ``"bfloat16"``, ``"float16"``, or ``"int8"`` — 8-bit blocks with error feedback,
+    whose residual ``state_dict()`` keeps (``adamhub.error_feedback``) and
+    ``load_state_dict`` restores, so a resumed run sends what the last one had not.
     ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are accepted and
     ignored: the service decides how to compute.
     """
@@ -104,6 +109,7 @@ class RemoteAdam(torch.optim.Optimizer):
         on_outlier: Literal["raise", "skip"] = "raise",
         rounds: int | dict[str, Any] | None = None,
         model: torch.nn.Module | None = None,
+        gradient_dtype: str | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -129,6 +135,9 @@ class RemoteAdam(torch.optim.Optimizer):
         self.skipped_steps = 0
         self.stale_steps = 0
         self._client = client if client is not None else Client()
+        # How gradients travel ("bfloat16", "float16", "int8": 8-bit with error
+        # feedback, whose residual state_dict keeps); default: the client's.
+        self._gradient_dtype = gradient_dtype
         if len({bool(group["amsgrad"]) for group in self.param_groups}) != 1:
             raise ValueError("amsgrad is per session: give every param group the same")
         self._size = sum(p.numel() for p in self._trainable())
@@ -176,6 +185,7 @@ class RemoteAdam(torch.optim.Optimizer):
                 tags=self._tags,
                 rounds=self._rounds,
             )
+            self._use_wire(self._session)
             self._sent = self._settings()
         return self._session
 
@@ -188,7 +198,12 @@ class RemoteAdam(torch.optim.Optimizer):
             raise ValueError(
                 f"the session has {session.size} parameters; the model has {self._size}"
             )
+        self._use_wire(session)
         self._session = session
+
+    def _use_wire(self, session: Session) -> None:
+        if self._gradient_dtype is not None:
+            session.gradient_dtype = self._gradient_dtype
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``; once the optimizer is made, the session grows by
@@ -368,6 +383,10 @@ class RemoteAdam(torch.optim.Optimizer):
             "name": self.session.name,
             "tags": list(self.session.tags),
         }
+        if self.session.error_feedback is not None:
+            # What 8-bit steps have not sent yet: a resumed run sends it.
+            residual = self.session.error_feedback.residual
+            document["adamhub"]["error_feedback"] = torch.from_numpy(residual.copy())
         return document
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -388,6 +407,7 @@ class RemoteAdam(torch.optim.Optimizer):
                 self._attach(current)
                 self._sent = self._settings()
                 current.update(param_groups=self._settings())
+                self._restore_feedback(mark)
                 return
             if current is not None:
                 warnings.warn(
@@ -400,7 +420,16 @@ class RemoteAdam(torch.optim.Optimizer):
         self._session = self._client.import_session(
             self._checkpoint_of_state(), name=name or self._model_name, tags=tags
         )
+        self._use_wire(self._session)
         self._sent = self._settings()
+        self._restore_feedback(mark or {})
+
+    def _restore_feedback(self, mark: dict[str, Any]) -> None:
+        """The residual of 8-bit steps a state dict kept, into the session."""
+        residual = mark.get("error_feedback")
+        if residual is not None and self._session is not None:
+            values = torch.as_tensor(residual).detach().cpu().numpy()
+            self._session.error_feedback = ErrorFeedback(self._size, values)
 
     def _session_of(self, session_id: str) -> Session | None:
         """The session with this id, fresh; None when it is gone (or not this caller's)."""

@@ -141,6 +141,42 @@ async def _binary_vector(
     return np.frombuffer(buffer, dtype=dtype)
 
 
+async def _quantized_body(
+    request: Request, size: int, field: str, stall_seconds: float
+) -> bytearray:
+    """The bytes of an ``int8-block4096`` body of ``size`` elements; one of another
+    length is refused before it is read (Content-Length) or once it passes the length."""
+    expected = negotiation.int8_blocks_bytes(size)
+
+    def wrong(nbytes: int) -> errors.WrongSize:
+        return errors.WrongSize(
+            f"an {negotiation.INT8_BLOCKS} {field!r} of {size} elements has {expected} bytes "
+            f"(4 per block of {negotiation.INT8_BLOCK_ELEMENTS}, then 1 per element), not "
+            f"{nbytes}",
+            field=field,
+            expected_size=size,
+        )
+
+    declared = declared_length(request)
+    if declared is not None and declared != expected:
+        raise wrong(declared)
+    buffer = bytearray(expected)
+    view = memoryview(buffer)
+    received = 0
+
+    def take(part: bytes) -> None:
+        nonlocal received
+        if received + len(part) > expected:
+            raise wrong(received + len(part))
+        view[received : received + len(part)] = part
+        received += len(part)
+
+    await _consume(request, stall_seconds, take)
+    if received != expected:
+        raise wrong(received)
+    return buffer
+
+
 async def vector_body(
     request: Request,
     record: SessionRecord,
@@ -171,11 +207,21 @@ async def received_vector(
     json_limit: int,
     stall_seconds: float,
     size: int | None = None,
+    quantized: bool = False,
 ) -> FloatArray:
     """A vector as it arrived (its wire dtype; float64 from JSON), of the session's size
     (or ``size``: a partial step's) when binary; ``negotiation.conform`` checks and
-    converts it."""
+    converts it. With ``quantized`` (a gradient), an ``int8-block4096`` body is taken
+    too, and dequantized to float32."""
     kind = negotiation.body_kind(request.headers.get("content-type"))
+    if (
+        kind == BINARY
+        and quantized
+        and negotiation.gradient_wire(dtype_header) == (negotiation.INT8_BLOCKS)
+    ):
+        expected = record.size if size is None else size
+        data = await _quantized_body(request, expected, field, stall_seconds)
+        return negotiation.dequantize_int8_blocks(data, expected)
     if kind == BINARY:
         dtype = negotiation.wire_dtype(dtype_header, record.dtype)
         expected = record.size if size is None else size

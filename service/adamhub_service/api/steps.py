@@ -53,8 +53,11 @@ _PARAMETERS = [
     openapi.parameter(
         headers.DTYPE.lower(),
         "header",
-        {"type": "string", "enum": list(WIRE_DTYPES)},
-        openapi.DTYPE_PARAMETER_DESCRIPTION,
+        {"type": "string", "enum": list(negotiation.GRADIENT_DTYPES)},
+        openapi.DTYPE_PARAMETER_DESCRIPTION
+        + " `int8-block4096`: ceil(n/4096) little-endian float32 scales, then n int8 "
+        "values; element i is q[i] × scale[i // 4096] / 127 (in float32), a quarter of "
+        "float32's bytes.",
     ),
     openapi.parameter(
         headers.ACCEPT_DTYPE.lower(),
@@ -172,9 +175,7 @@ async def step(request: Request) -> Response:
         wait_seconds=min(wait_seconds, settings.max_wait_seconds),
         segments=headers.segments(sent.get(headers.SEGMENTS)),
         # 415 for a dtype the service does not take, before anything is read.
-        wire_itemsize=None
-        if dtype_header is None
-        else negotiation.wire_dtype(dtype_header, "float32").itemsize,
+        wire_itemsize=negotiation.gradient_itemsize(dtype_header),
     )
 
     async def read_gradient(record: SessionRecord, size: int) -> tuple[FloatArray, FloatArray]:
@@ -186,6 +187,7 @@ async def step(request: Request) -> Response:
             json_limit=settings.max_json_bytes,
             stall_seconds=settings.body_timeout_seconds,
             size=None if size == record.size else size,
+            quantized=True,
         )
         gradient = negotiation.conform(received, size=size, dtype=record.dtype, field="gradient")
         return received, gradient

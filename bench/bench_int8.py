@@ -1,0 +1,168 @@
+"""8-bit gradients with error feedback: what they save, and what they cost in training.
+
+    make bench     (or: .venv/bin/python bench/bench_int8.py)
+
+Measures, through the SDK against a local service (Redis AOF everysec):
+- the bytes a step uploads, float32 against int8-block4096, at 1M, 10M and 100M
+  parameters, and what that is on a 1 Gbit/s link; the SDK's encoding time (with
+  error feedback) and a 10M step's latency on this machine's loopback;
+- a small MLP (a digits-like task: 10 classes of 8×8 inputs) trained with RemoteAdam
+  sending float32, float16, int8 with error feedback, and int8 without it (the
+  residual dropped every step): final loss and test accuracy side by side.
+
+Writes bench/results/int8.json and int8.md.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from bench_step import RESULTS
+
+import adamhub
+from adamhub.quantization import ErrorFeedback
+from adamhub_service.testing import ServiceProcess, StoreServer
+
+LINK_BITS_PER_SECOND = 1e9
+STEPS = 400
+
+
+def upload_rows(base_url: str) -> list[dict[str, Any]]:
+    rows = []
+    for size in (1_000_000, 10_000_000, 100_000_000):
+        gradient = np.random.default_rng(0).normal(size=size).astype(np.float32)
+        feedback = ErrorFeedback(size)
+        started = time.perf_counter()
+        body, feedback = feedback.encode(gradient)
+        encode_ms = (time.perf_counter() - started) * 1000
+        row: dict[str, Any] = {
+            "params": size,
+            "float32_bytes": 4 * size,
+            "int8_bytes": len(body),
+            "ratio": round(len(body) / (4 * size), 4),
+            "float32_link_s": round(4 * size * 8 / LINK_BITS_PER_SECOND, 2),
+            "int8_link_s": round(len(body) * 8 / LINK_BITS_PER_SECOND, 2),
+            "encode_ms": round(encode_ms, 1),
+        }
+        if size == 10_000_000:
+            for dtype in ("float32", "int8"):
+                with adamhub.Client(base_url, timeout=600, gradient_dtype=dtype) as client:
+                    session = client.create_session(size=size)
+                    times = []
+                    for _ in range(6):
+                        start = time.perf_counter()
+                        session.step(gradient)
+                        times.append((time.perf_counter() - start) * 1000)
+                    session.delete()
+                row[f"{dtype}_step_ms"] = round(statistics.median(times[1:]), 1)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def digits_like(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """10 classes of 8×8 inputs: each class a random stroke pattern, samples noisy and
+    shifted copies of it (2,000 to train, 500 to test)."""
+    rng = np.random.default_rng(seed)
+    prototypes = (rng.uniform(size=(10, 8, 8)) > 0.6).astype(np.float32)
+
+    def sample(count: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, 10, size=count)
+        images = prototypes[labels]
+        shifts = rng.integers(-1, 2, size=(count, 2))
+        images = np.stack(
+            [
+                np.roll(img, tuple(shift), axis=(0, 1))
+                for img, shift in zip(images, shifts, strict=True)
+            ]
+        )
+        images = images + rng.normal(scale=0.6, size=images.shape).astype(np.float32)
+        return images.reshape(count, 64), labels
+
+    x_train, y_train = sample(2000)
+    x_test, y_test = sample(500)
+    return x_train, y_train, x_test, y_test
+
+
+def train(base_url: str, wire: str) -> dict[str, Any]:
+    import torch
+
+    from adamhub.torch import RemoteAdam
+
+    x_train, y_train, x_test, y_test = (torch.from_numpy(a) for a in digits_like())
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    dtype = {"float32": None, "float16": "float16"}.get(wire, "int8")
+    with adamhub.Client(base_url) as client:
+        optimizer = RemoteAdam(model.parameters(), lr=3e-3, client=client, gradient_dtype=dtype)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(STEPS):
+            batch = torch.randint(0, len(x_train), (64,), generator=generator)
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
+            loss.backward()  # type: ignore[no-untyped-call]
+            if wire == "int8, no error feedback":
+                optimizer.session.error_feedback = None  # each step rounded on its own
+            optimizer.step()
+        with torch.no_grad():
+            final = torch.nn.functional.cross_entropy(model(x_train), y_train).item()
+            accuracy = (model(x_test).argmax(dim=1) == y_test).float().mean().item()
+        optimizer.session.delete()
+    row = {"wire": wire, "train_loss": round(final, 4), "test_accuracy": round(accuracy, 4)}
+    print(row, flush=True)
+    return row
+
+
+def main() -> None:
+    """Measure, print the tables, write them to bench/results."""
+    store = StoreServer("--appendonly", "yes", "--appendfsync", "everysec").start()
+    service = ServiceProcess("--redis-url", store.url).start()
+    try:
+        uploads = upload_rows(service.base_url)
+        training = [
+            train(service.base_url, wire)
+            for wire in ("float32", "float16", "int8 + error feedback", "int8, no error feedback")
+        ]
+    finally:
+        service.stop()
+        store.cleanup()
+    lines = [
+        "8-bit gradients (int8-block4096) against float32, one run, through the SDK",
+        "",
+        "| params | float32 bytes | int8 bytes | ÷ float32 | 1 Gbit/s: float32 s | int8 s "
+        "| SDK encode ms | step ms float32 / int8 (loopback) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in uploads:
+        steps = (
+            f"{row['float32_step_ms']} / {row['int8_step_ms']}" if "int8_step_ms" in row else "—"
+        )
+        lines.append(
+            f"| {row['params']:,} | {row['float32_bytes']:,} | {row['int8_bytes']:,} "
+            f"| {row['ratio']} | {row['float32_link_s']} | {row['int8_link_s']} "
+            f"| {row['encode_ms']} | {steps} |"
+        )
+    lines += [
+        "",
+        f"a 64-64-10 MLP, {STEPS} RemoteAdam steps of 64 (digits-like, 10 classes of 8×8)",
+        "",
+        "| gradients sent as | final train loss | test accuracy |",
+        "|---|---:|---:|",
+    ]
+    for row in training:
+        lines.append(f"| {row['wire']} | {row['train_loss']} | {row['test_accuracy']:.1%} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "int8.md").write_text(table)
+    (RESULTS / "int8.json").write_text(
+        json.dumps({"uploads": uploads, "training": training}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
