@@ -28,6 +28,7 @@ from adamhub.quantization import ErrorFeedback
 from adamhub_service.testing import ServiceProcess, StoreServer
 
 LINK_BITS_PER_SECOND = 1e9
+BLOCK_SIZE = 4096
 STEPS = 400
 
 
@@ -117,6 +118,35 @@ def train(base_url: str, wire: str) -> dict[str, Any]:
     return row
 
 
+def small_beside_large(base_url: str) -> list[dict[str, Any]]:
+    """Where error feedback matters: a quadratic on 4,096 weights (one block), one of
+    them with a curvature 10,000× the others', so that the others' gradients stay below
+    half an 8-bit step of the block's scale. The distance of the small-curvature weights
+    to their optimum after 300 steps (it starts at about 0.8), float32 against int8 with
+    and without error feedback."""
+    rng = np.random.default_rng(0)
+    curvature = np.full(BLOCK_SIZE, 1e-2, np.float32)
+    curvature[0] = 100.0
+    optimum = rng.normal(size=BLOCK_SIZE).astype(np.float32)
+    rows = []
+    for wire in ("float32", "int8 + error feedback", "int8, no error feedback"):
+        dtype = None if wire == "float32" else "int8"
+        with adamhub.Client(base_url, gradient_dtype=dtype) as client:
+            session = client.create_session(size=BLOCK_SIZE, optimizer={"lr": 0.02})
+            weights = np.zeros(BLOCK_SIZE, np.float32)
+            for _ in range(300):
+                gradient = curvature * (weights - optimum)
+                gradient[0] += 50.0 * np.sign(weights[0] - optimum[0])  # a kink: it stays large
+                if wire == "int8, no error feedback":
+                    session.error_feedback = None
+                weights = session.step(gradient)
+            session.delete()
+        small = float(np.abs(weights[1:] - optimum[1:]).mean())
+        rows.append({"wire": wire, "small_weights_error": round(small, 4)})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     """Measure, print the tables, write them to bench/results."""
     store = StoreServer("--appendonly", "yes", "--appendfsync", "everysec").start()
@@ -127,6 +157,7 @@ def main() -> None:
             train(service.base_url, wire)
             for wire in ("float32", "float16", "int8 + error feedback", "int8, no error feedback")
         ]
+        skewed = small_beside_large(service.base_url)
     finally:
         service.stop()
         store.cleanup()
@@ -155,6 +186,16 @@ def main() -> None:
     ]
     for row in training:
         lines.append(f"| {row['wire']} | {row['train_loss']} | {row['test_accuracy']:.1%} |")
+    lines += [
+        "",
+        "a quadratic on 4,096 weights in one block, one whose gradient stays 1,000× the "
+        "others': 300 steps (the small weights start 0.8 from their optimum)",
+        "",
+        "| gradients sent as | mean error of the small weights |",
+        "|---|---:|",
+    ]
+    for row in skewed:
+        lines.append(f"| {row['wire']} | {row['small_weights_error']} |")
     table = "\n".join(lines) + "\n"
     print(table)
     RESULTS.mkdir(exist_ok=True)
