@@ -57,6 +57,9 @@ CLOSE_GRACE_SECONDS = 2.0
 # the round (at least every RENEW_SECONDS); past it, they are taken out of the round.
 LEASE_SECONDS = 5.0
 RENEW_SECONDS = 1.0
+# How soon a holder looks again after the store failed to answer (a failover, a
+# restart): it keeps its contributions meanwhile.
+STORE_RETRY_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,7 +488,15 @@ class RoundService:
                 # until the round's news, its deadline, or the lease's renewal.
                 await watch.wait(first_pause)
                 while not held.ended.done() and held.contributions:
-                    pause = await self._look_as_holder(session_id, held)
+                    try:
+                        pause = await self._look_as_holder(session_id, held)
+                    except (errors.StoreUnavailable, errors.OutcomeUnknown):
+                        # The store records these contributions as held here: dropping
+                        # them now would lose them for good while this process, alive,
+                        # keeps the lease of the round's others. Keep them and look
+                        # again; a store away past the lease takes them out itself,
+                        # and the next look says so.
+                        pause = STORE_RETRY_SECONDS
                     if pause is None:
                         return
                     await watch.wait(pause)
