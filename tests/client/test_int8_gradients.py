@@ -4,6 +4,8 @@ that, the residual carries what rounding lost, and RemoteAdam keeps it in its st
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from hypothesis.extra.numpy import arrays
 
 import adamhub
 from adamhub.quantization import BLOCK, ErrorFeedback, dequantize, quantize, wire_body
-from adamhub_service.api.negotiation import dequantize_int8_blocks, int8_blocks_bytes
+from adamhub_service.model.quantized import Int8Blocks, wire_bytes
 from adamhub_service.optim import AdamConfig, adam_step, init_state
 
 finite = st.floats(-(2.0**100), 2.0**100, allow_nan=False, width=32)
@@ -24,8 +26,8 @@ finite = st.floats(-(2.0**100), 2.0**100, allow_nan=False, width=32)
 def test_what_the_sdk_sends_is_what_the_service_reads(vector: np.ndarray) -> None:
     scales, quantized = quantize(vector)
     body = wire_body(scales, quantized)
-    assert len(body) == int8_blocks_bytes(vector.size)
-    read = dequantize_int8_blocks(body, vector.size)
+    assert len(body) == wire_bytes(vector.size)
+    read = Int8Blocks.from_wire(body, vector.size).dequantized()
     assert read.tobytes() == dequantize(scales, quantized).tobytes()
     # Within half a step of its block's scale / 127 of the value sent.
     per_element = np.repeat(scales, BLOCK)[: vector.size].astype(np.float64)
@@ -40,7 +42,7 @@ def test_error_feedback_loses_nothing_over_steps() -> None:
     for _ in range(50):
         gradient = rng.normal(size=5000).astype(np.float32) * rng.uniform(0.1, 10)
         body, feedback = feedback.encode(gradient)
-        total_sent += dequantize_int8_blocks(body, 5000)
+        total_sent += Int8Blocks.from_wire(body, 5000).dequantized()
         total_given += gradient
     # What was not sent yet is exactly the residual (to float32 rounding).
     assert np.allclose(total_given - total_sent, feedback.residual, atol=1e-3)
@@ -64,7 +66,7 @@ def test_int8_steps_are_a_quarter_of_the_bytes_and_exact_on_what_arrives(
             body = sent[-1].content
             assert sent[-1].headers["adamhub-dtype"] == "int8-block4096"
             assert len(body) == 4 * 3 + size  # a quarter of float32's 40,000, and 3 scales
-            state = adam_step(state, dequantize_int8_blocks(body, size), config)
+            state = adam_step(state, Int8Blocks.from_wire(body, size).dequantized(), config)
             assert params.tobytes() == state.params.tobytes()
         with pytest.raises(ValueError, match="segments"):
             session.step(np.ones(size), segments=[0])
@@ -105,3 +107,47 @@ def test_remote_adam_keeps_the_residual_in_its_state_dict(service_url: str) -> N
         assert feedback is not None
         assert np.array_equal(feedback.residual, residual.numpy())
         assert resumed.session.gradient_dtype == "int8"
+
+
+def test_the_log_keeps_8_bit_steps_as_they_came_and_replays_them_exactly(
+    redis_url: str, redis_client: Any, tmp_path: Any
+) -> None:
+    """The log entry of an 8-bit step is its scales and int8 values (a quarter of
+    float32's bytes); a replica that never held the state rebuilds the same bits from
+    them; a rollback reaches back through them; a delete leaves nothing."""
+    from adamhub_service.testing import ServiceProcess
+
+    writer = ServiceProcess("--redis-url", redis_url, log_path=tmp_path / "w.log").start()
+    reader = ServiceProcess(
+        "--redis-url", redis_url, env={"ADAMHUB_CACHE_BYTES": "0"}, log_path=tmp_path / "r.log"
+    ).start()
+    size = 300_000  # two chunks of 262,144
+    rng = np.random.default_rng(5)
+    try:
+        with (
+            adamhub.Client(writer.base_url, gradient_dtype="int8") as client,
+            adamhub.Client(reader.base_url) as other,
+        ):
+            session = client.create_session(size=size, history_steps=10)
+            for _ in range(6):
+                params = session.step(rng.normal(size=size).astype(np.float32))
+            log = redis_client.hgetall(f"adamhub:{{{session.id}}}:log")
+            entries = [value.decode().split(" ") for value in log.values()]
+            assert entries and all(entry[1] == "int8-block4096" for entry in entries)
+            assert {int(entry[2]) for entry in entries} == {wire_bytes(size)}
+            stored = sum(
+                redis_client.strlen(key)
+                for key in redis_client.keys(f"adamhub:{{{session.id}}}:c:*")
+                if key.decode().split(":")[-2] in "gs"
+                and key.decode().split(":")[-3] in {entry[0] for entry in entries}
+            )
+            assert stored == len(entries) * wire_bytes(size)  # not 4 bytes a number
+            rebuilt = other.session(session.id)
+            assert rebuilt.params().tobytes() == params.tobytes()  # replayed from the log
+            rebuilt.rollback(3)
+            assert other.session(session.id).t == 3
+            session.delete()
+            assert redis_client.keys(f"adamhub:{{{session.id}}}:*") == []
+    finally:
+        writer.stop()
+        reader.stop()

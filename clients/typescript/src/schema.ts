@@ -3703,8 +3703,8 @@ export interface operations {
             header?: {
                 /** @description `application/octet-stream` for the parameters as raw bytes. */
                 accept?: string;
-                /** @description Element type of a binary body (default: the session's dtype); `bfloat16` and `float16` widen exactly to the session's. */
-                "adamhub-dtype"?: "bfloat16" | "float16" | "float32" | "float64";
+                /** @description Element type of a binary body (default: the session's dtype); `bfloat16` and `float16` widen exactly to the session's. `int8-block4096`: ceil(n/4096) little-endian float32 scales, then n int8 values; element i is q[i] × scale[i // 4096] / 127 (in float32), a quarter of float32's bytes. */
+                "adamhub-dtype"?: "bfloat16" | "float16" | "float32" | "float64" | "int8-block4096";
                 /** @description The dtype of a binary answer: `bfloat16` or `float16` halve it (the answer's `Adamhub-Dtype` says what it is: the session's when float16 cannot hold the values). */
                 "adamhub-accept-dtype"?: "bfloat16" | "float16" | "float32" | "float64";
                 /** @description JSON `{"optimizer": {…}, "param_groups": [{…}, …]}`, as in PATCH: hyperparameters for this step and the ones after it, committed with it (schedulers need no extra request). */

@@ -15,6 +15,8 @@ from adamhub_service import errors
 from adamhub_service.api import negotiation
 from adamhub_service.api.negotiation import BINARY
 from adamhub_service.api.problems import validation_problem
+from adamhub_service.model.quantized import BLOCK_ELEMENTS, INT8_BLOCKS, Int8Blocks
+from adamhub_service.model.quantized import wire_bytes as quantized_bytes
 from adamhub_service.model.records import SessionRecord
 from adamhub_service.optim import FloatArray
 
@@ -141,18 +143,43 @@ async def _binary_vector(
     return np.frombuffer(buffer, dtype=dtype)
 
 
-async def _quantized_body(
-    request: Request, size: int, field: str, stall_seconds: float
-) -> bytearray:
+async def received_gradient(
+    request: Request,
+    record: SessionRecord,
+    dtype_header: str | None,
+    *,
+    json_limit: int,
+    stall_seconds: float,
+    size: int | None = None,
+) -> FloatArray | Int8Blocks:
+    """A gradient as it arrived: as ``received_vector``, or 8-bit blocks
+    (``Adamhub-Dtype: int8-block4096``), kept as they came."""
+    kind = negotiation.body_kind(request.headers.get("content-type"))
+    if kind == BINARY and negotiation.gradient_wire(dtype_header) == INT8_BLOCKS:
+        expected = record.size if size is None else size
+        data = await _quantized_body(request, expected, stall_seconds)
+        return Int8Blocks.from_wire(data, expected)
+    return await received_vector(
+        request,
+        record,
+        "gradient",
+        dtype_header,
+        json_limit=json_limit,
+        stall_seconds=stall_seconds,
+        size=size,
+    )
+
+
+async def _quantized_body(request: Request, size: int, stall_seconds: float) -> bytearray:
     """The bytes of an ``int8-block4096`` body of ``size`` elements; one of another
     length is refused before it is read (Content-Length) or once it passes the length."""
-    expected = negotiation.int8_blocks_bytes(size)
+    expected = quantized_bytes(size)
+    field = "gradient"
 
     def wrong(nbytes: int) -> errors.WrongSize:
         return errors.WrongSize(
-            f"an {negotiation.INT8_BLOCKS} {field!r} of {size} elements has {expected} bytes "
-            f"(4 per block of {negotiation.INT8_BLOCK_ELEMENTS}, then 1 per element), not "
-            f"{nbytes}",
+            f"an {INT8_BLOCKS} {field!r} of {size} elements has {expected} bytes "
+            f"(4 per block of {BLOCK_ELEMENTS}, then 1 per element), not {nbytes}",
             field=field,
             expected_size=size,
         )
@@ -207,21 +234,11 @@ async def received_vector(
     json_limit: int,
     stall_seconds: float,
     size: int | None = None,
-    quantized: bool = False,
 ) -> FloatArray:
     """A vector as it arrived (its wire dtype; float64 from JSON), of the session's size
     (or ``size``: a partial step's) when binary; ``negotiation.conform`` checks and
-    converts it. With ``quantized`` (a gradient), an ``int8-block4096`` body is taken
-    too, and dequantized to float32."""
+    converts it."""
     kind = negotiation.body_kind(request.headers.get("content-type"))
-    if (
-        kind == BINARY
-        and quantized
-        and negotiation.gradient_wire(dtype_header) == (negotiation.INT8_BLOCKS)
-    ):
-        expected = record.size if size is None else size
-        data = await _quantized_body(request, expected, field, stall_seconds)
-        return negotiation.dequantize_int8_blocks(data, expected)
     if kind == BINARY:
         dtype = negotiation.wire_dtype(dtype_header, record.dtype)
         expected = record.size if size is None else size

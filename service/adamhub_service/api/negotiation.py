@@ -15,17 +15,14 @@ import orjson
 
 from adamhub_service import errors
 from adamhub_service.api import headers
+from adamhub_service.model.quantized import INT8_BLOCKS
 from adamhub_service.optim import FloatArray
 
 JSON = "application/json"
 BINARY = "application/octet-stream"
 PROBLEM_JSON = "application/problem+json"
 WIRE_DTYPES: tuple[str, ...] = ("bfloat16", "float16", "float32", "float64")
-# A gradient may also come 8-bit: ceil(n / 4096) little-endian float32 scales, then n
-# int8 values; element i is q[i] × scale[i // 4096] / 127 (computed in float32, in that
-# order). A quarter of float32's bytes.
-INT8_BLOCKS = "int8-block4096"
-INT8_BLOCK_ELEMENTS = 4096
+# A gradient may also come 8-bit (``model/quantized.py``): a quarter of float32's bytes.
 GRADIENT_DTYPES: tuple[str, ...] = (*WIRE_DTYPES, INT8_BLOCKS)
 # bfloat16 travels as the high 16 bits of a float32; numpy has no bfloat16, so its
 # elements are read as these and widened (exactly) to float32.
@@ -86,22 +83,6 @@ def gradient_itemsize(header: str | None) -> int | None:
     if name is None:
         return None
     return 1 if name == INT8_BLOCKS else wire_dtype(name, "float32").itemsize
-
-
-def int8_blocks_bytes(size: int) -> int:
-    """The bytes of an ``int8-block4096`` body of ``size`` elements."""
-    return 4 * -(-size // INT8_BLOCK_ELEMENTS) + size
-
-
-def dequantize_int8_blocks(data: bytes | bytearray | memoryview, size: int) -> FloatArray:
-    """An ``int8-block4096`` body's ``size`` elements, as float32: q × scale / 127."""
-    blocks = -(-size // INT8_BLOCK_ELEMENTS)
-    scales = np.frombuffer(data, dtype="<f4", count=blocks)
-    values = np.frombuffer(data, dtype=np.int8, count=size, offset=4 * blocks)
-    per_element = np.repeat(scales.astype(np.float32), INT8_BLOCK_ELEMENTS)[:size]
-    with np.errstate(invalid="ignore", over="ignore"):
-        result: FloatArray = (values.astype(np.float32) * per_element) / np.float32(127)
-    return result
 
 
 def widen_bfloat16(bits: npt.NDArray[np.uint16]) -> FloatArray:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from adamhub_service import errors
 from adamhub_service.api import headers, negotiation, openapi
 from adamhub_service.api.auth import principal
-from adamhub_service.api.bodies import received_vector
+from adamhub_service.api.bodies import received_gradient
 from adamhub_service.api.deps import Services
 from adamhub_service.api.negotiation import BINARY, JSON, etag
 from adamhub_service.api.problems import validation_problem
@@ -27,6 +27,7 @@ from adamhub_service.api.schemas import (
     StepSettingsIn,
     render,
 )
+from adamhub_service.model.quantized import Int8Blocks
 from adamhub_service.model.records import SessionRecord
 from adamhub_service.optim import FloatArray
 from adamhub_service.steps.commit import Report
@@ -178,18 +179,19 @@ async def step(request: Request) -> Response:
         wire_itemsize=negotiation.gradient_itemsize(dtype_header),
     )
 
-    async def read_gradient(record: SessionRecord, size: int) -> tuple[FloatArray, FloatArray]:
-        received = await received_vector(
+    async def read_gradient(
+        record: SessionRecord, size: int
+    ) -> tuple[FloatArray | Int8Blocks, FloatArray]:
+        received = await received_gradient(
             request,
             record,
-            "gradient",
             dtype_header,
             json_limit=settings.max_json_bytes,
             stall_seconds=settings.body_timeout_seconds,
             size=None if size == record.size else size,
-            quantized=True,
         )
-        gradient = negotiation.conform(received, size=size, dtype=record.dtype, field="gradient")
+        wire = received.dequantized() if isinstance(received, Int8Blocks) else received
+        gradient = negotiation.conform(wire, size=size, dtype=record.dtype, field="gradient")
         return received, gradient
 
     session_id: str = request.path_params["session_id"]

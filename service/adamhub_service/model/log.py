@@ -8,10 +8,12 @@ import numpy as np
 import orjson
 
 from adamhub_service.model.optimizer_json import optimizer_from_json, optimizer_json
+from adamhub_service.model.quantized import INT8_BLOCKS, elements_in
 from adamhub_service.optim import AdamConfig
 
-# The one vector of a log entry: its gradient.
+# The vectors of a log entry: its gradient, and the scales of one in 8-bit blocks.
 GRADIENT = "g"
+SCALES = "s"
 
 
 def encode_indices(values: tuple[int, ...]) -> str:
@@ -71,6 +73,8 @@ class LogEntry:
     @property
     def elements(self) -> int:
         """How many numbers the logged gradient holds."""
+        if self.dtype == INT8_BLOCKS:
+            return elements_in(self.nbytes)
         return self.nbytes // np.dtype(self.dtype).itemsize
 
 

@@ -60,3 +60,13 @@ class Int8Blocks:
                 self.values.astype(np.float32) * per_element
             ) / np.float32(127)
         return result
+
+
+# A gradient as the log keeps it: in its wire dtype when that is narrower than the
+# session's (it widens exactly), or in 8-bit blocks.
+LoggedGradient = npt.NDArray[np.floating] | Int8Blocks
+
+
+def logged_dtype(logged: LoggedGradient) -> str:
+    """The dtype a log entry names for ``logged``."""
+    return INT8_BLOCKS if isinstance(logged, Int8Blocks) else logged.dtype.name

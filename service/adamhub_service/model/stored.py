@@ -9,6 +9,7 @@ from typing import Literal
 
 from adamhub_service.model.log import LogEntry
 from adamhub_service.model.outcomes import IdempotencyClaim
+from adamhub_service.model.quantized import LoggedGradient
 from adamhub_service.model.records import SessionRecord
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray
 
@@ -52,7 +53,7 @@ class LoggedStep:
     record to write unless the key is recorded already, its history point (JSON)."""
 
     entry: LogEntry
-    gradient: FloatArray
+    gradient: LoggedGradient
     idempotency: IdempotencyClaim | None = None
     point: str | None = None
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from adamhub_service import errors
 from adamhub_service.model.log import LogEntry
 from adamhub_service.model.outcomes import AppendOutcome, IdempotencyClaim, WriteStatus
+from adamhub_service.model.quantized import LoggedGradient, logged_dtype
 from adamhub_service.model.records import SessionRecord, new_write_id, utc_now
 from adamhub_service.model.repositories import SessionRepository
 from adamhub_service.model.stored import CachedSession, LoggedStep
@@ -49,7 +50,7 @@ class Commit:
         new_state: AdamState,
         config: AdamConfig,
         gradient: FloatArray,
-        logged: FloatArray,
+        logged: LoggedGradient,
         *,
         report: Report = Report(),
         staleness: int | None = None,
@@ -61,7 +62,7 @@ class Commit:
         ``config``."""
         entry = LogEntry(
             new_write_id(),
-            logged.dtype.name,
+            logged_dtype(logged),
             logged.nbytes,
             None if config == self.config else config,
             segments,

@@ -20,6 +20,7 @@ import numpy as np
 from adamhub_service import errors
 from adamhub_service.model.outcomes import IdempotencyClaim, IdempotencyRecord, WriteStatus
 from adamhub_service.model.principal import Principal
+from adamhub_service.model.quantized import Int8Blocks, LoggedGradient
 from adamhub_service.model.records import SessionRecord
 from adamhub_service.model.repositories import SessionRepository
 from adamhub_service.observability.metrics import Metrics
@@ -44,7 +45,9 @@ MAX_GROUP_BYTES = 64 << 20
 
 # Reads a step's gradient of ``size`` elements for the session of ``record``: as it
 # arrived (its wire dtype), and in the session's dtype (validated: that size, finite).
-GradientReader = Callable[[SessionRecord, int], Awaitable[tuple[FloatArray, FloatArray]]]
+GradientReader = Callable[
+    [SessionRecord, int], Awaitable[tuple[FloatArray | Int8Blocks, FloatArray]]
+]
 
 
 @dataclass(slots=True)
@@ -53,7 +56,7 @@ class _Queued:
     gradient as it is logged (the wire dtype, when narrower), and its answer."""
 
     gradient: FloatArray
-    logged: FloatArray
+    logged: LoggedGradient
     idempotency_key: str | None
     digest: str
     settings: StepSettings | None
@@ -133,9 +136,9 @@ class StepService:
                 norm = await self._screening.judge(record, admitted, gradient)
                 recording = self._screening.accept(record, admitted, norm)
             try:
-                # The log keeps a narrower wire dtype as it came (it widens exactly).
-                narrower = received.dtype.itemsize < gradient.dtype.itemsize
-                logged = received if narrower else None
+                # The log keeps a narrower wire dtype as it came (it widens exactly), and
+                # 8-bit blocks as they came (a plain step's; a round logs its mean).
+                logged = logged_form(received, gradient)
                 if record.settings.rounds is None:
                     return await self.step(
                         session_id,
@@ -148,6 +151,9 @@ class StepService:
                         segments=request.segments,
                     )
                 assert self._rounds is not None, "rounds sessions need the round service"
+                if isinstance(logged, Int8Blocks):
+                    dequantized = logged.dequantized()
+                    logged = dequantized if dequantized.dtype != gradient.dtype else None
                 contributed = await self._rounds.contribute(
                     record, gradient, logged=logged, request=request
                 )
@@ -172,7 +178,7 @@ class StepService:
         session_id: str,
         gradient: FloatArray,
         *,
-        logged: FloatArray | None = None,
+        logged: LoggedGradient | None = None,
         idempotency_key: str | None = None,
         settings: StepSettings | None = None,
         base_step: int | None = None,
@@ -182,7 +188,8 @@ class StepService:
         """Apply ``gradient`` (already validated: the session's size, dtype, finite).
 
         ``logged`` is the gradient as it arrived, when that is narrower than the session
-        dtype (it converts to ``gradient`` exactly); the log keeps it instead.
+        dtype or 8-bit blocks (it converts to ``gradient`` exactly); the log keeps it
+        instead.
         ``settings`` change the hyperparameters from this step on, in the same commit.
         ``base_step`` is the t of the parameters the gradient was computed at: one the
         session is past by more than its ``max_staleness``, or has never reached, is
@@ -405,3 +412,12 @@ def grown_since(record: SessionRecord, wrong: errors.WrongSize) -> errors.SizeCh
         size=record.size,
         segments=list(sizes),
     )
+
+
+def logged_form(received: FloatArray | Int8Blocks, gradient: FloatArray) -> LoggedGradient | None:
+    """What the log keeps of a gradient that arrived as ``received``: 8-bit blocks as
+    they came, a narrower dtype as it came (both widen exactly to ``gradient``), else
+    nothing but ``gradient`` itself (None)."""
+    if isinstance(received, Int8Blocks):
+        return received
+    return received if received.dtype.itemsize < gradient.dtype.itemsize else None

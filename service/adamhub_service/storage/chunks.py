@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
@@ -27,7 +28,9 @@ from adamhub_service.storage.errors import unavailable_on_error
 Chunk = tuple[str, memoryview]
 
 
-def chunked(keys: Sequence[str], vector: FloatArray, chunk_elements: int) -> list[Chunk]:
+def chunked(
+    keys: Sequence[str], vector: FloatArray | npt.NDArray[np.int8], chunk_elements: int
+) -> list[Chunk]:
     """A vector's little-endian bytes, cut into chunks named by ``keys``."""
     dtype = vector.dtype.newbyteorder("<")
     data = np.ascontiguousarray(vector, dtype=dtype).data.cast("B")

@@ -12,15 +12,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import redis.asyncio as redis
 
-from adamhub_service.model.log import GRADIENT, LogEntry, SnapshotRef
+from adamhub_service.model.log import GRADIENT, SCALES, LogEntry, SnapshotRef
 from adamhub_service.model.outcomes import (
     AppendOutcome,
     IdempotencyRecord,
     WriteOutcome,
     WriteStatus,
 )
+from adamhub_service.model.quantized import INT8_BLOCKS, Int8Blocks, LoggedGradient, blocks_of
 from adamhub_service.model.records import SessionRecord, new_write_id
 from adamhub_service.model.stored import LoggedStep, StoredSession
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray
@@ -114,14 +116,12 @@ class SessionScripts:
                 for name, vector in vectors.items()
             ]
         # A partial step's gradient holds its segments only.
-        gradients = [np.empty(entry.elements, dtype=entry.dtype) for entry in entries]
-        targets += [
-            (chunk_keys(record.id, entry.write_id, (GRADIENT,), chunks_of(record, entry)), gradient)
-            for entry, gradient in zip(entries, gradients, strict=True)
-        ]
+        stored = [stored_gradient(entry) for entry in entries]
+        for entry, parts in zip(entries, stored, strict=True):
+            targets += logged_targets(record, entry, parts)
         if not await self._chunks.read_into(record, targets):
             return WriteStatus.CONFLICT
-        log = list(zip(entries, gradients, strict=True))
+        log = [(entry, widened(parts)) for entry, parts in zip(entries, stored, strict=True)]
         return StoredSession(record, config, vectors, int(snapshot_t), log, segment_steps)
 
     async def history(self, session_id: str, *, after_t: int | None, limit: int) -> list[bytes]:
@@ -227,13 +227,7 @@ class SessionScripts:
         ]
         chunks: list[Chunk] = []
         for step in steps:
-            chunks += chunked(
-                chunk_keys(
-                    current.id, step.entry.write_id, (GRADIENT,), chunks_of(current, step.entry)
-                ),
-                step.gradient,
-                current.chunk_elements,
-            )
+            chunks += logged_chunks(current, step.entry, step.gradient)
         args: list[Any] = [
             current.rev,
             len(steps),
@@ -317,3 +311,47 @@ def _step_changes(current: SessionRecord, new: SessionRecord) -> dict[str, Any]:
 
 def _pairs(changes: MetaFields) -> list[Any]:
     return [part for field, value in changes.items() for part in (field, value)]
+
+
+def logged_chunks(record: SessionRecord, entry: LogEntry, logged: LoggedGradient) -> list[Chunk]:
+    """The chunks of a logged gradient: its values (``g``), and the scales (``s``) of
+    one in 8-bit blocks."""
+    keys = chunk_keys(record.id, entry.write_id, (GRADIENT,), chunks_of(record, entry))
+    if not isinstance(logged, Int8Blocks):
+        return chunked(keys, logged, record.chunk_elements)
+    scale_keys = chunk_keys(
+        record.id, entry.write_id, (SCALES,), -(-logged.scales.size // record.chunk_elements)
+    )
+    return chunked(keys, logged.values, record.chunk_elements) + chunked(
+        scale_keys, logged.scales, record.chunk_elements
+    )
+
+
+def stored_gradient(entry: LogEntry) -> list[npt.NDArray[Any]]:
+    """Arrays to read a logged gradient into: its values, and its scales when 8-bit."""
+    if entry.dtype != INT8_BLOCKS:
+        return [np.empty(entry.elements, dtype=entry.dtype)]
+    return [np.empty(entry.elements, np.int8), np.empty(blocks_of(entry.elements), np.float32)]
+
+
+def logged_targets(
+    record: SessionRecord, entry: LogEntry, parts: list[npt.NDArray[Any]]
+) -> list[tuple[Sequence[str], Any]]:
+    """Where each part of a logged gradient is read from."""
+    names = (GRADIENT, SCALES)
+    return [
+        (
+            chunk_keys(record.id, entry.write_id, (name,), -(-part.size // record.chunk_elements)),
+            part,
+        )
+        for name, part in zip(names, parts, strict=False)
+    ]
+
+
+def widened(parts: list[npt.NDArray[Any]]) -> FloatArray:
+    """A logged gradient as the step applied it: 8-bit blocks dequantized, else as read
+    (its dtype widens exactly)."""
+    if len(parts) == 1:
+        read: FloatArray = parts[0]
+        return read
+    return Int8Blocks(parts[0], parts[1]).dequantized()

@@ -106,7 +106,7 @@ def test_step_documents_its_headers_and_both_encodings(document: dict[str, Any])
     assert set(step["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
     headers = {p["name"]: p for p in step["parameters"] if p["in"] == "header"}
     dtypes = ["bfloat16", "float16", "float32", "float64"]
-    assert headers["adamhub-dtype"]["schema"]["enum"] == dtypes
+    assert headers["adamhub-dtype"]["schema"]["enum"] == [*dtypes, "int8-block4096"]
     assert headers["adamhub-accept-dtype"]["schema"]["enum"] == dtypes
     assert headers["idempotency-key"]["schema"]["pattern"] == "^[!-~]{1,255}$"
     created = document["paths"]["/v1/sessions"]["post"]["responses"]["201"]

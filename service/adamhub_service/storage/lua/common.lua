@@ -16,7 +16,8 @@
 --                   many), and for each such j: m<j> = 1, k<j> = its idempotency key
 --   <prefix>dropped "<t> <why>": the round at t was dropped (its step not finite)
 --   <prefix>hist    a sorted set: the history points of the newest steps, by t
---   <prefix>c:<write id>:<vector>:<i>   chunk i of a stored vector
+--   <prefix>c:<write id>:<vector>:<i>   chunk i of a stored vector (g a gradient, s its
+--                   scales when in 8-bit blocks; p m v x a snapshot's)
 local COMMITTED, REPLAYED, CONFLICT, GONE, ID_TAKEN, EXPIRED, NO_HISTORY = 1, 2, 3, 4, 5, 6, 7
 local STALE, SEALED, DROPPED, ELSEWHERE = 8, 9, 10, 11
 
@@ -41,6 +42,15 @@ end
 
 local function entry_write_id(entry)
   return string.match(entry, '^(%S+)')
+end
+
+-- The stored vectors of a logged gradient: its values, and the scales of one in 8-bit
+-- blocks (model/quantized.py).
+local function entry_vectors(entry)
+  if string.match(entry, '^%S+ (%S+)') == 'int8-block4096' then
+    return 'gs'
+  end
+  return 'g'
 end
 
 -- Whether the log's entry of step t is the write `write_id` (so a state computed up to
@@ -89,7 +99,7 @@ local function retire_log(prefix, first, last, count)
   for step = first, last do
     local entry = redis.call('HGET', log, tostring(step))
     if entry then
-      unlink_chunks(prefix, entry_write_id(entry), 'g', count)
+      unlink_chunks(prefix, entry_write_id(entry), entry_vectors(entry), count)
       redis.call('HDEL', log, tostring(step))
     end
   end
@@ -108,7 +118,7 @@ local function discard_round(prefix, count)
   for i = 1, n do
     local entry = redis.call('HGET', round, tostring(i))
     if entry then
-      unlink_chunks(prefix, entry_write_id(entry), 'g', count)
+      unlink_chunks(prefix, entry_write_id(entry), entry_vectors(entry), count)
     end
   end
   redis.call('DEL', round)
@@ -134,7 +144,7 @@ local function unlink_history(meta)
     unlink_chunks(prefix, old_id, vectors, count)
   end
   for _, entry in ipairs(redis.call('HVALS', log)) do
-    unlink_chunks(prefix, entry_write_id(entry), 'g', count)
+    unlink_chunks(prefix, entry_write_id(entry), entry_vectors(entry), count)
   end
   redis.call('DEL', log, snaps)
 end

@@ -27,7 +27,7 @@ for _, value in ipairs(redis.call('HVALS', prefix .. 'snaps')) do
   unlink_chunks(prefix, old_id, vectors, count)
 end
 for _, entry in ipairs(redis.call('HVALS', prefix .. 'log')) do
-  unlink_chunks(prefix, entry_write_id(entry), 'g', count)
+  unlink_chunks(prefix, entry_write_id(entry), entry_vectors(entry), count)
 end
 redis.call('DEL', prefix .. 'log', prefix .. 'snaps')
 redis.call('HSET', meta, unpack(ARGV, 3))
