@@ -24,18 +24,19 @@ from adamhub_service.testing import ServiceProcess, StoreServer
 REPEATS = {1_000: 300, 1_000_000: 40}
 
 
-def step_ms(base_url: str, size: int) -> float:
-    """Median latency of a plain step of ``size`` through the SDK."""
+def step_ms(base_url: str, size: int, repeats: int | None = None, warmup: int = 5) -> float:
+    """Median latency of a plain step of ``size`` through the SDK (``repeats`` steps
+    after ``warmup``; by default, ``REPEATS[size]``)."""
     gradient = gradient_of(size)
-    with adamhub.Client(base_url=base_url, timeout=60) as client:
+    with adamhub.Client(base_url=base_url, timeout=600) as client:
         session = client.create_session(size=size)
         times = []
-        for _ in range(REPEATS[size] + 5):
+        for _ in range((repeats or REPEATS[size]) + warmup):
             start = time.perf_counter()
             session.step(gradient)
             times.append((time.perf_counter() - start) * 1000)
         session.delete()
-    return statistics.median(times[5:])
+    return statistics.median(times[warmup:])
 
 
 def main() -> None:

@@ -34,8 +34,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import bench_acks
 import redis
-from bench_step import RESULTS, RayPeer, gradient_of, ray_module
+from bench_step import RESULTS, RayPeer, _adamhub_worker, gradient_of, ray_module
 
 import adamhub
 from adamhub_service.testing import HAProxy, ServiceProcess, StoreCluster, StoreServer, free_port
@@ -61,18 +62,6 @@ def services(store_url: str, count: int, *args: str) -> Iterator[list[ServicePro
             service.stop()
 
 
-def _worker(base_url: str, session_id: str, size: int, seconds: float, queue: Any) -> None:
-    with adamhub.Client(base_url=base_url, timeout=120) as client:
-        session = client.session(session_id)
-        gradient = gradient_of(size)
-        session.step(gradient)
-        done, deadline = 0, time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            session.step(gradient)
-            done += 1
-    queue.put(done)
-
-
 def many_sessions(base_urls: Sequence[str], size: int) -> float:
     """Steps per second of WORKERS processes, each on its own session, spread over the
     service replicas ``base_urls``."""
@@ -82,7 +71,7 @@ def many_sessions(base_urls: Sequence[str], size: int) -> float:
         queue = context.Queue()
         processes = [
             context.Process(
-                target=_worker,
+                target=_adamhub_worker,
                 args=(base_urls[n % len(base_urls)], ids[n], size, SECONDS, queue),
             )
             for n in range(WORKERS)
@@ -100,16 +89,7 @@ def many_sessions(base_urls: Sequence[str], size: int) -> float:
 
 def step_ms(base_url: str, size: int) -> float:
     """Median latency of a plain step of ``size`` through the SDK."""
-    gradient = gradient_of(size)
-    with adamhub.Client(base_url=base_url, timeout=600) as client:
-        session = client.create_session(size=size)
-        times = []
-        for _ in range(STEP_REPEATS[size] + 2):
-            start = time.perf_counter()
-            session.step(gradient)
-            times.append((time.perf_counter() - start) * 1000)
-        session.delete()
-    return statistics.median(times[2:])
+    return bench_acks.step_ms(base_url, size, STEP_REPEATS[size], warmup=2)
 
 
 def interleaved_ms(base_urls: dict[str, str], size: int) -> dict[str, float]:

@@ -15,11 +15,14 @@ Writes bench/results/int8.json and int8.md.
 
 from __future__ import annotations
 
+import http.server
 import json
 import statistics
+import threading
 import time
 from typing import Any
 
+import httpx
 import numpy as np
 from bench_step import RESULTS
 
@@ -49,6 +52,9 @@ def upload_rows(base_url: str) -> list[dict[str, Any]]:
             "int8_link_s": round(len(body) * 8 / LINK_BITS_PER_SECOND, 2),
             "encode_ms": round(encode_ms, 1),
         }
+        if size == 100_000_000:
+            row["float32_upload_s"] = round(upload_seconds(gradient.tobytes()), 2)
+            row["int8_upload_s"] = round(upload_seconds(body), 2)
         if size == 10_000_000:
             for dtype in ("float32", "int8"):
                 with adamhub.Client(base_url, timeout=600, gradient_dtype=dtype) as client:
@@ -63,6 +69,37 @@ def upload_rows(base_url: str) -> list[dict[str, Any]]:
         rows.append(row)
         print(row, flush=True)
     return rows
+
+
+class _Sink(http.server.BaseHTTPRequestHandler):
+    """Reads a request's body and answers 204: an upload, and nothing else."""
+
+    def do_POST(self) -> None:
+        remaining = int(self.headers["Content-Length"])
+        while remaining:
+            remaining -= len(self.rfile.read(min(remaining, 1 << 22)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def upload_seconds(body: bytes) -> float:
+    """Median time to POST ``body`` over loopback to a server that only reads it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        with httpx.Client(timeout=600) as client:
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                client.post(url, content=body)
+                times.append(time.perf_counter() - start)
+    finally:
+        server.shutdown()
+    return statistics.median(times)
 
 
 def digits_like(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -177,6 +214,13 @@ def main() -> None:
             f"| {row['ratio']} | {row['float32_link_s']} | {row['int8_link_s']} "
             f"| {row['encode_ms']} | {steps} |"
         )
+    huge = uploads[-1]
+    lines += [
+        "",
+        f"a {huge['params']:,}-parameter gradient uploaded over loopback to a server that only "
+        f"reads it: float32 {huge['float32_upload_s']} s, int8 {huge['int8_upload_s']} s "
+        f"(plus {huge['encode_ms'] / 1000:.2f} s to encode it with error feedback)",
+    ]
     lines += [
         "",
         f"a 64-64-10 MLP, {STEPS} RemoteAdam steps of 64 (digits-like, 10 classes of 8×8)",

@@ -82,7 +82,8 @@ def test_four_worker_processes_for_twenty_rounds_equal_adam_on_the_mean(
     service_url: str,
 ) -> None:
     session_id = new_session(service_url, {"contributions": 4})
-    context = multiprocessing.get_context("fork")
+    # spawn: the suite may have loaded JAX, whose threads a fork would copy mid-flight.
+    context = multiprocessing.get_context("spawn")
     with context.Pool(4) as pool:
         answers = pool.starmap(worker_rounds, [(service_url, session_id, w, 20) for w in range(4)])
     print(f"4 workers x 20 rounds vs local Adam on the means: {check(answers, 4, 20):.1e}")

@@ -123,6 +123,27 @@ async def _binary_vector(
     declared = declared_length(request)
     if declared is not None:
         _check_length(declared, dtype.itemsize, size, field, whose)
+
+    def too_long(_: int) -> errors.WrongSize:
+        return errors.WrongSize(
+            f"{field!r} is longer than the {size} elements expected",
+            field=field,
+            expected_size=size,
+        )
+
+    buffer, received = await _read_into(request, expected, stall_seconds, too_long)
+    _check_length(received, dtype.itemsize, size, field, whose)
+    return np.frombuffer(buffer, dtype=dtype)
+
+
+async def _read_into(
+    request: Request,
+    expected: int,
+    stall_seconds: float,
+    too_long: Callable[[int], errors.AdamhubError],
+) -> tuple[bytearray, int]:
+    """A body read into a buffer of ``expected`` bytes, and how many came; ``too_long``
+    (of the bytes so far) is raised as soon as it passes them."""
     buffer = bytearray(expected)
     view = memoryview(buffer)
     received = 0
@@ -130,17 +151,12 @@ async def _binary_vector(
     def take(part: bytes) -> None:
         nonlocal received
         if received + len(part) > expected:
-            raise errors.WrongSize(
-                f"{field!r} is longer than the {size} elements expected",
-                field=field,
-                expected_size=size,
-            )
+            raise too_long(received + len(part))
         view[received : received + len(part)] = part
         received += len(part)
 
     await _consume(request, stall_seconds, take)
-    _check_length(received, dtype.itemsize, size, field, whose)
-    return np.frombuffer(buffer, dtype=dtype)
+    return buffer, received
 
 
 async def received_gradient(
@@ -187,18 +203,7 @@ async def _quantized_body(request: Request, size: int, stall_seconds: float) -> 
     declared = declared_length(request)
     if declared is not None and declared != expected:
         raise wrong(declared)
-    buffer = bytearray(expected)
-    view = memoryview(buffer)
-    received = 0
-
-    def take(part: bytes) -> None:
-        nonlocal received
-        if received + len(part) > expected:
-            raise wrong(received + len(part))
-        view[received : received + len(part)] = part
-        received += len(part)
-
-    await _consume(request, stall_seconds, take)
+    buffer, received = await _read_into(request, expected, stall_seconds, wrong)
     if received != expected:
         raise wrong(received)
     return buffer
