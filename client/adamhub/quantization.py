@@ -22,6 +22,9 @@ import numpy.typing as npt
 INT8 = "int8"
 WIRE_NAME = "int8-block4096"
 BLOCK = 4096
+# Below this scale 127 / scale would overflow float32 (its largest is about 3.4e38).
+TINY_SCALE = np.float32(1e-36)
+LIFT = np.float32(2.0**100)
 Float32s = npt.NDArray[np.float32]
 
 
@@ -35,13 +38,22 @@ def quantize(vector: npt.NDArray[Any]) -> tuple[Float32s, npt.NDArray[np.int8]]:
         scales = np.concatenate([np.abs(blocks[0]).max(axis=1), scales]).astype(np.float32)
     quantized = np.empty(values.size, np.int8)
     full = blocks[0].size
-    steps = np.float32(127) / np.where(scales > 0, scales, np.float32(1))
+    # Blocks whose scale is so small that 127 / scale overflows float32 are lifted by a
+    # power of two first (exact): q = value / scale × 127 does not change.
+    lift = np.where(scales < TINY_SCALE, LIFT, np.float32(1)).astype(np.float32)
+    steps = np.float32(127) / (np.where(scales > 0, scales, np.float32(1)) * lift)
+    lifted = bool(np.any(lift != 1))
     # In place, block by block: 127 / scale × value, rounded (it cannot pass ±127).
-    scaled = blocks[0] * steps[: len(blocks[0]), None]
+    whole = len(blocks[0])
+    if lifted:
+        scaled = blocks[0] * lift[:whole, None]
+        scaled *= steps[:whole, None]
+    else:
+        scaled = blocks[0] * steps[:whole, None]
     np.rint(scaled, out=scaled)
     quantized[:full] = scaled.reshape(-1)
     if values.size > full:
-        quantized[full:] = np.rint(values[full:] * steps[-1])
+        quantized[full:] = np.rint(values[full:] * lift[-1] * steps[-1])
     return scales, quantized
 
 

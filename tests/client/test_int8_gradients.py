@@ -151,3 +151,13 @@ def test_the_log_keeps_8_bit_steps_as_they_came_and_replays_them_exactly(
     finally:
         writer.stop()
         reader.stop()
+
+
+@pytest.mark.parametrize("magnitude", [1e-44, 1e-38, 1e-30, 1.0, 3e38])
+def test_tiny_and_huge_blocks_quantize_to_their_own_scale(magnitude: float) -> None:
+    vector = (np.linspace(-1, 1, BLOCK + 7) * magnitude).astype(np.float32)
+    with np.errstate(all="raise"):  # no overflow, no NaN on the way
+        scales, quantized = quantize(vector)
+    assert quantized.min() == -127 and quantized.max() == 127
+    assert quantized[BLOCK // 2 + 1] in (-1, 0, 1)  # the middle of the first block
+    assert np.all(scales == np.float32(magnitude))
