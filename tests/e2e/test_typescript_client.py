@@ -48,7 +48,7 @@ def test_the_node_tests_pass_against_the_service(
         proxy.close()
         service.stop()
     print(output)
-    assert "# fail 0" in output and "# pass 6" in output
+    assert "# fail 0" in output and "# pass 7" in output
     assert proxy.dropped > 0, "the lossy link lost no answer: the retry test tested nothing"
 
 

@@ -49,6 +49,9 @@ export interface ClientOptions {
   apiKey?: string;
   /** The name this client's steps are recorded under (default: the key's id). */
   worker?: string;
+  /** How gradients travel: `"int8"` sends 8-bit blocks (`int8-block4096`, a quarter of
+   * float32's bytes) with error feedback; default: the session's dtype. */
+  gradientDtype?: "int8";
   /** Tries after the first (default 3). */
   maxRetries?: number;
   /** The first backoff's ceiling in ms (default 500); it doubles up to `maxRetryDelayMs`. */
@@ -106,6 +109,7 @@ export class Client {
   readonly baseURL: string;
   readonly apiKey: string | undefined;
   readonly worker: string | undefined;
+  readonly gradientDtype: "int8" | undefined;
   readonly maxRetries: number;
   readonly initialRetryDelayMs: number;
   readonly maxRetryDelayMs: number;
@@ -116,6 +120,7 @@ export class Client {
     this.baseURL = (options.baseURL ?? "http://localhost:8000").replace(/\/+$/, "");
     this.apiKey = options.apiKey;
     this.worker = options.worker;
+    this.gradientDtype = options.gradientDtype;
     this.maxRetries = options.maxRetries ?? 3;
     if (this.maxRetries < 0) {
       throw new RangeError("maxRetries must be >= 0");
@@ -278,6 +283,8 @@ export class Session {
   t: number;
   /** The step the last `step` was applied as (a round's step for a contribution). */
   lastAppliedT: number | null = null;
+  /** With 8-bit gradients: what rounding has not sent yet, added to the next gradient. */
+  errorFeedback: Float32Array | null = null;
   resource: SessionResource;
   private readonly client: Client;
 
@@ -304,9 +311,16 @@ export class Session {
     if (vector.length !== this.size) {
       throw new RangeError(`the gradient has ${vector.length} numbers; the session has ${this.size}`);
     }
+    let body = littleEndian(vector);
+    let wire: string = this.dtype;
+    let feedback: Float32Array | null = null;
+    if (this.client.gradientDtype === "int8") {
+      [body, feedback] = encodeInt8(vector, this.errorFeedback);
+      wire = INT8_BLOCKS;
+    }
     const headers: Record<string, string> = {
       Accept: BINARY,
-      "Adamhub-Dtype": this.dtype,
+      "Adamhub-Dtype": wire,
       "Idempotency-Key": options.idempotencyKey ?? newKey(),
       "Adamhub-Base-Step": String(this.t),
     };
@@ -325,10 +339,13 @@ export class Session {
     const response = await this.client.request({
       method: "POST",
       path: `${sessionPath(this.id)}/step`,
-      body: littleEndian(vector),
+      body,
       headers,
       signal: options.signal,
     });
+    if (feedback !== null) {
+      this.errorFeedback = feedback; // the step is taken (or its contribution is in)
+    }
     if (response.status === 202) {
       // The contribution is in: wait for its round.
       const pending = (await response.json()) as Schemas["RoundPendingOut"];
@@ -418,6 +435,41 @@ export class Session {
     this.resource = resource;
     this.t = resource.t;
   }
+}
+
+const INT8_BLOCKS = "int8-block4096";
+const BLOCK = 4096;
+
+/** An `int8-block4096` body for `gradient` plus the residual of earlier steps, and the
+ * residual after it: what the service will read (q × scale / 127 in float32) is
+ * subtracted from what was meant. */
+export function encodeInt8(
+  gradient: Float32Array | Float64Array,
+  residual: Float32Array | null,
+): [Uint8Array, Float32Array] {
+  const f = Math.fround;
+  const n = gradient.length;
+  const blocks = Math.ceil(n / BLOCK);
+  const meant = new Float32Array(n);
+  for (let i = 0; i < n; i += 1) meant[i] = f((gradient[i] ?? 0) + (residual?.[i] ?? 0));
+  const body = new Uint8Array(4 * blocks + n);
+  const view = new DataView(body.buffer);
+  const values = new Int8Array(body.buffer, 4 * blocks, n);
+  const after = new Float32Array(n);
+  for (let b = 0; b < blocks; b += 1) {
+    const start = b * BLOCK;
+    const stop = Math.min(n, start + BLOCK);
+    let scale = 0;
+    for (let i = start; i < stop; i += 1) scale = Math.max(scale, Math.abs(meant[i] ?? 0));
+    view.setFloat32(4 * b, scale, true);
+    for (let i = start; i < stop; i += 1) {
+      const value = meant[i] ?? 0;
+      const q = scale > 0 ? Math.max(-127, Math.min(127, Math.round((value / scale) * 127))) : 0;
+      values[i] = q;
+      after[i] = f(value - f(f(q * scale) / 127));
+    }
+  }
+  return [body, after];
 }
 
 function sessionPath(id: string): string {

@@ -9,6 +9,7 @@ import {
   SessionNotFoundError,
   UnprocessableEntityError,
   WrongSizeError,
+  encodeInt8,
   parseRetryAfter,
 } from "../dist/index.js";
 
@@ -68,6 +69,51 @@ test("binary steps equal a local Adam bit for bit", async () => {
   assert.equal(session.resource.name, "ts");
   assert.equal(session.resource.optimizer.lr, 0.02);
   await client.deleteSession(session.id);
+});
+
+/** What the service reads from an int8-block4096 body: q × scale / 127 in float32. */
+function dequantize(body, n) {
+  const blocks = Math.ceil(n / 4096);
+  const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
+  const values = new Int8Array(body.buffer, body.byteOffset + 4 * blocks, n);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i += 1) {
+    const scale = view.getFloat32(4 * Math.floor(i / 4096), true);
+    out[i] = Math.fround(Math.fround(values[i] * scale) / 127);
+  }
+  return out;
+}
+
+test("8-bit steps are a quarter of the bytes, exact on what arrives, with error feedback", async () => {
+  const sent = [];
+  const recording = (url, init) => {
+    if (String(url).endsWith("/step")) sent.push(init.body);
+    return fetch(url, init);
+  };
+  const client = new Client({ baseURL, gradientDtype: "int8", fetch: recording });
+  const size = 5000;
+  const session = await client.createSession({ size, optimizer: { lr: 0.01 } });
+  const adam = localAdam(size, { lr: 0.01 });
+  let given = new Float64Array(size), arrived = new Float64Array(size);
+  for (let step = 1; step <= 8; step += 1) {
+    const g = gradient(size, step);
+    const params = await session.step(g);
+    const body = sent.at(-1);
+    assert.equal(body.byteLength, 4 * 2 + size); // two scales, then one byte a number
+    const read = dequantize(body, size);
+    assert.deepEqual(new Uint32Array(params.buffer), new Uint32Array(adam(read).buffer.slice(0)));
+    for (let i = 0; i < size; i += 1) {
+      given[i] += g[i];
+      arrived[i] += read[i];
+    }
+  }
+  // What has not arrived yet is the residual the next step sends.
+  for (let i = 0; i < size; i += 1) {
+    assert.ok(Math.abs(given[i] - arrived[i] - session.errorFeedback[i]) < 1e-3);
+  }
+  const [body] = encodeInt8(new Float32Array([0, 0, 0]), null);
+  assert.deepEqual(Array.from(body), [0, 0, 0, 0, 0, 0, 0]); // a zero block: scale 0, q 0
+  await session.delete();
 });
 
 test("steps retried through a link that loses answers are applied once", async () => {
