@@ -173,15 +173,18 @@ class StoreCluster:
 
     def _owns(self, node: StoreServer, slot: int) -> bool:
         """Whether ``node`` is a primary that says it serves ``slot``."""
+        return any(first <= slot <= last for first, last in self._slot_ranges(node))
+
+    def _slot_ranges(self, node: StoreServer) -> list[tuple[int, int]]:
+        """The slot ranges ``node`` says it serves as a primary (none as a replica)."""
         for line in self.cli(node, "CLUSTER", "NODES").splitlines():
             fields = line.split()
-            if "myself" not in fields[2] or "master" not in fields[2]:
-                continue
-            for part in fields[8:]:
-                first, _, last = part.partition("-")
-                if first.isdigit() and int(first) <= slot <= int(last or first):
-                    return True
-        return False
+            if "myself" in fields[2] and "master" in fields[2]:
+                ranges = [part.partition("-") for part in fields[8:]]
+                return [
+                    (int(first), int(last or first)) for first, _, last in ranges if first.isdigit()
+                ]
+        return []
 
     def node_id(self, node: StoreServer) -> str:
         """The cluster's id of ``node``."""
@@ -203,15 +206,7 @@ class StoreCluster:
 
     def slots_of(self, node: StoreServer) -> int:
         """How many slots ``node`` serves."""
-        count = 0
-        for line in self.cli(node, "CLUSTER", "NODES").splitlines():
-            fields = line.split()
-            if "myself" in fields[2]:
-                for part in fields[8:]:
-                    first, _, last = part.partition("-")
-                    if first.isdigit():
-                        count += int(last or first) - int(first) + 1
-        return count
+        return sum(last - first + 1 for first, last in self._slot_ranges(node))
 
     def _auth(self) -> list[str]:
         return [] if self.password is None else ["-a", self.password, "--no-auth-warning"]

@@ -48,14 +48,24 @@ def body_kind(content_type: str | None) -> str:
     )
 
 
+def _named_dtype(
+    header: str | None, allowed: tuple[str, ...], header_name: str, refused: str
+) -> str | None:
+    """The dtype a header names (None when absent); 415 for one not ``allowed``."""
+    if header is None:
+        return None
+    name = header.strip().lower()
+    if name not in allowed:
+        raise errors.UnsupportedMediaType(
+            f"{header_name} {header!r} {refused}; use one of {', '.join(allowed)}",
+            supported=list(allowed),
+        )
+    return name
+
+
 def wire_dtype(header: str | None, session_dtype: str) -> np.dtype[Any]:
     """The element type of a binary body: the Adamhub-Dtype header or the session's."""
-    name = session_dtype if header is None else header.strip().lower()
-    if name not in WIRE_DTYPES:
-        raise errors.UnsupportedMediaType(
-            f"{headers.DTYPE} {header!r} is not supported; use one of {', '.join(WIRE_DTYPES)}",
-            supported=list(WIRE_DTYPES),
-        )
+    name = _named_dtype(header, WIRE_DTYPES, headers.DTYPE, "is not supported") or session_dtype
     if name == "bfloat16":
         return BFLOAT16_BITS
     return np.dtype(name).newbyteorder("<")
@@ -64,16 +74,7 @@ def wire_dtype(header: str | None, session_dtype: str) -> np.dtype[Any]:
 def gradient_wire(header: str | None) -> str | None:
     """The wire dtype a gradient's ``Adamhub-Dtype`` names (None: the session's); 415
     for one the service does not take."""
-    if header is None:
-        return None
-    name = header.strip().lower()
-    if name not in GRADIENT_DTYPES:
-        raise errors.UnsupportedMediaType(
-            f"{headers.DTYPE} {header!r} is not supported for a gradient; use one of "
-            f"{', '.join(GRADIENT_DTYPES)}",
-            supported=list(GRADIENT_DTYPES),
-        )
-    return name
+    return _named_dtype(header, GRADIENT_DTYPES, headers.DTYPE, "is not supported for a gradient")
 
 
 def gradient_itemsize(header: str | None) -> int | None:
@@ -102,16 +103,7 @@ def narrow_to_bfloat16(vector: FloatArray) -> npt.NDArray[np.uint16]:
 def answer_dtype(header: str | None) -> str | None:
     """The dtype a binary answer is asked for in (``Adamhub-Accept-Dtype``), or None for
     the session's; 415 for one the service does not send."""
-    if header is None:
-        return None
-    name = header.strip().lower()
-    if name not in WIRE_DTYPES:
-        raise errors.UnsupportedMediaType(
-            f"{headers.ACCEPT_DTYPE} {header!r} is not one the service sends; use one of "
-            f"{', '.join(WIRE_DTYPES)}",
-            supported=list(WIRE_DTYPES),
-        )
-    return name
+    return _named_dtype(header, WIRE_DTYPES, headers.ACCEPT_DTYPE, "is not one the service sends")
 
 
 def answer_vector(vector: FloatArray, dtype: str | None) -> tuple[memoryview, str]:

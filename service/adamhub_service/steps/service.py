@@ -152,8 +152,9 @@ class StepService:
                     )
                 assert self._rounds is not None, "rounds sessions need the round service"
                 if isinstance(logged, Int8Blocks):
-                    dequantized = logged.dequantized()
-                    logged = dequantized if dequantized.dtype != gradient.dtype else None
+                    # A round logs its mean, so a contribution is kept as it applies:
+                    # the float32 values the blocks stand for (``gradient``, widened).
+                    logged = None if gradient.dtype == np.float32 else gradient.astype(np.float32)
                 contributed = await self._rounds.contribute(
                     record, gradient, logged=logged, request=request
                 )

@@ -5,7 +5,7 @@ through its protocol (``model/repositories.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
@@ -39,25 +39,15 @@ def connect(
     The cluster client is typed as the plain one: every command the stores send has the
     same signature on both, and each script and transaction touches one slot.
     """
+    common: dict[str, Any] = {
+        "decode_responses": False,
+        "socket_timeout": timeout_seconds,
+        "socket_connect_timeout": timeout_seconds,
+        "max_connections": max_connections,
+    }
     if cluster:
-        return cast(
-            redis.Redis,
-            RedisCluster.from_url(
-                url,
-                decode_responses=False,
-                socket_timeout=timeout_seconds,
-                socket_connect_timeout=timeout_seconds,
-                max_connections=max_connections,
-            ),
-        )
-    return redis.Redis.from_url(
-        url,
-        decode_responses=False,
-        socket_timeout=timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        max_connections=max_connections,
-        health_check_interval=30,
-    )
+        return cast(redis.Redis, RedisCluster.from_url(url, **common))
+    return redis.Redis.from_url(url, health_check_interval=30, **common)
 
 
 @dataclass(frozen=True, slots=True)
