@@ -77,3 +77,27 @@ def test_answers_come_in_the_dtype_asked_for(client: TestClient, narrow: str) ->
         ).status_code
         == 415
     )
+
+
+def test_bad_8_bit_gradients_are_refused_and_change_nothing(client: TestClient) -> None:
+    sid = client.post("/v1/sessions", json={"size": 5000}).json()["id"]
+    scales = np.array([2.0, 0.5], "<f4").tobytes()
+    values = (np.arange(5000) % 255 - 127).astype(np.int8).tobytes()
+    int8 = {"Content-Type": BINARY, "Adamhub-Dtype": "int8-block4096"}
+    cases = [
+        (scales + values[:-1], int8, 422, "wrong-size"),  # one byte short
+        (scales + values + b"\0", int8, 422, "wrong-size"),  # one byte over
+        (np.array([np.nan, 1], "<f4").tobytes() + values, int8, 422, "non-finite-value"),
+        (scales + values, {**int8, "Adamhub-Dtype": "int4"}, 415, "unsupported-media-type"),
+    ]
+    for body, headers, status, kind in cases:
+        refused = client.post(f"/v1/sessions/{sid}/step", content=body, headers=headers)
+        assert refused.status_code == status, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["type"].endswith(f"/{kind}")
+    assert client.get(f"/v1/sessions/{sid}").json()["t"] == 0  # nothing was applied
+    # 8-bit blocks are for gradients: parameters in them are 415.
+    put = client.put(f"/v1/sessions/{sid}/params", content=scales + values, headers=int8)
+    assert put.status_code == 415
+    applied = client.post(f"/v1/sessions/{sid}/step", content=scales + values, headers=int8)
+    assert applied.status_code == 200 and applied.json()["t"] == 1
