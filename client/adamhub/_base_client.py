@@ -50,7 +50,9 @@ class RequestSpec:
 
     ``retry="always"`` for calls that are safe to repeat (reads, idempotent writes,
     steps with an Idempotency-Key); ``"unsent"`` for calls that may only be repeated
-    when they surely changed nothing (session creation).
+    when they surely changed nothing (session creation). ``direct``: a hot call (a
+    step, a parameter read) the sync client may send over its direct lane
+    (``_direct.py``).
     """
 
     method: str
@@ -60,6 +62,7 @@ class RequestSpec:
     headers: Mapping[str, str] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)
     retry: Retry = "always"
+    direct: bool = False
 
 
 class ClientOptions(TypedDict, total=False):

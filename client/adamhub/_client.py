@@ -17,9 +17,10 @@ import numpy.typing as npt
 
 from adamhub import _headers as headers
 from adamhub._api_keys import AsyncKeys, Keys
-from adamhub._base_client import BaseClient, RequestSpec
+from adamhub._base_client import BaseClient, ClientOptions, RequestSpec
 from adamhub._calls import Call, run_async, run_sync
 from adamhub._config import AdamConfig
+from adamhub._direct import DirectLane
 from adamhub._errors import AdamhubError
 from adamhub._session import BINARY, AsyncSession, Session
 from adamhub._settings import SessionSettings
@@ -146,7 +147,22 @@ class Client(BaseClient[httpx.Client]):
     ``"float16"``) how their parameters come back; the session keeps its dtype.
     ``http_client`` injects a configured ``httpx.Client``. Use as a context manager, or
     call ``close()``.
+
+    Steps and parameter reads to a plain ``http://`` service go over a lean
+    ``http.client`` connection per thread (``_direct.py``) unless ``http_client`` is
+    given or the environment names a proxy; every other call, and every retry, goes
+    through httpx.
     """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        http_client: httpx.Client | None = None,
+        **options: Unpack[ClientOptions],
+    ) -> None:
+        super().__init__(base_url, http_client=http_client, **options)
+        self._direct = DirectLane.serving(self.base_url, self.timeout, own_http=self._own_http)
 
     def _new_http(self) -> httpx.Client:
         return httpx.Client(timeout=self.timeout)
@@ -162,6 +178,13 @@ class Client(BaseClient[httpx.Client]):
         The low-level interface that sessions and the methods here are built on.
         """
         attempt = 0
+        if spec.direct and self._direct is not None:
+            first = self._direct_attempt(self._direct, spec)
+            if isinstance(first, httpx.Response):
+                return first
+            if first is not None:
+                time.sleep(first)
+                attempt = 1
         while True:
             request = self._build_request(self._http, spec)
             result: httpx.Response | httpx.TransportError
@@ -174,6 +197,17 @@ class Client(BaseClient[httpx.Client]):
                 return outcome
             time.sleep(outcome)
             attempt += 1
+
+    def _direct_attempt(self, lane: DirectLane, spec: RequestSpec) -> httpx.Response | float | None:
+        """The first attempt of a hot call, over the lane: its answer, the delay before
+        the next attempt (raises when there is none), or None to send it through httpx."""
+        try:
+            answer = lane.send(spec, {**self._default_headers(), **spec.headers})
+        except httpx.TransportError as exc:
+            return self._outcome(spec, 0, exc.request, exc)
+        if answer is None or answer.is_success:
+            return answer
+        return self._outcome(spec, 0, answer.request, answer)
 
     def create_session(
         self, params: npt.ArrayLike | None = None, **options: Unpack[CreateOptions]
@@ -228,6 +262,8 @@ class Client(BaseClient[httpx.Client]):
 
     def close(self) -> None:
         """Close the connections (unless the httpx client was given)."""
+        if self._direct is not None:
+            self._direct.close()
         if self._own_http:
             self._http.close()
 

@@ -169,7 +169,7 @@ class SessionBase(Generic[C]):
         if self.settings["rounds"] is not None:
             # Answer before the client's read timeout; a 202 is followed by long-polls.
             sent[headers.PREFER] = f"wait={wait_seconds:g}"
-        return RequestSpec("POST", f"{self._path}/step", content=body, headers=sent)
+        return RequestSpec("POST", f"{self._path}/step", content=body, headers=sent, direct=True)
 
     def _carried_size(self, segments: list[int] | None) -> int:
         """The numbers a step carrying ``segments`` (None: all) holds."""
@@ -195,7 +195,7 @@ class SessionBase(Generic[C]):
     def _params_spec(self, min_step: int | None = None, wait_seconds: float = 0.0) -> RequestSpec:
         query = {} if min_step is None else {"min_step": str(min_step), "wait": f"{wait_seconds:g}"}
         sent = {"Accept": BINARY, **self._accept_dtype()}
-        return RequestSpec("GET", f"{self._path}/params", headers=sent, params=query)
+        return RequestSpec("GET", f"{self._path}/params", headers=sent, params=query, direct=True)
 
     def _accept_dtype(self) -> dict[str, str]:
         """The header asking for answers in a narrower dtype, when the client does."""
