@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
                 storage.expiry,
                 screening=storage.screening,
                 chunk_elements=settings.chunk_elements,
+                spread_chunks=settings.redis_cluster,
                 limits=SessionLimits(
                     max_size=settings.max_size,
                     tenant_max_sessions=settings.tenant_max_sessions,
@@ -125,12 +126,19 @@ def create_app(settings: Settings) -> FastAPI:
             sessions, storage.expiry, storage.tenants, every_seconds=settings.janitor_seconds
         )
         janitor = asyncio.create_task(app.state.janitor.run())
+        # Spread sessions' chunks that a dead process left (storage/garbage.py).
+        collector = asyncio.create_task(
+            storage.chunk_garbage.run(settings.janitor_seconds)
+            if settings.redis_cluster
+            else asyncio.sleep(0)
+        )
         try:
             yield
         finally:
             migration.cancel()
             janitor.cancel()
-            for task in (migration, janitor):
+            collector.cancel()
+            for task in (migration, janitor, collector):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await storage.close()

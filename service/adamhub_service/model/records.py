@@ -62,7 +62,8 @@ class SessionRecord:
     (the ETag); ``t`` is Adam's step counter; ``chunk_elements`` is how the vectors are
     split in the store; ``tenant`` owns the session; ``settings`` are the rest
     (``SessionSettings``); ``grown_from`` the sizes it had before param groups were
-    added to it.
+    added to it; ``spread`` whether its chunks are spread over the store's cluster
+    rather than kept in the session's slot.
     """
 
     id: str
@@ -79,6 +80,7 @@ class SessionRecord:
     settings: SessionSettings = field(default_factory=SessionSettings)
     # The sizes the session had before param groups were added to it, oldest first.
     grown_from: tuple[int, ...] = ()
+    spread: bool = False
 
     def evolve(self, **changes: Any) -> SessionRecord:
         """A copy with some fields changed."""

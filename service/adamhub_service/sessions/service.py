@@ -186,6 +186,7 @@ class SessionService:
         *,
         screening: ScreenRepository | None = None,
         chunk_elements: int,
+        spread_chunks: bool = False,
         limits: SessionLimits,
         idempotency_ttl_seconds: float,
     ) -> None:
@@ -195,6 +196,8 @@ class SessionService:
         self._expiry = expiry
         self._screening = screening
         self._chunk_elements = chunk_elements
+        # On a Redis Cluster a session's chunks are spread over its primaries.
+        self._spread_chunks = spread_chunks
         self._limits = limits
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
 
@@ -253,6 +256,7 @@ class SessionService:
             updated_at=now,
             tenant=principal.tenant,
             settings=spec.settings,
+            spread=self._spread_chunks,
         )
         if spec.state is not None:
             state = spec.state

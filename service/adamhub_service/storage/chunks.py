@@ -17,13 +17,16 @@ import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
-from adamhub_service.errors import StoreUnavailable
+from adamhub_service.errors import OutcomeUnknown, StoreUnavailable
 from adamhub_service.model.outcomes import WriteStatus
 from adamhub_service.model.records import SessionRecord
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import FloatArray
-from adamhub_service.storage.acks import NO_ACKS, ReplicaAcks
+from adamhub_service.storage.acks import NO_ACKS, ReplicaAcks, Waited
 from adamhub_service.storage.errors import unavailable_on_error
+from adamhub_service.storage.garbage import ChunkGarbage
+from adamhub_service.storage.keyspace import session_of_meta
+from adamhub_service.storage.topology import primary_of
 
 Chunk = tuple[str, memoryview]
 
@@ -69,6 +72,7 @@ class VectorChunks:
         self._round_trip_bytes = round_trip_bytes
         self._metrics = metrics
         self._acks = acks
+        self.garbage = ChunkGarbage(client, pending_write_ttl_ms=pending_write_ttl_ms)
 
     @property
     def acks(self) -> ReplicaAcks:
@@ -106,14 +110,19 @@ class VectorChunks:
         keys: Sequence[str],
         chunks: Sequence[Chunk],
         args: Sequence[Any],
+        *,
+        spread: bool = False,
     ) -> Any:
         """Write ``chunks`` with a TTL, then run ``script`` with them after ``keys``.
 
         The chunks go in round trips of at most ``round_trip_bytes``, the last one
         carrying the script, whose reply this returns. Unless it committed, the chunks
         are deleted again. A store failure before the script was sent is
-        ``StoreUnavailable``; after, ``OutcomeUnknown``.
+        ``StoreUnavailable``; after, ``OutcomeUnknown``. ``spread``: the chunks are a
+        spread session's (``garbage.py``).
         """
+        if spread and chunks:
+            return await self._write_spread_then_run(script, keys, chunks, args)
         batches = list(_batches(chunks, self._round_trip_bytes))
         written: list[str] = []
         # Chunks are deleted when the commit surely did not happen; when its outcome is
@@ -163,6 +172,67 @@ class VectorChunks:
         finally:
             if discard:
                 await self._discard(written)
+
+    async def _write_spread_then_run(
+        self, script: AsyncScript, keys: Sequence[str], chunks: Sequence[Chunk], args: Sequence[Any]
+    ) -> Any:
+        """``write_then_run`` for chunks beyond the session's slot: register them as a
+        batch, write them all (each primary its share, in parallel, confirmed by its
+        replicas when acknowledged writes are on), then run the script, which claims the
+        batch, and delete what it retired."""
+        session_id = session_of_meta(keys[0])
+        names = [key for key, _ in chunks]
+        batch = await self.garbage.register(session_id, names)
+        discard = True
+        try:
+            for group in _batches(chunks, self._round_trip_bytes):
+                async with unavailable_on_error(), self._redis.pipeline(transaction=False) as pipe:
+                    for key, data in group:
+                        pipe.set(key, data)
+                    waits = self._add_waits(pipe, [key for key, _ in group])
+                    replies = await pipe.execute()
+                for index, waited in waits:
+                    self._confirm_chunks(replies[index], waited)
+            discard = False
+            async with unavailable_on_error(write=True):
+                reply = await self._acks.run(self._redis, script, [*keys, batch], args)
+            discard = WriteStatus(int(reply[0])) is not WriteStatus.COMMITTED
+        finally:
+            if discard:
+                await self.garbage.abandon(session_id, batch, names)
+        if self._metrics is not None:
+            self._metrics.store_written_bytes.inc(sum(len(data) for _, data in chunks))
+        if not discard:
+            # Committed: what it retired goes now, or at the next sweep.
+            with contextlib.suppress(StoreUnavailable):
+                await self.garbage.collect(session_id)
+        return reply
+
+    def _add_waits(self, pipe: Any, keys: Sequence[str]) -> list[tuple[int, Waited]]:
+        """A ``WAIT`` at the end of ``pipe`` for each primary that takes some of ``keys``,
+        with the index of its reply."""
+        if not self._acks.replicas:
+            return []
+        by_node: dict[str, str] = {}
+        for key in keys:
+            node = primary_of(self._redis, key)
+            by_node.setdefault("" if node is None else node.name, key)
+        waits = []
+        for index, key in enumerate(by_node.values(), start=len(keys)):
+            waited = self._acks.add_wait(self._redis, pipe, key)
+            assert waited is not None
+            waits.append((index, waited))
+        return waits
+
+    def _confirm_chunks(self, confirmed: Any, waited: Waited) -> None:
+        """Raise ``StoreUnavailable`` unless the replicas confirmed chunks (not yet
+        committed: nothing changed)."""
+        try:
+            self._acks.confirm(confirmed, waited)
+        except OutcomeUnknown as exc:
+            raise StoreUnavailable(
+                "the store's replicas did not confirm the write in time; nothing was changed"
+            ) from exc
 
     async def _discard(self, keys: Sequence[str]) -> None:
         """Unlink chunks that will never be committed (best effort)."""

@@ -19,6 +19,7 @@ from adamhub_service.storage.chunks import VectorChunks
 from adamhub_service.storage.create_keys import RedisCreateKeyRepository
 from adamhub_service.storage.errors import unavailable_on_error
 from adamhub_service.storage.expiry import RedisExpiryRepository
+from adamhub_service.storage.garbage import ChunkGarbage
 from adamhub_service.storage.notifier import StepNotifier
 from adamhub_service.storage.rate_limits import RedisRateRepository
 from adamhub_service.storage.round_store import RedisRoundRepository
@@ -75,6 +76,7 @@ class Storage:
     rates: RedisRateRepository
     api_keys: RedisApiKeyRepository
     screening: RedisScreenRepository
+    chunk_garbage: ChunkGarbage
     acks: ReplicaAcks = NO_ACKS
 
     @classmethod
@@ -107,6 +109,7 @@ class Storage:
             RedisRateRepository(client),
             RedisApiKeyRepository(client),
             RedisScreenRepository(client),
+            chunks.garbage,
             options.acks,
         )
 

@@ -82,6 +82,8 @@ def record_changes(**fields: Any) -> MetaFields:
             encoded.update(settings_fields(value))
         elif key == "grown_from":
             encoded[key] = orjson.dumps(list(value))
+        elif key == "spread":
+            encoded[key] = int(value)  # lua/common.lua reads '1'
         else:
             encoded[key] = value
     return encoded
@@ -110,6 +112,8 @@ def record_from_hash(raw: Mapping[Any, Any]) -> SessionRecord:
     doc["optimizer"] = optimizer_from_json(orjson.loads(doc["optimizer"]))
     if "grown_from" in doc:
         doc["grown_from"] = tuple(orjson.loads(doc["grown_from"]))
+    if "spread" in doc:
+        doc["spread"] = int(doc["spread"]) == 1
     return SessionRecord(**doc, settings=SessionSettings.model_validate(settings, strict=False))
 
 

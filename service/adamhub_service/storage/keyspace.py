@@ -1,7 +1,10 @@
 """The Redis keys of adamhub: every key of a session under one hash tag.
 
 - ``adamhub:{<id>}:meta``: a hash, the session's record (``rev``, ``head``, ``t``, …)
-- ``adamhub:{<id>}:c:<write id>:<vector>:<i>``: chunk ``i`` of a stored vector
+- ``adamhub:{<id>}:c:<write id>:<vector>:<i>``: chunk ``i`` of a stored vector; in a
+  session whose chunks are spread over a Redis Cluster, ``adamhub:{<id>:<i>}:c:…``
+- ``adamhub:{<id>}:batches``, ``:batch:<id>``, ``:garbage``: a spread session's
+  chunks being written and those to delete (``garbage.py``)
 - ``adamhub:{<id>}:idem:<key>``: an idempotency record
 - ``adamhub:{<id>}:idems``: the session's idempotency records, by expiry
 - ``adamhub:{<id>}:log``, ``:snaps``, ``:round``: hashes the session scripts keep
@@ -11,7 +14,9 @@
 - ``adamhub:{keys}:index``, ``:key:<sha256>``, ``:key-id:<id>``: the API keys
 
 The hash tag ``{<id>}`` puts a session in one Redis Cluster slot, so one Lua script
-can touch all its keys.
+can touch all its keys; only the chunks of a spread session are elsewhere, chunk ``i``
+of every vector in the slot of ``{<id>:<i>}``, so that a big session's bytes go to
+every primary.
 """
 
 from __future__ import annotations
@@ -43,11 +48,50 @@ def round_key(session_id: str) -> str:
 
 
 def chunk_keys(
-    session_id: str, write_id: str, fields: Iterable[str], chunk_count: int
+    session_id: str,
+    write_id: str,
+    fields: Iterable[str],
+    chunk_count: int,
+    *,
+    spread: bool = False,
 ) -> list[str]:
-    """The keys of every chunk of ``fields`` in the version ``write_id``."""
-    prefix = f"{session_prefix(session_id)}c:{write_id}:"
-    return [f"{prefix}{name}:{i}" for name in fields for i in range(chunk_count)]
+    """The keys of every chunk of ``fields`` in the version ``write_id``; ``spread``:
+    each chunk index in a slot of its own (``lua/common.lua`` names them alike)."""
+    if not spread:
+        prefix = f"{session_prefix(session_id)}c:{write_id}:"
+        return [f"{prefix}{name}:{i}" for name in fields for i in range(chunk_count)]
+    return [
+        f"adamhub:{{{session_id}:{i}}}:c:{write_id}:{name}:{i}"
+        for name in fields
+        for i in range(chunk_count)
+    ]
+
+
+# A spread session's chunks are beyond its slot, so its scripts cannot create or delete
+# them: a write registers its chunks in a batch (in the session's slot) before writing
+# them, the commit claims the batch, and what scripts retire goes to the garbage set, for
+# the service to delete (``garbage.py``).
+SPREAD_SESSIONS_KEY = "adamhub:spread"
+
+
+def batches_key(session_id: str) -> str:
+    """The sorted set of a spread session's batches being written, by start (ms)."""
+    return f"{session_prefix(session_id)}batches"
+
+
+def batch_key(session_id: str, batch_id: str) -> str:
+    """The set of the chunk keys one write of a spread session is writing."""
+    return f"{session_prefix(session_id)}batch:{batch_id}"
+
+
+def garbage_key(session_id: str) -> str:
+    """The set of a spread session's chunk keys that are no longer needed."""
+    return f"{session_prefix(session_id)}garbage"
+
+
+def session_of_meta(meta: str) -> str:
+    """The session id in a meta key."""
+    return meta[meta.index("{") + 1 : meta.rindex("}")]
 
 
 def idempotency_index_key(session_id: str) -> str:

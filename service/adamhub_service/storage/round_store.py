@@ -4,12 +4,14 @@ in a process's memory), sealed, stored after all, dropped (``lua/contribute.lua`
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import redis.asyncio as redis
 
+from adamhub_service.errors import StoreUnavailable
 from adamhub_service.model.log import GRADIENT, Contribution
 from adamhub_service.model.outcomes import (
     ContributeOutcome,
@@ -74,7 +76,9 @@ class RedisRoundRepository:
         ]
         keys = [meta, idempotency_index_key(record.id), idem]
         if chunks:
-            reply = await self._chunks.write_then_run(self._contribute, keys, chunks, args)
+            reply = await self._chunks.write_then_run(
+                self._contribute, keys, chunks, args, spread=record.spread
+            )
         else:
             async with unavailable_on_error(write=True):
                 reply = await self._contribute(keys=keys, args=args)
@@ -136,6 +140,7 @@ class RedisRoundRepository:
             [meta_key(record.id)],
             chunks,
             [base, holder.token, contribution.write_id],
+            spread=record.spread,
         )
         return WriteStatus(int(reply[0]))
 
@@ -143,7 +148,11 @@ class RedisRoundRepository:
         self, record: SessionRecord, contribution: Contribution, gradient: FloatArray
     ) -> list[Chunk]:
         keys = chunk_keys(
-            record.id, contribution.write_id, (GRADIENT,), chunks_of(record, contribution)
+            record.id,
+            contribution.write_id,
+            (GRADIENT,),
+            chunks_of(record, contribution),
+            spread=record.spread,
         )
         return chunked(keys, gradient, record.chunk_elements)
 
@@ -156,6 +165,10 @@ class RedisRoundRepository:
             reply = await self._chunks.acks.run(
                 self._redis, self._drop, [meta_key(session_id)], [base, contributions, why]
             )
+        # A spread session's dropped gradients are in its garbage (a rare path: looked
+        # at for every session).
+        with contextlib.suppress(StoreUnavailable):
+            await self._chunks.garbage.collect(session_id)
         return WriteStatus(int(reply[0]))
 
     async def round_contributions(
@@ -190,7 +203,16 @@ class RedisRoundRepository:
             for entry in taken
         ]
         targets = [
-            (chunk_keys(record.id, entry.write_id, (GRADIENT,), chunks_of(record, entry)), gradient)
+            (
+                chunk_keys(
+                    record.id,
+                    entry.write_id,
+                    (GRADIENT,),
+                    chunks_of(record, entry),
+                    spread=record.spread,
+                ),
+                gradient,
+            )
             for entry, gradient in zip(taken, gradients, strict=True)
             if entry.write_id not in known
         ]

@@ -22,6 +22,7 @@ SESSION_SCRIPTS = (
     "spill",
     "drop",
     "grow",
+    "sweep",
 )
 
 

@@ -8,6 +8,7 @@ made current by a script that checks the fencing ``rev``; see docs/architecture.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as redis
 
+from adamhub_service.errors import StoreUnavailable
 from adamhub_service.model.log import GRADIENT, SCALES, LogEntry, SnapshotRef
 from adamhub_service.model.outcomes import (
     AppendOutcome,
@@ -112,7 +114,16 @@ class SessionScripts:
             fields = tuple(snapshot.vectors)
             vectors = {name: np.empty(record.size, dtype=record.dtype) for name in fields}
             targets = [
-                (chunk_keys(record.id, snapshot.write_id, (name,), chunk_count(record)), vector)
+                (
+                    chunk_keys(
+                        record.id,
+                        snapshot.write_id,
+                        (name,),
+                        chunk_count(record),
+                        spread=record.spread,
+                    ),
+                    vector,
+                )
                 for name, vector in vectors.items()
             ]
         # A partial step's gradient holds its segments only.
@@ -170,7 +181,9 @@ class SessionScripts:
             grown_from=new.grown_from,
         )
         args: list[Any] = [current.rev, ref.encode(), *_pairs(changes)]
-        reply = await self._chunks.write_then_run(self._grow, [meta_key(new.id)], chunks, args)
+        reply = await self._chunks.write_then_run(
+            self._grow, [meta_key(new.id)], chunks, args, spread=new.spread
+        )
         return _outcome(reply)
 
     async def update_record(self, current: SessionRecord, changes: MetaFields) -> WriteOutcome:
@@ -199,7 +212,9 @@ class SessionScripts:
             ref.encode(),
             *_pairs(changes),
         ]
-        reply = await self._chunks.write_then_run(self._commit, [meta_key(record.id)], chunks, args)
+        reply = await self._chunks.write_then_run(
+            self._commit, [meta_key(record.id)], chunks, args, spread=record.spread
+        )
         return _outcome(reply)
 
     async def append(
@@ -241,7 +256,11 @@ class SessionScripts:
             *_pairs(record_changes(**_step_changes(current, new))),
         ]
         reply = await self._chunks.write_then_run(
-            self._append, [meta, idempotency_index_key(current.id), *idem_keys], chunks, args
+            self._append,
+            [meta, idempotency_index_key(current.id), *idem_keys],
+            chunks,
+            args,
+            spread=current.spread,
         )
         status = WriteStatus(int(reply[0]))
         if status is WriteStatus.COMMITTED:
@@ -264,7 +283,7 @@ class SessionScripts:
         chunks = self._state_chunks(record, ref.write_id, state)
         args = [state.step, entry.encode(), ref.encode()]
         reply = await self._chunks.write_then_run(
-            self._snapshot, [meta_key(record.id)], chunks, args
+            self._snapshot, [meta_key(record.id)], chunks, args, spread=record.spread
         )
         status = WriteStatus(int(reply[0]))
         return status, int(reply[1]) if status is WriteStatus.COMMITTED else 0
@@ -280,6 +299,7 @@ class SessionScripts:
         status = WriteStatus(int(reply[0]))
         if status is WriteStatus.NO_HISTORY:
             return WriteOutcome(status, oldest_t=int(reply[1]))
+        await self._collect(current)
         return _outcome(reply)
 
     async def delete(self, record: SessionRecord) -> WriteStatus:
@@ -289,13 +309,22 @@ class SessionScripts:
         keys = [meta_key(record.id), idempotency_index_key(record.id)]
         async with unavailable_on_error(write=True):
             reply = await self._chunks.acks.run(self._redis, self._delete, keys, [record.rev])
-        status = WriteStatus(int(reply[0]))
-        return status
+        await self._collect(record)
+        return WriteStatus(int(reply[0]))
+
+    async def _collect(self, record: SessionRecord) -> None:
+        """Delete the chunks a script just retired, when the session's are spread (else
+        the script did); a failure leaves them to the next sweep."""
+        if record.spread:
+            with contextlib.suppress(StoreUnavailable):
+                await self._chunks.garbage.collect(record.id)
 
     def _state_chunks(self, record: SessionRecord, write_id: str, state: AdamState) -> list[Chunk]:
         chunks: list[Chunk] = []
         for name, vector in vectors_of(state).items():
-            keys = chunk_keys(record.id, write_id, (name,), chunk_count(record))
+            keys = chunk_keys(
+                record.id, write_id, (name,), chunk_count(record), spread=record.spread
+            )
             chunks += chunked(keys, vector, record.chunk_elements)
         return chunks
 
@@ -316,11 +345,17 @@ def _pairs(changes: MetaFields) -> list[Any]:
 def logged_chunks(record: SessionRecord, entry: LogEntry, logged: LoggedGradient) -> list[Chunk]:
     """The chunks of a logged gradient: its values (``g``), and the scales (``s``) of
     one in 8-bit blocks."""
-    keys = chunk_keys(record.id, entry.write_id, (GRADIENT,), chunks_of(record, entry))
+    keys = chunk_keys(
+        record.id, entry.write_id, (GRADIENT,), chunks_of(record, entry), spread=record.spread
+    )
     if not isinstance(logged, Int8Blocks):
         return chunked(keys, logged, record.chunk_elements)
     scale_keys = chunk_keys(
-        record.id, entry.write_id, (SCALES,), -(-logged.scales.size // record.chunk_elements)
+        record.id,
+        entry.write_id,
+        (SCALES,),
+        -(-logged.scales.size // record.chunk_elements),
+        spread=record.spread,
     )
     return chunked(keys, logged.values, record.chunk_elements) + chunked(
         scale_keys, logged.scales, record.chunk_elements
@@ -341,7 +376,13 @@ def logged_targets(
     names = (GRADIENT, SCALES)
     return [
         (
-            chunk_keys(record.id, entry.write_id, (name,), -(-part.size // record.chunk_elements)),
+            chunk_keys(
+                record.id,
+                entry.write_id,
+                (name,),
+                -(-part.size // record.chunk_elements),
+                spread=record.spread,
+            ),
             part,
         )
         for name, part in zip(names, parts, strict=False)

@@ -18,6 +18,12 @@
 --   <prefix>hist    a sorted set: the history points of the newest steps, by t
 --   <prefix>c:<write id>:<vector>:<i>   chunk i of a stored vector (g a gradient, s its
 --                   scales when in 8-bit blocks; p m v x a snapshot's)
+--   meta's spread = 1: the session's chunks are spread over a cluster, chunk i in the
+--                   slot of {<id>:<i>} (storage/keyspace.py), beyond a script's reach:
+--   <prefix>batches a sorted set: the batches of chunks being written, by start (ms)
+--   <prefix>batch:<id>  a set: the chunk keys of one write, registered before it; its
+--                   commit claims (deletes) it
+--   <prefix>garbage a set: chunk keys retired, for the service to delete
 local COMMITTED, REPLAYED, CONFLICT, GONE, ID_TAKEN, EXPIRED, NO_HISTORY = 1, 2, 3, 4, 5, 6, 7
 local STALE, SEALED, DROPPED, ELSEWHERE = 8, 9, 10, 11
 
@@ -30,8 +36,19 @@ local function chunk_count(meta)
   return math.ceil(tonumber(size) / tonumber(per_chunk))
 end
 
--- Unlink the chunks of every vector named in `vectors` (one letter each) of a write.
+-- Unlink the chunks of every vector named in `vectors` (one letter each) of a write;
+-- a spread session's go to its garbage instead.
 local function unlink_chunks(prefix, write_id, vectors, count)
+  if redis.call('HGET', prefix .. 'meta', 'spread') == '1' then
+    local id = string.match(prefix, '{(.*)}')
+    for v = 1, #vectors do
+      local name = ':' .. write_id .. ':' .. string.sub(vectors, v, v) .. ':'
+      for i = 0, count - 1 do
+        redis.call('SADD', prefix .. 'garbage', 'adamhub:{' .. id .. ':' .. i .. '}:c' .. name .. i)
+      end
+    end
+    return
+  end
   for v = 1, #vectors do
     local base = prefix .. 'c:' .. write_id .. ':' .. string.sub(vectors, v, v) .. ':'
     for i = 0, count - 1 do
@@ -159,7 +176,9 @@ local function sorted_steps(hash)
   return steps
 end
 
--- Check that the chunks written for a commit (with a TTL) are all there, and keep them.
+-- Check that the chunks written for a commit (with a TTL) are all there, and keep them;
+-- for a spread session, KEYS[first] is the batch of its chunks: claim it (a sweep that
+-- took it first, its write having outlived the TTL, deleted them).
 local function persist(first, last)
   for i = first, last do
     if redis.call('EXISTS', KEYS[i]) == 0 then
@@ -167,7 +186,13 @@ local function persist(first, last)
     end
   end
   for i = first, last do
-    redis.call('PERSIST', KEYS[i])
+    local batches = string.match(KEYS[i], '^(.*}:)batch:')
+    if batches then
+      redis.call('DEL', KEYS[i])
+      redis.call('ZREM', batches .. 'batches', KEYS[i])
+    else
+      redis.call('PERSIST', KEYS[i])
+    end
   end
   return true
 end
