@@ -196,7 +196,8 @@ class SessionService:
         self._expiry = expiry
         self._screening = screening
         self._chunk_elements = chunk_elements
-        # On a Redis Cluster a session's chunks are spread over its primaries.
+        # On a Redis Cluster the chunks of a session of several are spread over its
+        # primaries (one chunk gains nothing, and would cost the spread's round trips).
         self._spread_chunks = spread_chunks
         self._limits = limits
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
@@ -256,7 +257,7 @@ class SessionService:
             updated_at=now,
             tenant=principal.tenant,
             settings=spec.settings,
-            spread=self._spread_chunks,
+            spread=self._spread_chunks and size > self._chunk_elements,
         )
         if spec.state is not None:
             state = spec.state
