@@ -6,9 +6,12 @@ compare-and-set, which fails when another process changed the session meanwhile.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 
 from adamhub_service.model.stored import CachedSession
+
+logger = logging.getLogger("adamhub_service.storage")
 
 
 class StateCache:
@@ -18,6 +21,8 @@ class StateCache:
         self._max_bytes = max_bytes
         self._entries: OrderedDict[str, CachedSession] = OrderedDict()
         self._bytes = 0
+        # The sessions too big to cache, told once each.
+        self._told: set[str] = set()
 
     def get(self, session_id: str) -> CachedSession | None:
         """The cached entry, if any, marked as just used."""
@@ -30,6 +35,16 @@ class StateCache:
         """Cache ``entry``, evicting the least recently used ones past the bound."""
         self.drop(entry.record.id)
         if entry.nbytes > self._max_bytes:
+            if entry.record.id not in self._told:
+                self._told.add(entry.record.id)
+                logger.warning(
+                    "session %s's state (%d bytes) is larger than this process's cache "
+                    "(ADAMHUB_CACHE_BYTES=%d): each of its steps reads it back from the "
+                    "store; a cache larger than the state avoids that",
+                    entry.record.id,
+                    entry.nbytes,
+                    self._max_bytes,
+                )
             return
         self._entries[entry.record.id] = entry
         self._bytes += entry.nbytes

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pytest
 
 from adamhub_service.model.records import SessionRecord, new_session_id
 from adamhub_service.model.stored import CachedSession
@@ -33,3 +36,16 @@ def test_cache_evicts_least_recently_used_past_its_byte_bound() -> None:
     assert cache.nbytes == 360
     cache.drop(first.record.id)
     assert cache.nbytes == 240
+
+
+def test_a_session_larger_than_the_cache_is_told_once(caplog: pytest.LogCaptureFixture) -> None:
+    cache = StateCache(max_bytes=120)
+    big = entry(100)
+    with caplog.at_level(logging.WARNING, logger="adamhub_service.storage"):
+        cache.put(big)
+        cache.put(big)
+        cache.put(entry(5))
+    told = [r.getMessage() for r in caplog.records]
+    assert len(told) == 1
+    assert big.record.id in told[0] and "ADAMHUB_CACHE_BYTES=120" in told[0]
+    assert cache.get(big.record.id) is None
