@@ -10,7 +10,8 @@ every node, as deployed), and measures through the SDK, binary float32:
   through 3 service replicas (workers spread over them);
 - a plain step of 10M and 100M parameters (median ms), beside a Ray actor holding the
   state in memory (`bench` extra), and how the bytes the store received split across
-  the cluster's primaries;
+  the cluster's primaries; on the cluster, the chunks spread over the primaries against
+  kept in the session's slot (``ADAMHUB_SPREAD_CHUNKS=false``);
 - what ``REPLICA_ACKS=1`` adds on a cluster with a replica per primary (3 + 3);
 - HAProxy (deploy/haproxy.cfg) in front of 3 replicas: a hot session stepped through
   consistent hashing on its path (one replica holds it) and through round robin (every
@@ -49,14 +50,16 @@ HAPROXY_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.cfg"
 
 
 @contextmanager
-def services(store_url: str, count: int, *args: str) -> Iterator[list[ServiceProcess]]:
-    """``count`` service processes on the store."""
+def services(
+    store_url: str, count: int, *args: str, env: dict[str, str] | None = None
+) -> Iterator[list[ServiceProcess]]:
+    """``count`` service processes on the store (with ``env`` besides their cache)."""
     log = Path(tempfile.mkstemp(prefix="adamhub-bench-", suffix=".log")[1])
     # A cache that holds a 100M session's state (θ, m, v: 1.2 GB), as bench_step's: one
     # that does not rebuilds it from the store at every step.
-    env = {"ADAMHUB_CACHE_BYTES": str(4 << 30)}
+    settings = {"ADAMHUB_CACHE_BYTES": str(4 << 30), **(env or {})}
     started = [
-        ServiceProcess("--redis-url", store_url, *args, env=env, log_path=log).start()
+        ServiceProcess("--redis-url", store_url, *args, env=settings, log_path=log).start()
         for _ in range(count)
     ]
     try:
@@ -190,6 +193,16 @@ def main() -> None:
             rows[label] = row
             print(label, row, flush=True)
         document["stores"] = rows
+        # The same big steps on the cluster, the chunks spread over the primaries or in
+        # the session's slot, interleaved.
+        in_slot = {"ADAMHUB_SPREAD_CHUNKS": "false"}
+        with (
+            services(cluster.url, 1, "--redis-cluster") as (spread,),
+            services(cluster.url, 1, "--redis-cluster", env=in_slot) as (kept,),
+        ):
+            both = {"spread_ms": spread.base_url, "in_slot_ms": kept.base_url}
+            document["spread"] = [{"params": size, **interleaved_ms(both, size)} for size in big]
+        print(document["spread"], flush=True)
     finally:
         store.cleanup()
         cluster.cleanup()
@@ -259,6 +272,13 @@ def render(document: dict[str, Any]) -> str:
         peer = ray.get(str(int(key[:-6]) * 1_000_000))
         name = f"a {key[:-5]} step" + (f" (Ray actor {peer} ms)" if peer else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| a big step on the cluster, interleaved | chunks spread ms | in the session's slot ms |",
+        "|---:|---:|---:|",
+    ]
+    for row in document["spread"]:
+        lines.append(f"| {row['params']:,} | {row['spread_ms']} | {row['in_slot_ms']} |")
     lines += [
         "",
         "| plain step, cluster 3 + 3 replicas | REPLICA_ACKS=0 ms | REPLICA_ACKS=1 ms |",

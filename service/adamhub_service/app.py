@@ -98,7 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
                 storage.expiry,
                 screening=storage.screening,
                 chunk_elements=settings.chunk_elements,
-                spread_chunks=settings.redis_cluster,
+                spread_chunks=settings.redis_cluster and settings.spread_chunks,
                 limits=SessionLimits(
                     max_size=settings.max_size,
                     tenant_max_sessions=settings.tenant_max_sessions,

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
         default=False,
         description="The Redis URL names one node of a Redis Cluster; the others are found.",
     )
+    spread_chunks: bool = Field(
+        default=True,
+        description="On a Redis Cluster, keep a session's chunks on every primary (chunk i "
+        "in a slot of its own) rather than in the session's slot.",
+    )
     chunk_elements: int = Field(
         default=262_144, ge=1, description="Elements per stored chunk of a vector."
     )

@@ -10,8 +10,11 @@ import asyncio
 from typing import Any
 
 import numpy as np
+import pytest
 import redis
+from fastapi.testclient import TestClient
 
+from adamhub_service.app import create_app
 from adamhub_service.config import Settings
 from adamhub_service.model.principal import LOCAL
 from adamhub_service.model.records import new_write_id
@@ -27,6 +30,7 @@ from adamhub_service.storage.keyspace import (
     meta_key,
 )
 from adamhub_service.storage.scripts import register
+from adamhub_service.testing import LOOPBACK
 
 SIZE = 3_000
 CHUNK = 100  # 30 chunks a vector
@@ -166,3 +170,16 @@ def test_a_write_that_never_commits_is_swept_and_can_no_longer_commit(
         await storage.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_the_service_spreads_sessions_of_several_chunks_on_a_cluster_unless_told_not_to(
+    redis_url: str, redis_client: redis.Redis, spread: bool
+) -> None:
+    settings = Settings(redis_url=redis_url, chunk_elements=4, spread_chunks=spread)
+    with TestClient(create_app(settings), client=LOOPBACK) as client:
+        several = client.post("/v1/sessions", json={"size": 10}).json()["id"]
+        one = client.post("/v1/sessions", json={"size": 4}).json()["id"]
+    expected = b"1" if spread and settings.redis_cluster else b"0"
+    assert redis_client.hget(meta_key(several), "spread") == expected
+    assert redis_client.hget(meta_key(one), "spread") == b"0"
