@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 import adamhub
 from adamhub_service.optim import AdamConfig, adam_step, init_state
@@ -32,10 +33,16 @@ def cluster() -> Iterator[StoreCluster]:
 
 
 def acknowledging_service(cluster: StoreCluster, tmp_path: Path) -> ServiceProcess:
-    """The service on the cluster; a write is acknowledged once a replica holds it."""
+    """The service on the cluster; a write is acknowledged once a replica holds it. Its
+    sessions are spread (100 elements a chunk: ten chunks, on every primary), so the
+    primary that dies holds some chunks of every session."""
     return ServiceProcess(
         "--redis-url", cluster.url, "--redis-cluster", "--replica-acks", "1",
-        env={"ADAMHUB_REPLICA_ACK_TIMEOUT_SECONDS": "1", "ADAMHUB_REDIS_TIMEOUT_SECONDS": "1"},
+        env={
+            "ADAMHUB_REPLICA_ACK_TIMEOUT_SECONDS": "1",
+            "ADAMHUB_REDIS_TIMEOUT_SECONDS": "1",
+            "ADAMHUB_CHUNK_ELEMENTS": "100",
+        },
         log_path=tmp_path / "service.log",
     ).start()  # fmt: skip
 
@@ -76,6 +83,8 @@ def test_a_primary_killed_while_a_worker_steps_loses_no_acknowledged_step(
     try:
         with patient_client(service.base_url) as client:
             session = client.create_session(size=SIZE, optimizer={"lr": 0.01})
+            with redis.RedisCluster.from_url(cluster.url) as store:
+                assert store.hget(f"adamhub:{{{session.id}}}:meta", "spread") == b"1"
             for index in range(steps):
                 if index == kill_after:
                     killed_at = fail_over(cluster, session.id)
