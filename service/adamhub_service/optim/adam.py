@@ -411,11 +411,14 @@ def _scalars(config: AdamConfig, step: int, lr: float, dtype: np.dtype[Any]) -> 
             decay_mode, decay = kernel.COUPLED_DECAY, scalar(config.weight_decay)
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    weight = scalar(1 - beta1)  # torch's lerp weight, in the tensor's dtype
     return (
         config.maximize,
         decay_mode,
         decay,
-        scalar(1 - beta1),
+        weight,
+        bool(abs(weight) < 0.5),
+        scalar(1) - weight,
         scalar(beta2),
         scalar(1 - beta2),
         scalar(bias_correction2_sqrt),

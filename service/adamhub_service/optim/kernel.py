@@ -55,6 +55,8 @@ def _update(
     decay_mode: int,
     decay: Any,
     one_minus_beta1: Any,
+    small_weight: bool,
+    beta1_complement: Any,
     beta2: Any,
     one_minus_beta2: Any,
     bias_correction2_sqrt: Any,
@@ -73,8 +75,10 @@ def _update(
         elif decay_mode == 2:
             p = p * decay
         m = exp_avg[i]
-        # torch: exp_avg.lerp_(grad, 1 - beta1), i.e. m + w * (g - m)
-        new_m = (g - m) * one_minus_beta1 + m
+        # torch: exp_avg.lerp_(grad, w = 1 - beta1), which is m + w * (g - m) for
+        # |w| < 0.5 and g - (g - m) * (1 - w) otherwise (ATen's lerp: the larger weight
+        # without the cancellation of m + w * (g - m) when w is near 1).
+        new_m = (g - m) * one_minus_beta1 + m if small_weight else g - (g - m) * beta1_complement
         # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         new_v = exp_avg_sq[i] * beta2 + (one_minus_beta2 * g) * g
         if amsgrad:
@@ -186,7 +190,7 @@ def fused_update(*arrays: Any, scalars: tuple[Any, ...]) -> int:
 _one, _unit = np.zeros(1, np.float32), np.float32(1)
 _update(
     _one, _one, _one, _one, _one, _one, _one, _one, _one,
-    False, NO_DECAY, _unit, _unit, _unit, _unit, _unit, _unit, _unit, False,
+    False, NO_DECAY, _unit, _unit, True, _unit, _unit, _unit, _unit, _unit, _unit, False,
 )  # fmt: skip
 _launch: contextlib.AbstractContextManager[object] = (
     _workqueue_lock if threading_layer() == "workqueue" else contextlib.nullcontext()

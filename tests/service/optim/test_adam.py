@@ -145,6 +145,18 @@ def test_agrees_with_the_paper_formulas(config: AdamConfig, arrays: np.ndarray, 
     np.testing.assert_allclose(ours.exp_avg_sq, reference.exp_avg_sq, rtol=1e-9, atol=1e-300)
 
 
+def test_the_first_moment_follows_torchs_lerp_for_a_large_weight() -> None:
+    """torch's ``exp_avg.lerp_(grad, 1 - β1)`` is g - (g - m)(1 - w) for a weight w of
+    0.5 or more: with β1 = 0 the first moment is the gradient itself, however small
+    next to the one before (m + w(g - m) would lose it to cancellation)."""
+    config = AdamConfig(betas=(0.0, 0.999))
+    for dtype in ("float32", "float64"):
+        ones = np.ones(4).astype(dtype)
+        state = adam_step(init_state(ones, config), ones, config)
+        small = np.array([1e-10, -3e-12, 2e-9, 0.0]).astype(dtype)
+        assert np.array_equal(adam_step(state, small, config).exp_avg, small)
+
+
 def test_input_state_is_not_modified() -> None:
     config = AdamConfig(weight_decay=0.1, amsgrad=True, maximize=True)
     state = adam_step(init_state(np.arange(4.0), config), np.ones(4), config)

@@ -13,13 +13,18 @@ from adamhub_service.optim import kernel
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("amsgrad", [False, True])
-def test_the_update_in_one_thread_equals_the_parallel_one(dtype: Any, amsgrad: bool) -> None:
+@pytest.mark.parametrize("weight", [0.1, 0.8])  # both of torch's lerp formulas
+def test_the_update_in_one_thread_equals_the_parallel_one(
+    dtype: Any, amsgrad: bool, weight: float
+) -> None:
     rng = np.random.default_rng(7)
     size = 5_000
     params, exp_avg, grad = (np.asarray(rng.normal(size=size), dtype) for _ in range(3))
     exp_avg_sq, max_sq = (np.asarray(rng.random(size), dtype) for _ in range(2))
     grad[::97] = 0
-    scalars = tuple(dtype(x) for x in (0.01, 0.1, 0.999, 0.001, 0.3, 1e-8, -0.001))
+    w = dtype(weight)
+    rest = tuple(dtype(x) for x in (0.999, 0.001, 0.3, 1e-8, -0.001))
+    scalars = (dtype(0.01), w, bool(w < 0.5), dtype(1) - w, *rest)
     outputs = []
     updates: tuple[Any, ...] = (kernel._update, kernel._update_serial)
     for update in updates:
