@@ -262,3 +262,43 @@ def test_steps_queued_on_a_stalled_store_all_answer_within_its_timeout(
     finally:
         store.close()
         service.stop()
+
+
+def test_a_burst_past_the_store_connections_queues_for_them_instead_of_failing(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Twenty-four workers contribute to one round at once through a service allowed
+    two store connections: every contribution waits for a connection, none is refused
+    ("Too many connections" was a 503 for each request past the pool)."""
+    service = start(store_url, tmp_path, redis_max_connections="2")
+    try:
+        workers = 24
+        created = httpx.post(
+            f"{service.base_url}/v1/sessions",
+            json={"size": 3, "rounds": {"contributions": workers}},
+        )
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+        statuses: list[int] = []
+        gate = threading.Barrier(workers)
+
+        def contribute(index: int) -> None:
+            gate.wait()
+            response = httpx.post(
+                f"{service.base_url}/v1/sessions/{sid}/step",
+                json={"gradient": [index, 1, 2]},
+                headers={"Idempotency-Key": f"burst-{index}"},
+                timeout=60,
+            )
+            statuses.append(response.status_code)
+
+        threads = [threading.Thread(target=contribute, args=(i,)) for i in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [200] * workers
+        assert httpx.get(f"{service.base_url}/v1/sessions/{sid}").json()["t"] == 1
+        assert "Too many connections" not in (tmp_path / "service.log").read_text()
+    finally:
+        service.stop()

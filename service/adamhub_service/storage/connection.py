@@ -37,6 +37,12 @@ def connect(
     a client of the Redis Cluster that ``url`` is a node of, which finds the others and
     sends each command to the primary of its keys' slot.
 
+    On one Redis, a command that finds all ``max_connections`` busy waits for one (up to
+    ``timeout_seconds``), so a burst of requests queues instead of failing: redis-py's
+    default asyncio pool refuses the command at once ("Too many connections"). The
+    cluster client keeps ``max_connections`` per node and has no waiting pool; past it a
+    command fails as never sent (503 ``store-unavailable``, safe to retry).
+
     The cluster client is typed as the plain one: every command the stores send has the
     same signature on both, and each script and transaction touches one slot.
     """
@@ -48,7 +54,10 @@ def connect(
     }
     if cluster:
         return cast(redis.Redis, RedisCluster.from_url(url, **common))
-    return redis.Redis.from_url(url, health_check_interval=30, **common)
+    pool = redis.BlockingConnectionPool.from_url(
+        url, timeout=timeout_seconds, health_check_interval=30, **common
+    )
+    return redis.Redis.from_pool(pool)
 
 
 @dataclass(frozen=True, slots=True)

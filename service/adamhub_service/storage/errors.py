@@ -10,6 +10,7 @@ from redis.exceptions import (
     AskError,
     BusyLoadingError,
     ClusterDownError,
+    MaxConnectionsError,
     MovedError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -52,8 +53,12 @@ def _refusal(exc: ResponseError) -> str | None:
 
 
 def never_sent(exc: BaseException) -> bool:
-    """Whether the error happened while connecting, before any command was sent."""
-    return "connecting to" in str(exc).lower()
+    """Whether the error happened before any command was sent: while connecting, or
+    while waiting for a free connection of the pool."""
+    if isinstance(exc, MaxConnectionsError):
+        return True
+    text = str(exc).lower()
+    return "connecting to" in text or "no connection available" in text
 
 
 @asynccontextmanager
