@@ -6,7 +6,8 @@ Starts a private Redis (AOF everysec, as deployed) and `adamhub-service serve`, 
 measures, binary float32:
 
 - rounds per second with K worker *processes* contributing to one rounds session of
-  K = 4 and 16, at 1k and 1M parameters; beside it, Ray's synchronous parameter server
+  K = 4 and 16 (``--workers`` chooses: 4 16 64 on a machine of many cores), at 1k and
+  1M parameters; beside it, Ray's synchronous parameter server
   in the faster of two forms (Ray's own example, the driver gathering K worker actors'
   gradients with the parameters passed on as one shared object; and a barrier in an
   async server actor), in memory, no durability (needs the `bench` extra);
@@ -41,7 +42,7 @@ from adamhub_service.testing import ServiceProcess, StoreServer
 
 SECONDS = 4.0
 ROUNDS = {1_000: 200, 1_000_000: 20}
-ROWS = ((4, 1_000), (16, 1_000), (4, 1_000_000), (16, 1_000_000))
+SIZES = (1_000, 1_000_000)
 LAST_REPEATS = {1_000: 60, 1_000_000: 15}
 
 
@@ -146,7 +147,12 @@ class RaySyncPeer:
     In memory, no durability, no retries."""
 
     def __init__(self, ray: Any) -> None:
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level=40)
+        ray.init(
+            num_cpus=max(8, os.cpu_count() or 1),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=40,
+        )
         self.ray = ray
 
         @ray.remote(num_cpus=0)
@@ -261,8 +267,12 @@ def main() -> None:
     """Run every measurement, print the table, write it to bench/results."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1k only")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[4, 16], help="K, workers per round (4 16)"
+    )
     args = parser.parse_args()
-    rows = [row for row in ROWS if not args.quick or row[1] == 1_000]
+    sizes = SIZES[:1] if args.quick else SIZES
+    rows = [(workers, size) for size in sizes for workers in args.workers]
 
     store = StoreServer("--appendonly", "yes", "--appendfsync", "everysec").start()
     log = Path(tempfile.mkstemp(prefix="adamhub-bench-", suffix=".log")[1])

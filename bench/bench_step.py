@@ -160,10 +160,11 @@ class RayPeer:
     def server(self, size: int) -> Any:
         return self.server_class.remote(size)  # type: ignore[attr-defined]
 
-    def step_ms(self, size: int) -> float:
+    def step_ms(self, size: int, repeats: int | None = None) -> float:
         server = self.server(size)
         gradient = gradient_of(size)
-        result = median_ms(lambda: self.ray.get(server.step.remote(gradient)), STEPS[size])
+        step = lambda: self.ray.get(server.step.remote(gradient))  # noqa: E731
+        result = median_ms(step, repeats or STEPS[size], warmup=min(3, repeats or 3))
         self.ray.kill(server)
         return result
 
