@@ -4,11 +4,14 @@ through its protocol (``model/repositories.py``)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import MaxConnectionsError
 
 from adamhub_service.model.stored import StoreStatus
 from adamhub_service.observability.metrics import Metrics
@@ -54,10 +57,58 @@ def connect(
     }
     if cluster:
         return cast(redis.Redis, RedisCluster.from_url(url, **common))
-    pool = redis.BlockingConnectionPool.from_url(
-        url, timeout=timeout_seconds, health_check_interval=30, **common
-    )
+    pool = WaitingConnectionPool.from_url(url, health_check_interval=30, **common)
+    pool.wait_seconds = timeout_seconds
     return redis.Redis.from_pool(pool)
+
+
+class WaitingConnectionPool(redis.ConnectionPool):
+    """redis-py's asyncio pool, except that a command finding every connection busy
+    waits (up to ``wait_seconds``) for one to come back instead of failing with "Too
+    many connections". The pool's own path is untouched while a connection is free:
+    redis-py's ``BlockingConnectionPool`` waits too, but costs every command a condition
+    and a timer (15 µs of a 150 µs command, measured)."""
+
+    wait_seconds: float = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        take: Any = super().get_connection  # untyped in redis-py
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_seconds
+        while True:
+            try:
+                return await take(*args, **kwargs)
+            except MaxConnectionsError:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self._wake_one()  # a wake-up this waiter had but can no longer use
+                    raise MaxConnectionsError(
+                        f"no store connection came free within {self.wait_seconds:g} s"
+                    ) from None
+                freed: asyncio.Future[None] = loop.create_future()
+                self._waiters.append(freed)
+                try:
+                    await asyncio.wait_for(freed, remaining)
+                except TimeoutError:
+                    pass
+                finally:
+                    if not freed.done():
+                        self._waiters.remove(freed)
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            freed = self._waiters.popleft()
+            if not freed.done():
+                freed.set_result(None)
+                return
 
 
 @dataclass(frozen=True, slots=True)

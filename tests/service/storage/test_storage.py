@@ -27,6 +27,7 @@ from adamhub_service.sessions.service import NewSession, SessionLimits, SessionS
 from adamhub_service.steps.service import StepService
 from adamhub_service.storage.chunks import VectorChunks
 from adamhub_service.storage.connection import Storage, StorageOptions, connect
+from adamhub_service.storage.errors import unavailable_on_error
 from adamhub_service.storage.session_repository import RedisSessionRepository
 from adamhub_service.storage.session_scripts import SessionScripts
 from adamhub_service.testing import LOOPBACK, free_port
@@ -281,5 +282,35 @@ def test_a_process_behind_catches_up_from_the_log_after_its_state_bit_for_bit(
         assert isinstance(stale, StoredSession) and stale.snapshot != {}
         await writer_storage.close()
         await reader_storage.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.standalone_only
+def test_a_command_past_the_pools_connections_waits_for_one_then_gives_up(
+    redis_url: str,
+) -> None:
+    """One connection, held: a second command waits for it and runs once it is back;
+    one that waits past the store timeout fails as never sent (store-unavailable)."""
+
+    async def scenario() -> None:
+        client = connect(redis_url, timeout_seconds=0.3, max_connections=1)
+        pool = client.connection_pool
+        held = await pool.get_connection()
+        waiting = asyncio.ensure_future(client.set("waited", b"1"))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        await pool.release(held)
+        assert await waiting is True
+
+        held = await pool.get_connection()
+        began = time.monotonic()
+        with pytest.raises(errors.StoreUnavailable):
+            async with unavailable_on_error(write=True):
+                await client.set("never", b"1")
+        assert 0.25 < time.monotonic() - began < 2
+        await pool.release(held)
+        assert await client.get("never") is None
+        await client.aclose()
 
     asyncio.run(scenario())
