@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import numpy as np
 import pytest
@@ -26,7 +27,12 @@ from adamhub_service.optim import AdamConfig
 from adamhub_service.sessions.service import NewSession, SessionLimits, SessionService
 from adamhub_service.steps.service import StepService
 from adamhub_service.storage.chunks import VectorChunks
-from adamhub_service.storage.connection import Storage, StorageOptions, connect
+from adamhub_service.storage.connection import (
+    Storage,
+    StorageOptions,
+    WaitingConnectionPool,
+    connect,
+)
 from adamhub_service.storage.errors import unavailable_on_error
 from adamhub_service.storage.session_repository import RedisSessionRepository
 from adamhub_service.storage.session_scripts import SessionScripts
@@ -295,7 +301,7 @@ def test_a_command_past_the_pools_connections_waits_for_one_then_gives_up(
 
     async def scenario() -> None:
         client = connect(redis_url, timeout_seconds=0.3, max_connections=1)
-        pool = client.connection_pool
+        pool = cast(WaitingConnectionPool, client.connection_pool)
         held = await pool.get_connection()
         waiting = asyncio.ensure_future(client.set("waited", b"1"))
         await asyncio.sleep(0.1)
