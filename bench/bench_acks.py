@@ -8,7 +8,6 @@ Writes bench/results/acks.json and acks.md.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 import redis
-from bench_step import RESULTS, gradient_of
+from bench_step import gradient_of, write_results
 
 import adamhub
 from adamhub_service.testing import ServiceProcess, StoreServer
@@ -82,10 +81,7 @@ def main() -> None:
             f"| {row['acks_1_ms']:.2f} | {added:.2f} |"
         )
     table = "\n".join(lines) + "\n"
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "acks.md").write_text(table)
-    (RESULTS / "acks.json").write_text(json.dumps({"rows": rows}, indent=2))
+    write_results("acks", table, {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Writes bench/results/cluster.json and cluster.md.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import re
@@ -37,7 +36,7 @@ from typing import Any
 
 import bench_acks
 import redis
-from bench_step import RESULTS, RayPeer, _adamhub_worker, gradient_of, ray_module
+from bench_step import RayPeer, _adamhub_worker, gradient_of, ray_module, write_results
 
 import adamhub
 from adamhub_service.testing import HAProxy, ServiceProcess, StoreCluster, StoreServer, free_port
@@ -238,23 +237,24 @@ def main() -> None:
         with_replicas.cleanup()
 
     table = render(document)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cluster.md").write_text(table)
-    (RESULTS / "cluster.json").write_text(json.dumps(document, indent=2))
-    print(f"wrote {RESULTS / 'cluster.md'} and cluster.json")
+    write_results("cluster", table, document)
 
 
-def render(document: dict[str, Any]) -> str:
-    stores = document["stores"]
-    labels = list(stores)
-    lines = [
-        f"one Redis against a Redis Cluster, one run, {document['machine']['cpus']} CPUs, "
+def stores_head(title: str, document: dict[str, Any], labels: Sequence[str]) -> list[str]:
+    """The title line and the head of a table with a column per store."""
+    return [
+        f"{title}, one run, {document['machine']['cpus']} CPUs, "
         "AOF everysec, binary float32 through the SDK",
         "",
         "| work | " + " | ".join(labels) + " |",
         "|---|" + "---:|" * len(labels),
     ]
+
+
+def render(document: dict[str, Any]) -> str:
+    stores = document["stores"]
+    labels = list(stores)
+    lines = stores_head("one Redis against a Redis Cluster", document, labels)
     for key, name in (
         ("1k_steps_per_s", f"{WORKERS} workers × own 1k session, 1 replica (steps/s)"),
         ("1k_steps_per_s_3_replicas", f"{WORKERS} workers × own 1k session, 3 replicas"),

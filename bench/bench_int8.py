@@ -16,7 +16,6 @@ Writes bench/results/int8.json and int8.md.
 from __future__ import annotations
 
 import http.server
-import json
 import statistics
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from bench_step import RESULTS
+from bench_step import write_results
 
 import adamhub
 from adamhub.quantization import ErrorFeedback
@@ -241,12 +240,7 @@ def main() -> None:
     for row in skewed:
         lines.append(f"| {row['wire']} | {row['small_weights_error']} |")
     table = "\n".join(lines) + "\n"
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "int8.md").write_text(table)
-    (RESULTS / "int8.json").write_text(
-        json.dumps({"uploads": uploads, "training": training}, indent=2)
-    )
+    write_results("int8", table, {"uploads": uploads, "training": training})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Writes bench/results/rounds.json and rounds.md.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import statistics
@@ -35,7 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 import redis
-from bench_step import RESULTS, gradient_of, numpy_adam, ray_module
+from bench_step import gradient_of, numpy_adam, ray_module, write_results
 
 import adamhub
 from adamhub_service.testing import ServiceProcess, StoreServer
@@ -319,12 +318,8 @@ def main() -> None:
         store.cleanup()
 
     table = render(rates, last, note)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "rounds.md").write_text(table)
     document = {"machine": {"cpus": os.cpu_count()}, "rounds": rates, "last": last, "note": note}
-    (RESULTS / "rounds.json").write_text(json.dumps(document, indent=2))
-    print(f"wrote {RESULTS / 'rounds.md'} and rounds.json")
+    write_results("rounds", table, document)
 
 
 def render(rates: list[dict[str, Any]], last: list[dict[str, float]], note: str) -> str:

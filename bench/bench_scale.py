@@ -20,7 +20,6 @@ Writes bench/results/scale.json and scale.md.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import time
@@ -34,8 +33,9 @@ from bench_cluster import (
     received_bytes,
     services,
     step_with_split,
+    stores_head,
 )
-from bench_step import RESULTS, RayPeer, gradient_of, ray_module
+from bench_step import RayPeer, gradient_of, ray_module, write_results
 
 import adamhub
 from adamhub_service.testing import StoreCluster, StoreServer
@@ -152,24 +152,14 @@ def main() -> None:
             store.cleanup()
 
     table = render(document)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.md").write_text(table)
-    (RESULTS / "scale.json").write_text(json.dumps(document, indent=2))
-    print(f"wrote {RESULTS / 'scale.md'} and scale.json")
+    write_results("scale", table, document)
 
 
 def render(document: dict[str, Any]) -> str:
     stores = document["stores"]
     labels = list(stores)
     workers, replicas = document["workers"], document["replicas"]
-    lines = [
-        f"one Redis against Redis Clusters, one run, {document['machine']['cpus']} CPUs, "
-        "AOF everysec, binary float32 through the SDK",
-        "",
-        "| work | " + " | ".join(labels) + " |",
-        "|---|" + "---:|" * len(labels),
-    ]
+    lines = stores_head("one Redis against Redis Clusters", document, labels)
     for size in SIZES:
         measured = [stores[s][str(size)] for s in labels]
         cells = [f"{m['steps_per_s']:,} ({m['store_mb_per_s']:,} MB/s in)" for m in measured]

@@ -47,6 +47,15 @@ HUGE = 100_000_000
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def write_results(name: str, table: str, document: Any) -> None:
+    """Print ``table`` and write it to bench/results/<name>.md, ``document`` to <name>.json."""
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(table)
+    (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2))
+    print(f"wrote {RESULTS / name}.md and {name}.json")
+
+
 def median_ms(action: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     """The median of ``repeats`` timed calls, in ms, after ``warmup`` untimed ones."""
     for _ in range(warmup):
@@ -401,9 +410,6 @@ def main() -> None:
         store.cleanup()
 
     table = render(latency, throughput, written, huge, note, overhead, screening)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compare.md").write_text(table)
     document = {
         "machine": {"cpus": os.cpu_count()},
         "latency": latency,
@@ -414,8 +420,7 @@ def main() -> None:
         "screening_overhead": screening,
         "note": note,
     }
-    (RESULTS / "compare.json").write_text(json.dumps(document, indent=2))
-    print(f"wrote {RESULTS / 'compare.md'} and compare.json")
+    write_results("compare", table, document)
 
 
 def render(
