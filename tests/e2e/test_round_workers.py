@@ -249,3 +249,42 @@ def test_kill_9_keeps_a_202_contribution_and_takes_a_waiting_one_again(
         assert not redis_client.exists(round_key)
     finally:
         assert service.stop() == 0
+
+
+def test_a_burst_past_the_store_connections_queues_for_them_instead_of_failing(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Twenty-four workers contribute to one round at once through a service allowed
+    two store connections (per node, on a cluster): every contribution waits for a
+    connection, none is refused ("Too many connections" was a 503 for each request past
+    the pool, and a 64-worker round on 16 cores never closed)."""
+    log = tmp_path / "service.log"
+    service = ServiceProcess(
+        "--redis-url", redis_url, env={"ADAMHUB_REDIS_MAX_CONNECTIONS": "2"}, log_path=log
+    ).start()
+    try:
+        workers = 24
+        sid = new_session(service.base_url, {"contributions": workers})
+        statuses: list[int] = []
+        gate = threading.Barrier(workers)
+
+        def contribute(index: int) -> None:
+            gate.wait()
+            response = httpx.post(
+                f"{service.base_url}/v1/sessions/{sid}/step",
+                json={"gradient": gradient(index, 0).tolist()},
+                headers={"Idempotency-Key": f"burst-{index}"},
+                timeout=60,
+            )
+            statuses.append(response.status_code)
+
+        threads = [threading.Thread(target=contribute, args=(i,)) for i in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [200] * workers
+        assert httpx.get(f"{service.base_url}/v1/sessions/{sid}").json()["t"] == 1
+        assert "Too many connections" not in log.read_text()
+    finally:
+        service.stop()

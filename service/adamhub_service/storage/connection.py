@@ -4,14 +4,11 @@ through its protocol (``model/repositories.py``)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import MaxConnectionsError
 
 from adamhub_service.model.stored import StoreStatus
 from adamhub_service.observability.metrics import Metrics
@@ -24,6 +21,7 @@ from adamhub_service.storage.errors import unavailable_on_error
 from adamhub_service.storage.expiry import RedisExpiryRepository
 from adamhub_service.storage.garbage import ChunkGarbage
 from adamhub_service.storage.notifier import StepNotifier
+from adamhub_service.storage.pools import WaitingConnectionPool, WaitingRedisCluster
 from adamhub_service.storage.rate_limits import RedisRateRepository
 from adamhub_service.storage.round_store import RedisRoundRepository
 from adamhub_service.storage.screening import RedisScreenRepository
@@ -40,11 +38,8 @@ def connect(
     a client of the Redis Cluster that ``url`` is a node of, which finds the others and
     sends each command to the primary of its keys' slot.
 
-    On one Redis, a command that finds all ``max_connections`` busy waits for one (up to
-    ``timeout_seconds``), so a burst of requests queues instead of failing: redis-py's
-    default asyncio pool refuses the command at once ("Too many connections"). The
-    cluster client keeps ``max_connections`` per node and has no waiting pool; past it a
-    command fails as never sent (503 ``store-unavailable``, safe to retry).
+    A command that finds all ``max_connections`` (per node, on a cluster) busy waits for
+    one, up to ``timeout_seconds`` (``storage/pools.py``).
 
     The cluster client is typed as the plain one: every command the stores send has the
     same signature on both, and each script and transaction touches one slot.
@@ -56,59 +51,12 @@ def connect(
         "max_connections": max_connections,
     }
     if cluster:
-        return cast(redis.Redis, RedisCluster.from_url(url, **common))
+        cluster_client = cast(WaitingRedisCluster, WaitingRedisCluster.from_url(url, **common))
+        cluster_client.wait_seconds = timeout_seconds
+        return cast(redis.Redis, cluster_client)
     pool = WaitingConnectionPool.from_url(url, health_check_interval=30, **common)
     pool.wait_seconds = timeout_seconds
     return redis.Redis.from_pool(pool)
-
-
-class WaitingConnectionPool(redis.ConnectionPool):
-    """redis-py's asyncio pool, except that a command finding every connection busy
-    waits (up to ``wait_seconds``) for one to come back instead of failing with "Too
-    many connections". The pool's own path is untouched while a connection is free:
-    redis-py's ``BlockingConnectionPool`` waits too, but costs every command a condition
-    and a timer (15 µs of a 150 µs command, measured)."""
-
-    wait_seconds: float = 5.0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        take: Any = super().get_connection  # untyped in redis-py
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_seconds
-        while True:
-            try:
-                return await take(*args, **kwargs)
-            except MaxConnectionsError:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    self._wake_one()  # a wake-up this waiter had but can no longer use
-                    raise MaxConnectionsError(
-                        f"no store connection came free within {self.wait_seconds:g} s"
-                    ) from None
-                freed: asyncio.Future[None] = loop.create_future()
-                self._waiters.append(freed)
-                try:
-                    await asyncio.wait_for(freed, remaining)
-                except TimeoutError:
-                    pass
-                finally:
-                    if not freed.done():
-                        self._waiters.remove(freed)
-
-    async def release(self, connection: Any) -> None:
-        await super().release(connection)
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            freed = self._waiters.popleft()
-            if not freed.done():
-                freed.set_result(None)
-                return
 
 
 @dataclass(frozen=True, slots=True)

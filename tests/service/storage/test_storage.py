@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -27,13 +27,9 @@ from adamhub_service.optim import AdamConfig
 from adamhub_service.sessions.service import NewSession, SessionLimits, SessionService
 from adamhub_service.steps.service import StepService
 from adamhub_service.storage.chunks import VectorChunks
-from adamhub_service.storage.connection import (
-    Storage,
-    StorageOptions,
-    WaitingConnectionPool,
-    connect,
-)
+from adamhub_service.storage.connection import Storage, StorageOptions, connect
 from adamhub_service.storage.errors import unavailable_on_error
+from adamhub_service.storage.pools import WaitingConnectionPool, WaitingRedisCluster
 from adamhub_service.storage.session_repository import RedisSessionRepository
 from adamhub_service.storage.session_scripts import SessionScripts
 from adamhub_service.testing import LOOPBACK, free_port
@@ -292,31 +288,45 @@ def test_a_process_behind_catches_up_from_the_log_after_its_state_bit_for_bit(
     asyncio.run(scenario())
 
 
-@pytest.mark.standalone_only
 def test_a_command_past_the_pools_connections_waits_for_one_then_gives_up(
-    redis_url: str,
+    redis_url: str, store_mode: dict[str, object]
 ) -> None:
-    """One connection, held: a second command waits for it and runs once it is back;
-    one that waits past the store timeout fails as never sent (store-unavailable)."""
+    """One connection (to the key's node, on a cluster), held: a second command waits
+    for it and runs once it is back; one that waits past the store timeout fails as
+    never sent (store-unavailable) and changes nothing."""
+    cluster = store_mode["mode"] == "cluster"
 
     async def scenario() -> None:
-        client = connect(redis_url, timeout_seconds=0.3, max_connections=1)
-        pool = cast(WaitingConnectionPool, client.connection_pool)
-        held = await pool.get_connection()
-        waiting = asyncio.ensure_future(client.set("waited", b"1"))
+        client = connect(redis_url, timeout_seconds=0.3, max_connections=1, cluster=cluster)
+        if cluster:
+            await client.ping()  # learns the topology
+            node = cast(WaitingRedisCluster, client).get_node_from_key("k")
+            assert node is not None
+
+            async def hold() -> Any:
+                return node.acquire_connection()
+
+            async def give_back(connection: Any) -> None:
+                node.release(connection)
+        else:
+            pool = cast(WaitingConnectionPool, client.connection_pool)
+            hold, give_back = pool.get_connection, pool.release
+
+        held = await hold()
+        waiting = asyncio.ensure_future(client.set("k", b"1"))
         await asyncio.sleep(0.1)
         assert not waiting.done()
-        await pool.release(held)
+        await give_back(held)
         assert await waiting is True
 
-        held = await pool.get_connection()
+        held = await hold()
         began = time.monotonic()
         with pytest.raises(errors.StoreUnavailable):
             async with unavailable_on_error(write=True):
-                await client.set("never", b"1")
+                await client.set("k", b"2")
         assert 0.25 < time.monotonic() - began < 2
-        await pool.release(held)
-        assert await client.get("never") is None
+        await give_back(held)
+        assert await client.get("k") == b"1"
         await client.aclose()
 
     asyncio.run(scenario())
