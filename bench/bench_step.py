@@ -172,8 +172,9 @@ class RayPeer:
     def step_ms(self, size: int, repeats: int | None = None) -> float:
         server = self.server(size)
         gradient = gradient_of(size)
+        repeats = repeats or STEPS[size]
         step = lambda: self.ray.get(server.step.remote(gradient))  # noqa: E731
-        result = median_ms(step, repeats or STEPS[size], warmup=min(3, repeats or 3))
+        result = median_ms(step, repeats, warmup=min(3, repeats))
         self.ray.kill(server)
         return result
 

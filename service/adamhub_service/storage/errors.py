@@ -55,10 +55,7 @@ def _refusal(exc: ResponseError) -> str | None:
 def never_sent(exc: BaseException) -> bool:
     """Whether the error happened before any command was sent: while connecting, or
     while waiting for a free connection of the pool."""
-    if isinstance(exc, MaxConnectionsError):
-        return True
-    text = str(exc).lower()
-    return "connecting to" in text or "no connection available" in text
+    return isinstance(exc, MaxConnectionsError) or "connecting to" in str(exc).lower()
 
 
 @asynccontextmanager

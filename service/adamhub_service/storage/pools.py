@@ -10,6 +10,7 @@ up to the store timeout, and only then fails as never sent (``errors.never_sent`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import Any
 
@@ -39,25 +40,28 @@ class WaitingConnectionPool(redis.ConnectionPool):
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         take: Any = super().get_connection  # untyped in redis-py
+        try:
+            return await take(*args, **kwargs)
+        except MaxConnectionsError:
+            pass  # every connection is busy: wait below (off the common path)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_seconds
         while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self._wake_one()  # a wake-up this waiter had but can no longer use
+                raise _gave_up(self.wait_seconds)
+            freed: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(freed)
             try:
+                await asyncio.wait_for(freed, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                if not freed.done():
+                    self._waiters.remove(freed)
+            with contextlib.suppress(MaxConnectionsError):
                 return await take(*args, **kwargs)
-            except MaxConnectionsError:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    self._wake_one()  # a wake-up this waiter had but can no longer use
-                    raise _gave_up(self.wait_seconds) from None
-                freed: asyncio.Future[None] = loop.create_future()
-                self._waiters.append(freed)
-                try:
-                    await asyncio.wait_for(freed, remaining)
-                except TimeoutError:
-                    pass
-                finally:
-                    if not freed.done():
-                        self._waiters.remove(freed)
 
     async def release(self, connection: Any) -> None:
         await super().release(connection)
@@ -85,14 +89,16 @@ class WaitingRedisCluster(RedisCluster):
     wait_seconds: float = 5.0
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except MaxConnectionsError:
+            pass  # the node's connections are all busy: try again below
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_seconds
         pause = 0.0005
-        while True:
-            try:
+        while loop.time() + pause <= deadline:
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, _MAX_PAUSE_SECONDS)
+            with contextlib.suppress(MaxConnectionsError):
                 return await super().execute_command(*args, **kwargs)
-            except MaxConnectionsError:
-                if loop.time() + pause > deadline:
-                    raise _gave_up(self.wait_seconds) from None
-                await asyncio.sleep(pause)
-                pause = min(2 * pause, _MAX_PAUSE_SECONDS)
+        raise _gave_up(self.wait_seconds)
