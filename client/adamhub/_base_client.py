@@ -58,7 +58,8 @@ class RequestSpec:
     method: str
     path: str
     json: Any = None
-    content: bytes | None = None
+    # A memoryview (a vector's bytes where they lie) is sent as it is, not copied.
+    content: bytes | memoryview | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)
     retry: Retry = "always"
@@ -131,16 +132,18 @@ class BaseClient(Generic[H]):
     ) -> httpx.Request:
         """The request of one attempt (a large body is streamed anew for every attempt)."""
         headers = {**self._default_headers(), **spec.headers}
-        content: bytes | Iterator[bytes] | AsyncIterator[bytes] | None = spec.content
+        content: bytes | Iterator[bytes] | AsyncIterator[bytes] | None
         if spec.content is not None and len(spec.content) > BODY_PIECE_BYTES:
             # With Content-Length given, httpx sends the pieces as one plain body.
             headers["Content-Length"] = str(len(spec.content))
-            pieces = (
+            content = (
                 _async_pieces(spec.content)
                 if isinstance(http, httpx.AsyncClient)
                 else _pieces(spec.content)
             )
-            content = pieces
+        else:
+            # httpx takes bytes (it would iterate a memoryview number by number).
+            content = bytes(spec.content) if isinstance(spec.content, memoryview) else spec.content
         return http.build_request(
             spec.method,
             f"{self.base_url}{spec.path}",
@@ -202,13 +205,13 @@ class BaseClient(Generic[H]):
         raise status_error(result)
 
 
-def _pieces(data: bytes) -> Iterator[bytes]:
+def _pieces(data: bytes | memoryview) -> Iterator[bytes]:
     view = memoryview(data)
     for start in range(0, len(view), BODY_PIECE_BYTES):
         yield view[start : start + BODY_PIECE_BYTES]  # type: ignore[misc]
 
 
-async def _async_pieces(data: bytes) -> AsyncIterator[bytes]:
+async def _async_pieces(data: bytes | memoryview) -> AsyncIterator[bytes]:
     for piece in _pieces(data):
         yield piece
 

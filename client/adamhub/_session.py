@@ -136,6 +136,7 @@ class SessionBase(Generic[C]):
         if wire == "float16" and vector.size and np.abs(vector).max() > FLOAT16_MAX:
             # It would not survive the narrowing: the exact values go instead.
             wire = self.dtype
+        body: bytes | memoryview
         if wire == INT8:
             if segments is not None:
                 raise ValueError("8-bit gradients carry every parameter: leave out segments")
@@ -498,11 +499,13 @@ class AsyncSession(SessionBase[AsyncRequester]):
         await run_async(self._client.request, self._delete_call())
 
 
-def wire_bytes(vector: npt.NDArray[Any], wire: str) -> bytes:
+def wire_bytes(vector: npt.NDArray[Any], wire: str) -> bytes | memoryview:
     """A vector's little-endian bytes in the wire dtype; bfloat16 rounded to nearest,
-    ties to even."""
+    ties to even. A vector already in the wire dtype is not copied: its bytes are a
+    view (a large gradient is sent from where it lies)."""
     if wire != "bfloat16":
-        return vector.astype(np.dtype(wire).newbyteorder("<"), copy=False).tobytes()
+        little = np.ascontiguousarray(vector, dtype=np.dtype(wire).newbyteorder("<"))
+        return little.data.cast("B")
     bits = np.ascontiguousarray(vector, dtype=np.float32).view(np.uint32)
     rounded = (bits + ((bits >> 16) & 1) + np.uint32(0x7FFF)) >> 16
     return rounded.astype("<u2").tobytes()

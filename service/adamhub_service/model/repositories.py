@@ -48,6 +48,13 @@ class SessionWatch(Protocol):
         second)."""
 
 
+class StagedWrite(Protocol):
+    """A logged gradient on its way to the store (``SessionRepository.stage_log``)."""
+
+    async def abandon(self) -> None:
+        """Delete what was written: no append will name it."""
+
+
 class SessionRepository(Protocol):
     """Sessions' records, states (θ, m, v at a version), logs, snapshots and history
     points; every write a compare-and-set on the record's ``rev``."""
@@ -96,6 +103,10 @@ class SessionRepository(Protocol):
     async def create(self, record: SessionRecord, state: AdamState) -> WriteStatus:
         """Store a new session: COMMITTED, or ID_TAKEN."""
 
+    def stage_log(self, record: SessionRecord, step: LoggedStep) -> StagedWrite:
+        """Start writing the logged gradient of ``step`` (the next of ``record``'s
+        session) before it is appended: it travels while the step is computed."""
+
     async def append(
         self,
         current: CachedSession,
@@ -105,9 +116,12 @@ class SessionRepository(Protocol):
         *,
         idempotency_ttl_ms: int,
         round_entries: Sequence[str] | None = None,
+        staged: StagedWrite | None = None,
     ) -> AppendOutcome:
         """Log ``steps`` computed from ``current`` if nothing moved (the close of the
-        open round when it still holds exactly the contributions ``round_entries``)."""
+        open round when it still holds exactly the contributions ``round_entries``).
+        ``staged``: the one step's gradient, written by ``stage_log``; it is deleted
+        unless committed."""
 
     async def reset(
         self, current: SessionRecord, new: SessionRecord, state: AdamState

@@ -637,21 +637,27 @@ class RoundService:
             rule = record.settings.rounds
             assert rule is not None, "a rounds session has its rule"
             mean, present = round_gradient(rule, record, taken)
-            try:
-                with self._metrics.step_phases.labels("math").time():
-                    state = await compute_step(current.state, mean, optimizer, present)
-            except errors.NonFiniteUpdate as exc:
-                await self._drop(session_id, base, contributions, exc)  # raises, when dropped
-                return None
             commit = Commit(current)
-            loss = _mean_loss([contribution for contribution, _ in taken])
-            commit.add(state, optimizer, mean, mean, report=Report(loss=loss), segments=present)
-            outcome = await commit.run(
-                self._store,
-                self._metrics,
-                idempotency_ttl_ms=self._idempotency_ttl_ms,
-                round_entries=[contribution.write_id for contribution, _ in taken],
-            )
+            commit.stage(self._store, optimizer, mean, present)
+            try:
+                try:
+                    with self._metrics.step_phases.labels("math").time():
+                        state = await compute_step(current.state, mean, optimizer, present)
+                except errors.NonFiniteUpdate as exc:
+                    await self._drop(session_id, base, contributions, exc)  # raises if dropped
+                    return None
+                loss = _mean_loss([contribution for contribution, _ in taken])
+                await commit.add(
+                    state, optimizer, mean, mean, report=Report(loss=loss), segments=present
+                )
+                outcome = await commit.run(
+                    self._store,
+                    self._metrics,
+                    idempotency_ttl_ms=self._idempotency_ttl_ms,
+                    round_entries=[contribution.write_id for contribution, _ in taken],
+                )
+            finally:
+                await commit.release()
             if outcome.status is WriteStatus.COMMITTED:
                 assert outcome.rev is not None
                 self._metrics.rounds.labels(how).inc()

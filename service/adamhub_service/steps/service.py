@@ -261,8 +261,15 @@ class StepService:
             # A cached state is only a hint: another process may have stepped past it, and
             # a base step is judged against the session as it is, not as cached here.
             current = await self._store.state(session_id)
-        record = current.record
         commit = Commit(current)
+        try:
+            return await self._apply(session_id, group, commit)
+        finally:
+            await commit.release()
+
+    async def _apply(self, session_id: str, group: list[_Queued], commit: Commit) -> bool | None:
+        """``_attempt``'s work on the group, in ``commit``."""
+        record = commit.current.record
         optimizer = record.optimizer
         applied: list[_Queued] = []
         for queued in group:
@@ -286,6 +293,8 @@ class StepService:
             except errors.ValidationFailed as exc:
                 queued.answer.set_exception(exc)
                 continue
+            if len(group) == 1:
+                commit.stage(self._store, step_optimizer, queued.logged, queued.segments)
             try:
                 with self._metrics.step_phases.labels("math").time():
                     new_state = await compute_step(
@@ -295,7 +304,7 @@ class StepService:
                 # A retry of a step that was applied can no longer be applied: answer it.
                 await self._refuse_unless_applied(session_id, queued, exc)
                 continue
-            commit.add(
+            await commit.add(
                 new_state,
                 step_optimizer,
                 queued.gradient,

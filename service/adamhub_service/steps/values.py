@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 from adamhub_service import errors, optim
 from adamhub_service.model.records import SessionRecord
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray, with_changes
-from adamhub_service.steps.commit import Report
-
-# Above this many elements the arithmetic runs in a worker thread (the kernel releases
-# the GIL), so that one large session does not stall every other request of the process.
-THREAD_THRESHOLD = 1 << 16
+from adamhub_service.steps.commit import Report, off_the_loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +77,4 @@ async def compute_step(
 ) -> AdamState:
     """One Adam step (of the ``present`` segments only, when given); in a worker thread
     for a large state (the kernel releases the GIL)."""
-    if state.size >= THREAD_THRESHOLD:
-        return await asyncio.to_thread(optim.adam_step, state, gradient, config, present)
-    return optim.adam_step(state, gradient, config, present)
+    return await off_the_loop(state.size, optim.adam_step, state, gradient, config, present)

@@ -7,6 +7,7 @@ No Redis value is ever large: a vector is cut into chunks of ``chunk_elements``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -53,6 +54,41 @@ def _batches(chunks: Sequence[Chunk], limit: int) -> Iterator[list[Chunk]]:
         size += len(data)
     if batch:
         yield batch
+
+
+class StagedChunks:
+    """Chunks being written for a commit script that will run later (``stage``): the
+    script's round trip then carries no vector. Its owner hands it to
+    ``write_then_run``, or else ``abandon``s it."""
+
+    def __init__(
+        self, owner: VectorChunks, session_id: str, chunks: Sequence[Chunk], spread: bool
+    ) -> None:
+        self.session_id = session_id
+        self.names = [key for key, _ in chunks]
+        self.nbytes = sum(len(data) for _, data in chunks)
+        self.spread = spread
+        # The spread batch the chunks were registered as ("" when not spread).
+        self._written: asyncio.Task[str] = asyncio.create_task(owner.write_staged(self, chunks))
+        self._owner = owner
+
+    async def written(self) -> str:
+        """Return once every chunk is written (the spread batch's name); a store failure
+        is ``StoreUnavailable``: nothing was committed."""
+        return await asyncio.shield(self._written)
+
+    async def abandon(self) -> None:
+        """Delete the chunks, once their writes are over (a commit never names them)."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._written)
+        await self._owner.discard_staged(self, self._batch())
+
+    def _batch(self) -> str | None:
+        """The spread batch, when its registration is known."""
+        task = self._written
+        if not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
 
 
 class VectorChunks:
@@ -104,6 +140,34 @@ class VectorChunks:
                     vector[start : start + part.size] = part
         return True
 
+    def stage(self, session_id: str, chunks: Sequence[Chunk], *, spread: bool) -> StagedChunks:
+        """Start writing ``chunks`` (a session's, spread or not) for a script that runs
+        later with ``write_then_run(…, staged=…)``: a large vector travels while its
+        step is computed."""
+        return StagedChunks(self, session_id, chunks, spread)
+
+    async def write_staged(self, staged: StagedChunks, chunks: Sequence[Chunk]) -> str:
+        """Write staged chunks: with a TTL; a spread session's registered as a batch
+        first (its name is returned)."""
+        if staged.spread:
+            return await self._write_spread(staged.session_id, chunks)
+        async with unavailable_on_error():
+            for batch in _batches(chunks, self._round_trip_bytes):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key, data in batch:
+                        pipe.set(key, data, px=self._pending_ttl_ms)
+                    await pipe.execute()
+        return ""
+
+    async def discard_staged(self, staged: StagedChunks, batch: str | None) -> None:
+        """Delete staged chunks no script committed."""
+        if not staged.spread:
+            await self._discard(staged.names)
+        elif batch is not None:
+            await self.garbage.abandon(staged.session_id, batch, staged.names)
+        # A spread write that failed before its batch was known: its batch, if
+        # registered, is swept with a dead writer's (garbage.py).
+
     async def write_then_run(
         self,
         script: AsyncScript,
@@ -112,6 +176,7 @@ class VectorChunks:
         args: Sequence[Any],
         *,
         spread: bool = False,
+        staged: StagedChunks | None = None,
     ) -> Any:
         """Write ``chunks`` with a TTL, then run ``script`` with them after ``keys``.
 
@@ -119,12 +184,42 @@ class VectorChunks:
         carrying the script, whose reply this returns. Unless it committed, the chunks
         are deleted again. A store failure before the script was sent is
         ``StoreUnavailable``; after, ``OutcomeUnknown``. ``spread``: the chunks are a
-        spread session's (``garbage.py``).
+        spread session's (``garbage.py``). ``staged``: the chunks (``chunks`` is then
+        empty) were written by ``stage``; the script's round trip carries none.
         """
+        if staged is not None:
+            return await self._run_staged(script, keys, staged, args)
         if spread and chunks:
             return await self._write_spread_then_run(script, keys, chunks, args)
+        return await self._run_after(script, keys, chunks, args, [])
+
+    async def _run_staged(
+        self, script: AsyncScript, keys: Sequence[str], staged: StagedChunks, args: Sequence[Any]
+    ) -> Any:
+        try:
+            batch = await staged.written()
+        except BaseException:
+            await staged.abandon()
+            raise
+        if self._metrics is not None:
+            self._metrics.store_written_bytes.inc(staged.nbytes)
+        if staged.spread:
+            session_id, names = staged.session_id, staged.names
+            return await self._run_spread(script, keys, session_id, batch, names, args)
+        return await self._run_after(script, keys, [], args, staged.names)
+
+    async def _run_after(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        chunks: Sequence[Chunk],
+        args: Sequence[Any],
+        staged: Sequence[str],
+    ) -> Any:
+        """Write ``chunks`` (after the ``staged`` ones, written already), then run the
+        script with all of them."""
         batches = list(_batches(chunks, self._round_trip_bytes))
-        written: list[str] = []
+        written: list[str] = list(staged)
         # Chunks are deleted when the commit surely did not happen; when its outcome is
         # unknown they stay: persisted if it happened, expiring if it did not.
         discard = True
@@ -181,9 +276,16 @@ class VectorChunks:
         replicas when acknowledged writes are on), then run the script, which claims the
         batch, and delete what it retired."""
         session_id = session_of_meta(keys[0])
+        batch = await self._write_spread(session_id, chunks)
+        if self._metrics is not None:
+            self._metrics.store_written_bytes.inc(sum(len(data) for _, data in chunks))
+        names = [key for key, _ in chunks]
+        return await self._run_spread(script, keys, session_id, batch, names, args)
+
+    async def _write_spread(self, session_id: str, chunks: Sequence[Chunk]) -> str:
+        """Register ``chunks`` as a batch of the session's and write them: the batch."""
         names = [key for key, _ in chunks]
         batch = await self.garbage.register(session_id, names)
-        discard = True
         try:
             for group in _batches(chunks, self._round_trip_bytes):
                 async with unavailable_on_error(), self._redis.pipeline(transaction=False) as pipe:
@@ -193,15 +295,30 @@ class VectorChunks:
                     replies = await pipe.execute()
                 for index, waited in waits:
                     self._confirm_chunks(replies[index], waited)
-            discard = False
+        except BaseException:
+            await self.garbage.abandon(session_id, batch, names)
+            raise
+        return batch
+
+    async def _run_spread(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        session_id: str,
+        batch: str,
+        names: Sequence[str],
+        args: Sequence[Any],
+    ) -> Any:
+        """Run the script that claims a written spread batch; the batch goes unless it
+        committed, and what the commit retired is collected."""
+        discard = True
+        try:
             async with unavailable_on_error(write=True):
                 reply = await self._acks.run(self._redis, script, [*keys, batch], args)
             discard = WriteStatus(int(reply[0])) is not WriteStatus.COMMITTED
         finally:
             if discard:
                 await self.garbage.abandon(session_id, batch, names)
-        if self._metrics is not None:
-            self._metrics.store_written_bytes.inc(sum(len(data) for _, data in chunks))
         if not discard:
             # Committed: what it retired goes now, or at the next sweep.
             with contextlib.suppress(StoreUnavailable):

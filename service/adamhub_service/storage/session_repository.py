@@ -29,11 +29,13 @@ from adamhub_service.model.outcomes import (
     WriteStatus,
 )
 from adamhub_service.model.records import SessionRecord, is_session_id
+from adamhub_service.model.repositories import StagedWrite
 from adamhub_service.model.settings import SessionSettings
 from adamhub_service.model.stored import CachedSession, LoggedStep, StoredSession, Wake
 from adamhub_service.observability.metrics import Metrics
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray, adam_step
 from adamhub_service.storage.cache import StateCache
+from adamhub_service.storage.chunks import StagedChunks
 from adamhub_service.storage.encoding import record_changes, settings_fields, state_of
 from adamhub_service.storage.notifier import StepNotifier, Watch
 from adamhub_service.storage.session_scripts import SessionScripts
@@ -245,9 +247,11 @@ class RedisSessionRepository:
         *,
         idempotency_ttl_ms: int,
         round_entries: Sequence[str] | None = None,
+        staged: StagedWrite | None = None,
     ) -> AppendOutcome:
         """Log ``steps``, computed from ``current``, if nothing moved; ``result`` is the
-        state they lead to (and ``new`` its record).
+        state they lead to (and ``new`` its record); ``staged``: the one step's
+        gradient, written by ``stage_log``.
 
         On success the cache holds ``result``, and a snapshot of it is started when
         the log has grown past the threshold; otherwise the store has deleted the
@@ -260,6 +264,7 @@ class RedisSessionRepository:
             steps,
             idempotency_ttl_ms=idempotency_ttl_ms,
             round_entries=round_entries,
+            staged=_staged_chunks(staged),
         )
         if outcome.status is WriteStatus.COMMITTED:
             assert outcome.rev is not None
@@ -274,6 +279,10 @@ class RedisSessionRepository:
         elif outcome.status is not WriteStatus.REPLAYED:
             self._cache.drop(current.record.id)
         return outcome
+
+    def stage_log(self, record: SessionRecord, step: LoggedStep) -> StagedChunks:
+        """Start writing ``step``'s logged gradient for an ``append`` to come."""
+        return self._store.stage_log(record, step)
 
     async def notified(self, session_id: str, seconds: float) -> Wake:
         """Return when the session may have a new t (with the record, when this
@@ -400,3 +409,9 @@ def _replayed(stored: StoredSession, start: CachedSession | None = None) -> Cach
     state = state_of(stored.snapshot, stored.snapshot_t, stored.snapshot_segment_steps)
     state, config = replay(state, stored.snapshot_config, stored.log)
     return CachedSession(stored.record, state, config, logged)
+
+
+def _staged_chunks(staged: StagedWrite | None) -> StagedChunks | None:
+    """A staged write as this store made it."""
+    assert staged is None or isinstance(staged, StagedChunks), "staged by this store"
+    return staged

@@ -28,7 +28,7 @@ from adamhub_service.model.quantized import INT8_BLOCKS, Int8Blocks, LoggedGradi
 from adamhub_service.model.records import SessionRecord, new_write_id
 from adamhub_service.model.stored import LoggedStep, StoredSession
 from adamhub_service.optim import AdamConfig, AdamState, FloatArray
-from adamhub_service.storage.chunks import Chunk, VectorChunks, chunked
+from adamhub_service.storage.chunks import Chunk, StagedChunks, VectorChunks, chunked
 from adamhub_service.storage.encoding import (
     MetaFields,
     chunk_count,
@@ -225,9 +225,11 @@ class SessionScripts:
         *,
         idempotency_ttl_ms: int,
         round_entries: Sequence[str] | None = None,
+        staged: StagedChunks | None = None,
     ) -> AppendOutcome:
         """Log ``steps`` (the steps after ``current.t``, in order) and make ``new`` the
         record, if the session is still at ``current.rev``: one compare-and-set for all.
+        ``staged``: the one step's chunks, written by ``stage_log``.
 
         With ``round_entries``, the one step is the close of the open round, which must
         still hold exactly those contributions (write ids, in order; else ``CONFLICT``);
@@ -240,8 +242,9 @@ class SessionScripts:
             meta if step.idempotency is None else idempotency_key(current.id, step.idempotency.key)
             for step in steps
         ]
+        assert staged is None or len(steps) == 1, "a staged gradient is a group's only step"
         chunks: list[Chunk] = []
-        for step in steps:
+        for step in steps if staged is None else ():
             chunks += logged_chunks(current, step.entry, step.gradient)
         args: list[Any] = [
             current.rev,
@@ -261,6 +264,7 @@ class SessionScripts:
             chunks,
             args,
             spread=current.spread,
+            staged=staged,
         )
         status = WriteStatus(int(reply[0]))
         if status is WriteStatus.COMMITTED:
@@ -272,6 +276,11 @@ class SessionScripts:
                 replay=IdempotencyRecord.decode(text(reply[2])),
             )
         return AppendOutcome(status)
+
+    def stage_log(self, record: SessionRecord, step: LoggedStep) -> StagedChunks:
+        """Start writing the chunks of ``step``'s gradient for an ``append`` to come."""
+        chunks = logged_chunks(record, step.entry, step.gradient)
+        return self._chunks.stage(record.id, chunks, spread=record.spread)
 
     async def snapshot(
         self, record: SessionRecord, entry: LogEntry, state: AdamState, config: AdamConfig
