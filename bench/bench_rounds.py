@@ -34,24 +34,29 @@ from typing import Any
 import httpx
 import numpy as np
 import redis
-from bench_step import gradient_of, numpy_adam, ray_module, write_results
+from bench_step import gradient_of, numpy_adam, quiet_machine, ray_module, write_results
 
 import adamhub
 from adamhub_service.testing import ServiceProcess, StoreServer
 
 SECONDS = 4.0
-ROUNDS = {1_000: 200, 1_000_000: 20}
+# About 2–5 s of rounds each, so that a row is not one burst of noise.
+ROUNDS = {1_000: 600, 1_000_000: 60}
 SIZES = (1_000, 1_000_000)
 LAST_REPEATS = {1_000: 60, 1_000_000: 15}
 
 
-def _contributor(base_url: str, session_id: str, size: int, rounds: int, queue: Any) -> None:
-    """Contribute to ``rounds`` rounds (every worker as many: each round needs all)."""
+def _contributor(
+    base_url: str, session_id: str, size: int, rounds: int, queue: Any, start: Any
+) -> None:
+    """Contribute to ``rounds`` rounds (every worker as many: each round needs all)
+    once ``start`` is set."""
     with adamhub.Client(base_url=base_url) as client:
         session = client.session(session_id)
         gradient = gradient_of(size, os.getpid())
         session.step(gradient)  # a warm-up round
         queue.put("ready")
+        start.wait()
         for _ in range(rounds):
             session.step(gradient)
     queue.put("done")
@@ -60,17 +65,22 @@ def _contributor(base_url: str, session_id: str, size: int, rounds: int, queue: 
 def adamhub_rounds_per_s(client: adamhub.Client, base_url: str, workers: int, size: int) -> float:
     session = client.create_session(size=size, rounds={"contributions": workers})
     context = mp.get_context("spawn")
-    queue = context.Queue()
+    queue, start = context.Queue(), context.Event()
     rounds = ROUNDS[size]
     processes = [
-        context.Process(target=_contributor, args=(base_url, session.id, size, rounds, queue))
+        context.Process(
+            target=_contributor, args=(base_url, session.id, size, rounds, queue, start)
+        )
         for _ in range(workers)
     ]
     for process in processes:
         process.start()
     for _ in processes:
         assert queue.get(timeout=300) == "ready"
-    # The warm-up round closes when the last worker is ready: the clock starts then.
+    # Every worker is past its warm-up round: the rounds start together, on a quiet
+    # machine.
+    quiet_machine()
+    start.set()
     started = time.perf_counter()
     for _ in processes:
         assert queue.get(timeout=300) == "done"
@@ -214,11 +224,12 @@ class RaySyncPeer:
         self.barrier_class, self.looping_class = BarrierServer, LoopingWorker
 
     def rounds_per_s(self, workers: int, size: int) -> dict[str, float]:
-        """Rounds per second of each form: ``driver`` and ``barrier``."""
-        return {
-            "driver": self._driver_gathered(workers, size),
-            "barrier": self._barrier(workers, size),
-        }
+        """Rounds per second of each form: ``driver`` and ``barrier``, each on a quiet
+        machine."""
+        quiet_machine()
+        driver = self._driver_gathered(workers, size)
+        quiet_machine()
+        return {"driver": driver, "barrier": self._barrier(workers, size)}
 
     def _driver_gathered(self, workers: int, size: int) -> float:
         ray = self.ray

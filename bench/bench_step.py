@@ -56,6 +56,31 @@ def write_results(name: str, table: str, document: Any) -> None:
     print(f"wrote {RESULTS / name}.md and {name}.json")
 
 
+def quiet_machine(busy_below: float = 0.15, seconds: float = 15.0) -> None:
+    """Wait until the machine's cores are idle (under ``busy_below`` of one core busy
+    over half a second), at most ``seconds``: what one peer left running (Ray starting
+    workers again after its actors are killed, a service's snapshot) is not counted
+    against the next one measured. Linux; elsewhere a second's pause."""
+    stat = Path("/proc/stat")
+    if not stat.exists():
+        time.sleep(1.0)
+        return
+
+    def busy_and_total() -> tuple[int, int]:
+        fields = [int(value) for value in stat.read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle and iowait
+        return sum(fields) - idle, sum(fields)
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        busy, total = busy_and_total()
+        time.sleep(0.5)
+        busy_after, total_after = busy_and_total()
+        cores = os.cpu_count() or 1
+        if total_after > total and (busy_after - busy) / (total_after - total) * cores < busy_below:
+            return
+
+
 def median_ms(action: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     """The median of ``repeats`` timed calls, in ms, after ``warmup`` untimed ones."""
     for _ in range(warmup):
