@@ -158,10 +158,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(AccessLogMiddleware)
     install_problem_handlers(app)
+    # The hottest route first: a request is matched against the routes in order.
     for router in (
+        steps.router,
         sessions.router,
         params.router,
-        steps.router,
         history.router,
         checkpoints.router,
         api_keys.router,
