@@ -29,10 +29,14 @@ from adamhub_service.optim import AdamConfig, AdamState, FloatArray
 # GIL), so that one large session does not stall every other request of the process.
 THREAD_THRESHOLD = 1 << 16
 # A logged gradient of at least this many bytes is staged (above): its write to the
-# store overlaps the step's arithmetic. A smaller one goes with the script: measured on
-# 2 cores, staging made a 1M float32 step slower (9.3 against 8.9 ms: a round trip and
-# a thread more) and a 2M one faster (14.4 against 15.4 ms).
-STAGE_BYTES = 6 << 20
+# store overlaps the step's arithmetic. Measured on 2 cores, float32 steps interleaved
+# with unstaged ones: 1M 7.9 → 7.6 ms, 2M 14.6 → 13.7, 10M 106.7 → 88.8.
+STAGE_BYTES = 1 << 20
+# While a staged write at least this large is on its way, the step's history point (two
+# norms over the vectors) is computed in a worker thread, so that the event loop keeps
+# the chunks moving: a 10M float32 step 95.0 → 88.8 ms. Below, the thread costs more
+# than it frees (5M: 37.3 ms in a thread against 34.6; 2M: 15.8 against 13.7).
+HISTORY_THREAD_BYTES = 32 << 20
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -131,10 +135,9 @@ class Commit:
                 entry = staged_entry  # its gradient is on the way already
         point = None
         if self.current.record.settings.history_points:
-            # In a worker thread while a staged write is on its way, so that the event
-            # loop keeps it moving; else here (a thread costs more than it saves).
+            large = self._staged is not None and logged.nbytes >= HISTORY_THREAD_BYTES
             point = await off_the_loop(
-                gradient.size if self._staged is not None else 0,
+                gradient.size if large else 0,
                 step_point,
                 t=new_state.step,
                 config=config,
