@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adamhub_service import __version__
 from adamhub_service.api import (
@@ -24,6 +25,7 @@ from adamhub_service.api.deps import Services
 from adamhub_service.api.middleware import FrontDoor
 from adamhub_service.api.openapi import openapi_document
 from adamhub_service.api.problems import install_problem_handlers
+from adamhub_service.api.step_lane import StepLane
 from adamhub_service.api.ui import install_ui
 from adamhub_service.config import ServerOptions, Settings
 from adamhub_service.observability.logs import AccessLogMiddleware, configure_logging
@@ -39,6 +41,20 @@ from adamhub_service.storage.connection import Storage, StorageOptions, connect
 from adamhub_service.storage.migrations import move_old_keys_once_reachable
 from adamhub_service.tenancy.api_keys import KeyService
 from adamhub_service.tenancy.limits import RateLimiter
+
+
+class AdamhubApp(FastAPI):
+    """The service's app: its hottest route is served by a ``StepLane`` when it has one
+    (``create_app`` gives it one)."""
+
+    lane: StepLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self.lane
+        if lane is not None and lane.serves(scope):
+            await lane(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -144,7 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
             await storage.close()
             metrics.process_stopped()
 
-    app = FastAPI(
+    app = AdamhubApp(
         title="adamhub",
         version=__version__,
         summary="Adam as a service: optimiser state in Redis, steps over HTTP.",
@@ -154,9 +170,21 @@ def create_app(settings: Settings) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
         redoc_url=None,
     )
-    app.add_middleware(FrontDoor, allowed_hosts=settings.allowed_hosts)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(AccessLogMiddleware)
+    # The service's own middleware, innermost first: around every route, and around the
+    # step lane.
+    middleware: list[tuple[Any, dict[str, Any]]] = [
+        (FrontDoor, {"allowed_hosts": settings.allowed_hosts}),
+        (MetricsMiddleware, {"metrics": metrics}),
+        (AccessLogMiddleware, {}),
+    ]
+    for layer, options in middleware:
+        app.add_middleware(layer, **options)
+
+    def wrapped(endpoint: ASGIApp) -> ASGIApp:
+        for layer, options in middleware:
+            endpoint = layer(endpoint, **options)
+        return endpoint
+
     install_problem_handlers(app)
     # The hottest route first: a request is matched against the routes in order.
     for router in (
@@ -176,6 +204,7 @@ def create_app(settings: Settings) -> FastAPI:
         return openapi_document(app, max_size=settings.max_size)
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.lane = StepLane(app, wrapped)
     return app
 
 

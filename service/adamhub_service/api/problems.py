@@ -106,6 +106,15 @@ def problem_response(
     )
 
 
+def unexpected_problem(request: Request) -> Response:
+    """The 500 of an exception no handler knows (logged here, with its traceback: call
+    it from the ``except`` block)."""
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        errors.AdamhubError("the service failed unexpectedly; nothing was changed"), request
+    )
+
+
 def validation_problem(details: Any) -> errors.ValidationFailed:
     """A 422 from pydantic's error list, keeping each error's location and message."""
     items = [
@@ -138,10 +147,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     async def unexpected_error(request: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(
-            errors.AdamhubError("the service failed unexpectedly; nothing was changed"), request
-        )
+        return unexpected_problem(request)
 
     app.add_exception_handler(errors.AdamhubError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
