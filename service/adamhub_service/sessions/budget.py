@@ -32,16 +32,17 @@ class InflightBudget:
     async def hold(self, nbytes: int) -> AsyncIterator[None]:
         """Hold ``nbytes`` of the budget for the body of the ``async with``."""
         async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._fits(nbytes)), self.wait_seconds
-                )
-            except TimeoutError as exc:
-                raise errors.Overloaded(
-                    f"this process holds {self.held} of its {self.limit} bytes for requests "
-                    f"in flight and this one needs {nbytes}; retry shortly",
-                    retry_after=1,
-                ) from exc
+            # Most requests fit at once: they wait for nothing (no timer, no task).
+            if not self._fits(nbytes):
+                try:
+                    async with asyncio.timeout(self.wait_seconds):
+                        await self._changed.wait_for(lambda: self._fits(nbytes))
+                except TimeoutError as exc:
+                    raise errors.Overloaded(
+                        f"this process holds {self.held} of its {self.limit} bytes for "
+                        f"requests in flight and this one needs {nbytes}; retry shortly",
+                        retry_after=1,
+                    ) from exc
             self.held += nbytes
         try:
             yield
