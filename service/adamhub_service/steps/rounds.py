@@ -23,6 +23,7 @@ others learn of the close through the step notifications, bounded in time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -363,13 +364,8 @@ class RoundService:
         assert held is not None and record is not None
         assert contribution is not None and gradient is not None
         remaining = deadline - asyncio.get_running_loop().time()
-        try:
-            # A timeout, not wait_for: no task per waiting contribution.
-            async with asyncio.timeout(max(0.0, remaining)):
-                ended = await asyncio.shield(held.ended)
-        except TimeoutError:
-            pass
-        else:
+        with contextlib.suppress(TimeoutError):
+            ended = await asyncio.wait_for(asyncio.shield(held.ended), max(0.0, remaining))
             return await self._ended(contributed, ended)
         status = await self._rounds.spill(record, held.base, self._holder, contribution, gradient)
         if status is WriteStatus.GONE:
