@@ -36,7 +36,14 @@ from typing import Any
 
 import bench_acks
 import redis
-from bench_step import RayPeer, _adamhub_worker, gradient_of, ray_module, write_results
+from bench_step import (
+    RayPeer,
+    _adamhub_worker,
+    gradient_of,
+    quiet_machine,
+    ray_module,
+    write_results,
+)
 
 import adamhub
 from adamhub_service.testing import HAProxy, ServiceProcess, StoreCluster, StoreServer, free_port
@@ -44,7 +51,7 @@ from adamhub_service.testing import HAProxy, ServiceProcess, StoreCluster, Store
 AOF = ("--appendonly", "yes", "--appendfsync", "everysec")
 WORKERS = 8
 SECONDS = 4.0
-STEP_REPEATS = {1_000: 200, 1_000_000: 20, 10_000_000: 6, 100_000_000: 3}
+STEP_REPEATS = {1_000: 200, 1_000_000: 20, 10_000_000: 12, 100_000_000: 3}
 HAPROXY_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.cfg"
 
 
@@ -94,7 +101,8 @@ def many_sessions(base_urls: Sequence[str], size: int) -> float:
 
 
 def step_ms(base_url: str, size: int) -> float:
-    """Median latency of a plain step of ``size`` through the SDK."""
+    """Median latency of a plain step of ``size`` through the SDK, on a quiet machine."""
+    quiet_machine()
     return bench_acks.step_ms(base_url, size, STEP_REPEATS[size], warmup=2)
 
 
@@ -102,6 +110,7 @@ def interleaved_ms(base_urls: dict[str, str], size: int) -> dict[str, float]:
     """Median latency of a plain step of ``size`` through each service, their steps
     interleaved (neither always first) so that both see the same machine."""
     gradient = gradient_of(size)
+    quiet_machine()
     clients = {label: adamhub.Client(base_url=url, timeout=600) for label, url in base_urls.items()}
     sessions = {label: client.create_session(size=size) for label, client in clients.items()}
     times: dict[str, list[float]] = {label: [] for label in sessions}
@@ -164,6 +173,7 @@ def main() -> None:
     ray = ray_module()
     peer = RayPeer(ray) if ray is not None else None
     try:
+        quiet_machine()
         document["ray_step_ms"] = {
             str(size): round(peer.step_ms(size), 1) if peer else None for size in big[:1]
         }
