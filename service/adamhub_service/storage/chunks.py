@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -151,13 +151,19 @@ class VectorChunks:
         first (its name is returned)."""
         if staged.spread:
             return await self._write_spread(staged.session_id, chunks)
+        await self._write_pending(_batches(chunks, self._round_trip_bytes), [])
+        return ""
+
+    async def _write_pending(self, batches: Iterable[list[Chunk]], written: list[str]) -> None:
+        """SET chunks with the pending TTL, a round trip a batch, each key added to
+        ``written`` as it is sent."""
         async with unavailable_on_error():
-            for batch in _batches(chunks, self._round_trip_bytes):
+            for batch in batches:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for key, data in batch:
                         pipe.set(key, data, px=self._pending_ttl_ms)
+                        written.append(key)
                     await pipe.execute()
-        return ""
 
     async def discard_staged(self, staged: StagedChunks, batch: str | None) -> None:
         """Delete staged chunks no script committed."""
@@ -224,13 +230,7 @@ class VectorChunks:
         # unknown they stay: persisted if it happened, expiring if it did not.
         discard = True
         try:
-            async with unavailable_on_error():
-                for batch in batches[:-1]:
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for key, data in batch:
-                            pipe.set(key, data, px=self._pending_ttl_ms)
-                            written.append(key)
-                        await pipe.execute()
+            await self._write_pending(batches[:-1], written)
             last = batches[-1] if batches else []
             all_keys = [*keys, *written, *(key for key, _ in last)]
             discard = False
