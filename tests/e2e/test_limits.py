@@ -147,6 +147,67 @@ def test_a_stalled_body_is_408_and_the_connection_closed(store_url: str, tmp_pat
         service.stop()
 
 
+def test_a_body_read_straight_into_place_arrives_whole_however_it_is_sent(
+    store_url: str, tmp_path: Path
+) -> None:
+    """The protocol reads a body into its vector as it arrives (cli/protocol.py): in
+    pieces slower than the stall timeout in all but each gap, chunked, after a 100
+    Continue, or large; each step applies the body's bytes."""
+    service = start(store_url, tmp_path, body_timeout_seconds="1")
+    try:
+        sid = create(service.base_url)
+        path = f"/v1/sessions/{sid}/step"
+        gradient = np.array([1.0, -2.0, 3.0], np.float32).tobytes()
+        expected_t = 0
+
+        def stepped(answer: bytes) -> None:
+            nonlocal expected_t
+            expected_t += 1
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+            assert f'"t":{expected_t}'.encode() in answer, answer[-300:]
+
+        close = "Connection: close\r\n"
+        # Four bytes every 0.6 s: 1.8 s in all against a 1 s stall timeout.
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+            sock.sendall(post_head(path, close + "Content-Length: 12"))
+            for start_byte in range(0, 12, 4):
+                time.sleep(0.6)
+                sock.sendall(gradient[start_byte : start_byte + 4])
+            stepped(b"".join(iter(lambda: sock.recv(65536), b"")))
+        # Chunked, in two chunks.
+        chunked = b"5\r\n" + gradient[:5] + b"\r\n7\r\n" + gradient[5:] + b"\r\n0\r\n\r\n"
+        stepped(
+            raw_request(
+                service.port, post_head(path, close + "Transfer-Encoding: chunked"), chunked
+            )
+        )
+        # After 100 Continue.
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+            sock.sendall(post_head(path, close + "Expect: 100-continue\r\nContent-Length: 12"))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(gradient)
+            stepped(b"".join(iter(lambda: sock.recv(65536), b"")))
+        # 4 MB in many pieces, against the same gradient as JSON (read as messages):
+        # the same parameters, to the bit.
+        values = np.random.default_rng(3).standard_normal(1_000_000).astype(np.float32)
+        answers = []
+        for body, content_type in ((values.tobytes(), BINARY), (None, "application/json")):
+            created = httpx.post(f"{service.base_url}/v1/sessions", json={"size": values.size})
+            step = f"{service.base_url}/v1/sessions/{created.json()['id']}/step"
+            answer = httpx.post(
+                step,
+                content=body,
+                json=None if body else {"gradient": values.tolist()},
+                headers={"Content-Type": content_type, "Accept": BINARY},
+                timeout=60,
+            )
+            assert answer.status_code == 200, answer.text
+            answers.append(answer.content)
+        assert len(answers[0]) == values.nbytes and answers[0] == answers[1]
+    finally:
+        service.stop()
+
+
 def test_request_heads_over_64_kib_are_431(store_url: str, tmp_path: Path) -> None:
     service = start(store_url, tmp_path)
     try:

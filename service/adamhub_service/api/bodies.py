@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from adamhub_service import errors
 from adamhub_service.api import negotiation
@@ -21,6 +22,22 @@ from adamhub_service.model.records import SessionRecord
 from adamhub_service.optim import FloatArray
 
 Model = TypeVar("Model", bound=BaseModel)
+
+# The ASGI extension by which the service's HTTP protocol (cli/protocol.py) reads a
+# body straight into a buffer: scope["extensions"][DIRECT_BODY]["readinto"].
+DIRECT_BODY = "adamhub.direct_body"
+
+
+class ReadInto(Protocol):
+    """Reads a request body straight into its final buffer as the bytes arrive: no
+    message per piece, and no copies between (ASGI hands a body over piece by piece,
+    each copied twice on its way)."""
+
+    async def __call__(self, view: memoryview, stall_seconds: float) -> int | None:
+        """Fill ``view`` with the body; how many bytes it had (more than ``len(view)``:
+        it was too long, and the rest is not kept), or None when the client went away.
+        Raises ``TimeoutError`` when no byte came for ``stall_seconds``."""
+        ...
 
 
 def declared_length(request: Request) -> int | None:
@@ -41,9 +58,13 @@ async def _consume(request: Request, stall_seconds: float, take: Callable[[bytes
                 take(piece)
                 deadline.reschedule(loop.time() + stall_seconds)
     except TimeoutError as exc:
-        raise errors.RequestTimeout(
-            f"the body stalled for over {stall_seconds:g} s; the connection is closed"
-        ) from exc
+        raise _stalled(stall_seconds) from exc
+
+
+def _stalled(stall_seconds: float) -> errors.RequestTimeout:
+    return errors.RequestTimeout(
+        f"the body stalled for over {stall_seconds:g} s; the connection is closed"
+    )
 
 
 async def read_body(
@@ -141,11 +162,23 @@ async def _read_into(
     expected: int,
     stall_seconds: float,
     too_long: Callable[[int], errors.AdamhubError],
-) -> tuple[bytearray, int]:
+) -> tuple[memoryview, int]:
     """A body read into a buffer of ``expected`` bytes, and how many came; ``too_long``
     (of the bytes so far) is raised as soon as it passes them."""
-    buffer = bytearray(expected)
-    view = memoryview(buffer)
+    # Not zeroed: every byte kept is written, and only those are read.
+    view = np.empty(expected, np.uint8).data
+    direct = request.scope.get("extensions", {}).get(DIRECT_BODY)
+    if direct is not None:
+        readinto: ReadInto = direct["readinto"]
+        try:
+            arrived = await readinto(view, stall_seconds)
+        except TimeoutError as exc:
+            raise _stalled(stall_seconds) from exc
+        if arrived is None:
+            raise ClientDisconnect
+        if arrived > expected:
+            raise too_long(arrived)
+        return view, arrived
     received = 0
 
     def take(part: bytes) -> None:
@@ -156,7 +189,7 @@ async def _read_into(
         received += len(part)
 
     await _consume(request, stall_seconds, take)
-    return buffer, received
+    return view, received
 
 
 async def received_gradient(
@@ -186,7 +219,7 @@ async def received_gradient(
     )
 
 
-async def _quantized_body(request: Request, size: int, stall_seconds: float) -> bytearray:
+async def _quantized_body(request: Request, size: int, stall_seconds: float) -> memoryview:
     """The bytes of an ``int8-block4096`` body of ``size`` elements; one of another
     length is refused before it is read (Content-Length) or once it passes the length."""
     expected = quantized_bytes(size)
