@@ -14,6 +14,11 @@ INSTALL_HINT = "pip install 'adamhub[service]'"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    from adamhub_service.cli.memory import retain_freed_memory
+
+    # Before numpy's and numba's thread pools start: glibc fixes its number of arenas
+    # when a second thread first allocates.
+    retain_freed_memory()
     try:
         from adamhub_service.cli.commands import run
     except ModuleNotFoundError as exc:

@@ -19,7 +19,6 @@ from adamhub_service import __version__
 from adamhub_service.api.auth import is_loopback
 from adamhub_service.cli import key_commands
 from adamhub_service.cli.embedded import EmbeddedStoreError, EmbeddedValkey
-from adamhub_service.cli.memory import retain_freed_memory
 from adamhub_service.cli.protocol import ServiceProtocol
 from adamhub_service.config import ServerOptions, Settings
 from adamhub_service.observability.logs import configure_logging
@@ -123,7 +122,6 @@ def serve(options: ServerOptions, settings: Settings) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then raises it again: make that an
     # exception, so the embedded store below is stopped on the way out.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    retain_freed_memory()
     loopback = is_loopback(options.host)
     if settings.allowed_hosts is None and loopback:
         # Against DNS rebinding: a page elsewhere must not reach a local service by name.

@@ -19,6 +19,8 @@ import ctypes
 import os
 import platform
 
+# The standard library only: the command line calls this before it imports the rest.
+
 # mallopt's parameters (malloc.h), with the environment variable glibc reads each from
 # at start, and the value this service uses.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -36,7 +38,11 @@ RETAINING = {
 def retain_freed_memory() -> bool:
     """Make this process, and the processes it starts (uvicorn's workers), keep freed
     memory, for each setting not already in the environment. False where the C library
-    is not glibc (nothing changes)."""
+    is not glibc (nothing changes).
+
+    Call it before any thread starts: glibc fixes the number of arenas when a second
+    thread first allocates, and a later ``MALLOC_ARENA_MAX`` changes nothing for this
+    process."""
     if platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt
