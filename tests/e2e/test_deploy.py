@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -222,6 +223,24 @@ def served_steps(log: Path, session_id: str) -> int:
     return sum(
         1 for line in log.read_text().splitlines() if "/step 200" in line and session_id in line
     )
+
+
+def test_haproxy_keeps_a_replica_that_answers_only_loopback_names(
+    store_url: str, tmp_path: Path
+) -> None:
+    """deploy/haproxy.cfg's health check names a Host that a replica bound to loopback
+    (ADAMHUB_ALLOWED_HOSTS: the loopback names) answers: past two failed checks it
+    would take every replica out and answer 503."""
+    replica = ServiceProcess("--redis-url", store_url, log_path=tmp_path / "adamhub.log").start()
+    front = free_port()
+    balancer = HAProxy(native_haproxy_config([replica.port] * 3, front), front)
+    try:
+        balancer.start()
+        time.sleep(5)  # checks every 2 s; two that fail take a replica out
+        assert httpx.get(f"{balancer.base_url}/readyz", timeout=10).status_code == 200
+    finally:
+        balancer.stop()
+        replica.stop()
 
 
 def test_the_cluster_profile_runs_natively(compose: dict[str, Any], tmp_path: Path) -> None:
