@@ -7,17 +7,24 @@ from collections.abc import Sequence
 import numpy as np
 
 from adamhub_service.optim.adam import FloatArray
-from adamhub_service.optim.kernel import accumulate
+from adamhub_service.optim.kernel import accumulate, weighted_sum_into
 
 
 def weighted_mean(contributions: Sequence[tuple[int, FloatArray]], dtype: str) -> FloatArray:
     """Σ nᵢ·gᵢ / Σ nᵢ of ``(nᵢ, gᵢ)``, in float64 and in the order given (a replica that
     computes it again gets the same bits), rounded once to ``dtype``."""
-    total = sum(samples for samples, _ in contributions)
-    acc = np.zeros(contributions[0][1].size, dtype=np.float64)
-    for samples, gradient in contributions:
-        if gradient.dtype == np.float16:  # the kernel takes float32 and float64 (exact)
-            gradient = gradient.astype(np.float32)
+    # The kernels take float32 and float64 (float16 widens exactly).
+    wide = [
+        (samples, gradient.astype(np.float32) if gradient.dtype == np.float16 else gradient)
+        for samples, gradient in contributions
+    ]
+    if np.dtype(dtype) in (np.float32, np.float64):
+        mean = np.empty(wide[0][1].size, dtype)
+        weighted_sum_into(mean, wide)
+        return mean
+    total = sum(samples for samples, _ in wide)
+    acc = np.zeros(wide[0][1].size, dtype=np.float64)
+    for samples, gradient in wide:
         accumulate(acc, gradient, samples)
     acc /= total
     return acc.astype(dtype)

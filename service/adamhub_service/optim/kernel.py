@@ -134,6 +134,42 @@ def accumulate(total: Any, grad: Any, weight: float) -> None:
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
+def _mean_pass(total: Any, grad: Any, weight: Any, first: bool, divisor: Any, out: Any) -> None:
+    # total = 0 + w·g on the first pass (no zeroed vector to read), total + w·g after;
+    # on the last (``out`` not empty) the sum divided and rounded into ``out`` instead.
+    last = out.size > 0
+    for i in numba.prange(grad.size):
+        start = 0.0 if first else total[i]
+        summed = start + np.float64(grad[i]) * weight
+        if last:
+            out[i] = summed / divisor
+        else:
+            total[i] = summed
+
+
+def weighted_sum_into(out: Any, weighted: Any) -> None:
+    """``out`` = round(Σ nᵢ·gᵢ / Σ nᵢ) for ``weighted`` = [(nᵢ, gᵢ)], the sum in float64
+    in the order given, each term a product then a sum, each rounded once (as
+    ``zeros(); += g·n …; /= Σn; astype`` computes it) in one pass over each gᵢ: no
+    zeroed sum, no separate division or rounding pass. ``out`` is float32 or float64, the
+    gᵢ of the dtypes the kernels take."""
+    divisor = np.float64(sum(samples for samples, _ in weighted))
+    if out.size < SERIAL_ELEMENTS:
+        total = np.zeros(out.size)
+        for samples, grad in weighted:
+            total += grad.astype(np.float64) * np.float64(samples)
+        total /= divisor
+        out[:] = total
+        return
+    total = np.empty(0 if len(weighted) == 1 else out.size)
+    none = out[:0]
+    with _launch:
+        for index, (samples, grad) in enumerate(weighted):
+            last = index == len(weighted) - 1
+            _mean_pass(total, grad, np.float64(samples), index == 0, divisor, out if last else none)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _block_sums_of_squared_differences(a: Any, b: Any, block: int) -> Any:
     blocks = (a.size + block - 1) // block
     sums = np.empty(blocks, np.float64)

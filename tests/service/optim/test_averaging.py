@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adamhub_service.optim import weighted_mean
+from adamhub_service.optim import kernel, weighted_mean
 
 
 def numpy_mean(contributions: list[tuple[int, np.ndarray]], dtype: str) -> np.ndarray:
@@ -39,3 +40,24 @@ def test_weights_and_float64_accumulation() -> None:
     assert weighted_mean([(1, a), (1, b), (1, c)], "float32") == np.float32(1 / 3)
     assert weighted_mean([(3, b), (1, a)], "float64") == (3 + 1e8) / 4
     assert weighted_mean([(5, b)], "float32").dtype == np.float32
+
+
+@pytest.mark.parametrize("wire", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_a_long_vector_through_the_kernel_equals_the_numpy_sum_to_the_bit(
+    wire: str, dtype: str, count: int
+) -> None:
+    """Past SERIAL_ELEMENTS the sum runs in one pass per contribution on the thread
+    pool: the same bits, signed zeros included (0 + −0 is +0)."""
+    rng = np.random.default_rng(count)
+    size = kernel.SERIAL_ELEMENTS * 2 + 17
+    contributions = []
+    for samples in (7, 1, 300, 2, 9)[:count]:
+        gradient = rng.normal(size=size).astype(wire)
+        gradient[::5] = -0.0
+        contributions.append((samples, gradient))
+    mean = weighted_mean(contributions, dtype)
+    assert mean.dtype == np.dtype(dtype)
+    assert mean.tobytes() == numpy_mean(contributions, dtype).tobytes()
+    assert not np.signbit(mean[::5]).any()
