@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import types
 from typing import Any
 
 import numba
@@ -99,8 +100,23 @@ def _update(
     return not_finite
 
 
-# The same loop, compiled to run in the calling thread.
-_update_serial = numba.njit(cache=True, nogil=True)(_update.py_func)
+def _serial(parallel: Any) -> Any:
+    """The loops of a parallel kernel, compiled to run in the calling thread.
+
+    Compiled from a copy of its function under a name of its own: numba names a cached
+    build after the function (qualified name and line), and a serial njit of the same
+    function loaded the parallel build from the cache, so every short vector launched
+    the thread pool (a 1k step: three launches, two thread wake-ups each)."""
+    source = parallel.py_func
+    name = f"{source.__name__}_serial"
+    copy = types.FunctionType(
+        source.__code__, source.__globals__, name, source.__defaults__, source.__closure__
+    )
+    copy.__qualname__ = f"{source.__qualname__}_serial"
+    return numba.njit(cache=True, nogil=True)(copy)
+
+
+_update_serial = _serial(_update)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -182,10 +198,8 @@ def _block_sums_of_squared_differences(a: Any, b: Any, block: int) -> Any:
     return sums
 
 
-_block_sums_of_squared_differences_serial = numba.njit(cache=True, nogil=True)(
-    _block_sums_of_squared_differences.py_func
-)
-_block_sums_of_squares_serial = numba.njit(cache=True, nogil=True)(_block_sums_of_squares.py_func)
+_block_sums_of_squared_differences_serial = _serial(_block_sums_of_squared_differences)
+_block_sums_of_squares_serial = _serial(_block_sums_of_squares)
 
 
 def squared_distance(a: Any, b: Any) -> float:

@@ -3,6 +3,9 @@ both paths give the same bits."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,3 +61,47 @@ def test_norms_of_a_short_vector_equal_the_kernels() -> None:
     parallel_distance = float(kernel._block_sums_of_squared_differences(a, b, 1 << 16).sum())
     assert kernel.squared_distance(a, b) == parallel_distance
     assert kernel.squared_norm(a[:0]) == 0.0
+
+
+# Runs each short-vector kernel 200 times and prints how often the process's other
+# threads (numba's pool, started at import) were woken meanwhile.
+WAKE_UPS = """
+import os
+import numpy as np
+from adamhub_service.optim import kernel
+
+def other_threads_switches() -> int:
+    total = 0
+    for task in os.listdir("/proc/self/task"):
+        if int(task) == os.getpid():
+            continue
+        with open(f"/proc/self/task/{task}/status") as status:
+            total += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+    return total
+
+vector = np.ones(1000, np.float32)
+state = [np.zeros(1000, np.float32) for _ in range(4)]
+one = np.float32(1)
+scalars = (False, kernel.NO_DECAY, one, one, True, one, one, one, one, one, one, False)
+for _ in range(3):  # loaded (from the cache) and warm
+    kernel.fused_update(*state, vector, *state, scalars=scalars)
+    kernel.squared_norm(vector)
+    kernel.squared_distance(vector, state[0])
+before = other_threads_switches()
+for _ in range(200):
+    kernel.fused_update(*state, vector, *state, scalars=scalars)
+    kernel.squared_norm(vector)
+    kernel.squared_distance(vector, state[0])
+print(other_threads_switches() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="Linux's /proc")
+def test_short_vectors_never_wake_the_thread_pool() -> None:
+    """The serial kernels run in the calling thread, also when a process loads them from
+    numba's cache (where this module's import has just put them): a serial build
+    cached under the parallel one's name loaded the parallel build instead."""
+    result = subprocess.run(
+        [sys.executable, "-c", WAKE_UPS], capture_output=True, text=True, check=True
+    )
+    assert int(result.stdout) < 50  # 600 kernel calls; with the pool, 600 and more
