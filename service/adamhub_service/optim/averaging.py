@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from adamhub_service.optim.adam import FloatArray
-from adamhub_service.optim.kernel import accumulate, weighted_sum_into
+from adamhub_service.optim.kernel import weighted_sum_into
 
 
 def weighted_mean(contributions: Sequence[tuple[int, FloatArray]], dtype: str) -> FloatArray:
@@ -18,13 +18,8 @@ def weighted_mean(contributions: Sequence[tuple[int, FloatArray]], dtype: str) -
         (samples, gradient.astype(np.float32) if gradient.dtype == np.float16 else gradient)
         for samples, gradient in contributions
     ]
-    if np.dtype(dtype) in (np.float32, np.float64):
-        mean = np.empty(wide[0][1].size, dtype)
-        weighted_sum_into(mean, wide)
-        return mean
-    total = sum(samples for samples, _ in wide)
-    acc = np.zeros(wide[0][1].size, dtype=np.float64)
-    for samples, gradient in wide:
-        accumulate(acc, gradient, samples)
-    acc /= total
-    return acc.astype(dtype)
+    # The kernel rounds into float32 or float64; another dtype from the float64 mean.
+    direct = np.dtype(dtype) in (np.float32, np.float64)
+    mean = np.empty(wide[0][1].size, dtype if direct else np.float64)
+    weighted_sum_into(mean, wide)
+    return mean if direct else mean.astype(dtype)

@@ -173,7 +173,7 @@ def weighted_sum_into(out: Any, weighted: Any) -> None:
     if out.size < SERIAL_ELEMENTS:
         total = np.zeros(out.size)
         for samples, grad in weighted:
-            total += grad.astype(np.float64) * np.float64(samples)
+            accumulate(total, grad, samples)
         total /= divisor
         out[:] = total
         return
