@@ -208,6 +208,75 @@ def test_a_body_read_straight_into_place_arrives_whole_however_it_is_sent(
         service.stop()
 
 
+def read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` answers (head, body) read in order from one connection."""
+    data, answers = b"", []
+    while len(answers) < count:
+        head, found, rest = data.partition(b"\r\n\r\n")
+        if found and len(rest) >= _content_length(head):
+            length = _content_length(head)
+            answers.append((head, rest[:length]))
+            data = rest[length:]
+            continue
+        part = sock.recv(1 << 20)
+        assert part, f"the connection closed after {len(answers)} answers"
+        data += part
+    return answers
+
+
+def test_a_body_read_from_the_socket_into_place_leaves_the_connection_in_step(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A large body of known length is read from the socket straight into its vector,
+    never past its end: requests sent right behind it on the same connection are
+    parsed and answered in order, and the vector holds the same bits as one parsed from
+    chunks."""
+    service = start(store_url, tmp_path)
+    try:
+        big, small = create(service.base_url, 1_000_000), create(service.base_url)
+        twin = create(service.base_url, 1_000_000)
+        values = np.random.default_rng(5).standard_normal(1_000_000).astype(np.float32)
+        accept = "Accept: application/octet-stream\r\n"
+        small_gradient = np.array([1.0, 2.0, 3.0], np.float32).tobytes()
+        with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+            sock.sendall(
+                post_head(f"/v1/sessions/{big}/step", accept + f"Content-Length: {values.nbytes}")
+                + values.tobytes()
+                + post_head(f"/v1/sessions/{small}/step", "Content-Length: 12")
+                + small_gradient
+                + f"GET /v1/sessions/{small} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            )
+            (big_head, big_body), (small_head, small_body), (read_head, read_body) = (
+                read_answers(sock, 3)
+            )
+            # The connection is still good for another large body.
+            sock.sendall(
+                post_head(f"/v1/sessions/{big}/step", accept + f"Content-Length: {values.nbytes}")
+                + values.tobytes()
+            )
+            [(again_head, _)] = read_answers(sock, 1)
+        assert big_head.startswith(b"HTTP/1.1 200") and b"adamhub-step: 1" in big_head.lower()
+        assert small_head.startswith(b"HTTP/1.1 200") and b'"t":1' in small_body
+        assert read_head.startswith(b"HTTP/1.1 200") and b'"t":1' in read_body
+        assert again_head.startswith(b"HTTP/1.1 200") and b"adamhub-step: 2" in again_head.lower()
+        # The same gradient, chunked (parsed piece by piece), to a twin: the same bits.
+        raw = values.tobytes()
+        pieces = [raw[start : start + 65536] for start in range(0, len(raw), 65536)]
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
+        answer = raw_request(
+            service.port,
+            post_head(
+                f"/v1/sessions/{twin}/step",
+                accept + "Connection: close\r\nTransfer-Encoding: chunked",
+            ),
+            chunked + b"0\r\n\r\n",
+        )
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == big_body
+    finally:
+        service.stop()
+
+
 def test_request_heads_over_64_kib_are_431(store_url: str, tmp_path: Path) -> None:
     service = start(store_url, tmp_path)
     try:
