@@ -246,15 +246,15 @@ def test_a_body_read_from_the_socket_into_place_leaves_the_connection_in_step(
                 + small_gradient
                 + f"GET /v1/sessions/{small} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
             )
-            (big_head, big_body), (small_head, small_body), (read_head, read_body) = (
-                read_answers(sock, 3)
-            )
+            big_answer, small_answer, read_answer = read_answers(sock, 3)
             # The connection is still good for another large body.
             sock.sendall(
                 post_head(f"/v1/sessions/{big}/step", accept + f"Content-Length: {values.nbytes}")
                 + values.tobytes()
             )
             [(again_head, _)] = read_answers(sock, 1)
+        (big_head, big_body), (small_head, small_body) = big_answer, small_answer
+        read_head, read_body = read_answer
         assert big_head.startswith(b"HTTP/1.1 200") and b"adamhub-step: 1" in big_head.lower()
         assert small_head.startswith(b"HTTP/1.1 200") and b'"t":1' in small_body
         assert read_head.startswith(b"HTTP/1.1 200") and b'"t":1' in read_body
@@ -273,6 +273,30 @@ def test_a_body_read_from_the_socket_into_place_leaves_the_connection_in_step(
         )
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and body == big_body
+    finally:
+        service.stop()
+
+
+def test_a_client_gone_halfway_through_a_body_frees_its_budget_and_changes_nothing(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A body being read from the socket into place whose client hangs up: the step is
+    not applied, the memory it held is free for the next, and the service goes on."""
+    service = start(store_url, tmp_path, max_inflight_bytes="1000", overload_wait_seconds="0.3")
+    try:
+        sid = create(service.base_url, size=100)
+        path = f"/v1/sessions/{sid}/step"
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+            sock.sendall(post_head(path, "Content-Length: 400") + b"\0" * 100)
+            time.sleep(0.3)
+            sock.sendall(b"\0" * 100)
+            time.sleep(0.2)
+        step = {"content": np.ones(100, np.float32).tobytes(), "headers": {"Content-Type": BINARY}}
+        deadline = time.monotonic() + 5
+        while (response := httpx.post(f"{service.base_url}{path}", **step)).status_code == 503:
+            assert time.monotonic() < deadline, "the budget was not given back"
+        assert response.status_code == 200, response.text
+        assert response.json()["t"] == 1
     finally:
         service.stop()
 
