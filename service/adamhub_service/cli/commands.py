@@ -19,6 +19,7 @@ from adamhub_service import __version__
 from adamhub_service.api.auth import is_loopback
 from adamhub_service.cli import key_commands
 from adamhub_service.cli.embedded import EmbeddedStoreError, EmbeddedValkey
+from adamhub_service.cli.handoff import PEERS_ENV
 from adamhub_service.cli.protocol import ServiceProtocol
 from adamhub_service.config import ServerOptions, Settings
 from adamhub_service.observability.logs import configure_logging
@@ -144,6 +145,10 @@ def serve(options: ServerOptions, settings: Settings) -> int:
             # Each worker keeps its metrics here; a scrape of any answers their sum.
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="adamhub-metrics-"))
             os.environ[MULTIPROCESS_ENV] = folder
+        if options.workers > 1:
+            # The workers hand each other the connections of the sessions they own.
+            peers = stack.enter_context(tempfile.TemporaryDirectory(prefix="adamhub-peers-"))
+            os.environ[PEERS_ENV] = peers
         log_level = options.log_level.lower()
         uvicorn.run(
             "adamhub_service.app:create_app_from_env",

@@ -19,6 +19,11 @@ into place.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
+import os
+import socket
+from pathlib import Path
 from typing import Any
 
 import httptools
@@ -26,6 +31,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from adamhub_service.api.bodies import DIRECT_BODY
+from adamhub_service.cli.handoff import MAX_HANDED_BYTES, PEERS_ENV, Peers, session_of
 from adamhub_service.errors import ERROR_TYPE_BASE
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -158,19 +164,60 @@ class _RawBody(asyncio.BufferedProtocol):
 
 
 class ServiceProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` that refuses heads over ``MAX_HEAD_BYTES`` with a 431 and
-    offers each request the ``DIRECT_BODY`` extension."""
+    """``HttpToolsProtocol`` that refuses heads over ``MAX_HEAD_BYTES`` with a 431,
+    offers each request the ``DIRECT_BODY`` extension, and hands a connection whose
+    request names a session to the worker process that owns it (``cli/handoff.py``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, received: bytes | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._head_bytes = 0
         # The body being read straight into place, while its reader waits.
         self.direct: _DirectBody | None = None
+        # A connection handed to this process: the bytes the other one read of it.
+        self._adopted = received
+        # The bytes read since the first byte of the request being parsed, while they
+        # are all of it (None: the request began amid bytes already parsed, or it came
+        # with a connection handed here, which it is served where it arrived).
+        self._request_chunks: list[bytes] | None = None if received is not None else []
+        self._request_bytes = 0
+        self._in_message = False
+        # While the connection is being handed over: the bytes read of it.
+        self._handing: bytes | None = None
+        self._peers = _process_peers(*args, **kwargs)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self._adopted:
+            received, self._adopted = self._adopted, None
+            self.data_received(received)
+
+    def shutdown(self) -> None:
+        # The server is stopping: this process takes no more connections from the others.
+        if self._peers is not None:
+            self._peers.close()
+        super().shutdown()
+
+    def on_message_begin(self) -> None:
+        if self._handing is None:
+            self._in_message = True
+            super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if self._handing is None:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._handing is None:
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._handing is not None:
+            return
         self._in_head = False
         self._head_bytes = 0
+        if self._hand_over():
+            return
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:
@@ -201,6 +248,8 @@ class ServiceProtocol(HttpToolsProtocol):
         self.transport.set_protocol(self)
 
     def on_body(self, body: bytes) -> None:
+        if self._handing is not None:
+            return
         direct = self.direct
         if direct is not None and direct.owns(self.cycle):
             direct.take(body)
@@ -208,15 +257,73 @@ class ServiceProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._handing is not None:
+            return
+        self._in_message = False
         super().on_message_complete()
         self._in_head = True
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._in_message and not self.pipeline:
+            # Every byte read so far is parsed, up to this request's end: the next byte
+            # read is the next request's first.
+            self._request_chunks, self._request_bytes = [], 0
+
     def data_received(self, data: bytes) -> None:
+        if self._request_chunks is not None:
+            self._request_bytes += len(data)
+            if self._request_bytes <= MAX_HANDED_BYTES:
+                self._request_chunks.append(data)
+            else:
+                self._request_chunks = None  # too much to hand over: served here
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
         if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
             self._refuse_head()
+
+    def _hand_over(self) -> bool:
+        """At a request's head: whether the connection is being handed to the process
+        that owns the session the request names, with the request's bytes read so far
+        (unparsed here from there on). Only a request whose bytes are all there, from
+        its first, goes."""
+        chunks, self._request_chunks = self._request_chunks, None
+        if chunks is None or self._peers is None or self.scheme != "http":
+            return False
+        session = session_of(self.url)
+        if session is None:
+            return False
+        owner = self._peers.owner(session)
+        if owner == self._peers.name:
+            return False
+        self._handing = b"".join(chunks)
+        self.flow.pause_reading()
+        task = self.loop.create_task(self._pass_on(self._peers, owner, self._handing))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+        return True
+
+    async def _pass_on(self, peers: Peers, owner: str, received: bytes) -> None:
+        """Pass the connection to ``owner``; when it cannot go, serve it here, from the
+        request's first byte."""
+        connection = self.transport.get_extra_info("socket")
+        try:
+            taken = connection is not None and await asyncio.to_thread(
+                peers.hand_over, owner, connection.fileno(), received
+            )
+        except OSError:  # no socket to hand over with (out of descriptors)
+            taken = False
+        if taken:
+            self.transport.abort()  # closes this process's descriptor only
+            return
+        self._handing = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self._in_head, self._head_bytes, self._in_message = True, 0, False
+        if not self.transport.is_closing():
+            self.flow.resume_reading()
+            self.data_received(received)
 
     def _refuse_head(self) -> None:
         body = orjson.dumps(
@@ -235,3 +342,41 @@ class ServiceProtocol(HttpToolsProtocol):
         )
         self.transport.write(head + body)
         self.transport.close()
+
+
+# The hand-overs under way (a task the loop holds only weakly must be kept).
+_tasks: set[asyncio.Task[None]] = set()
+_peers: list[Peers | None] = []
+
+
+def _process_peers(*args: Any, **kwargs: Any) -> Peers | None:
+    """This process as a peer of the replica's other worker processes (``PEERS_ENV``),
+    made when its first connection comes: connections handed to it are served with that
+    connection's server (``args``, ``kwargs``: uvicorn's config and server state)."""
+    if not _peers:
+        folder = os.environ.get(PEERS_ENV)
+        peers = None
+        if folder:
+            loop = asyncio.get_running_loop()
+
+            def adopt(connection: socket.socket, received: bytes) -> None:
+                factory = functools.partial(ServiceProtocol, *args, received=received, **kwargs)
+                task = loop.create_task(_adopt(loop, factory, connection))
+                _tasks.add(task)
+                task.add_done_callback(_tasks.discard)
+
+            peers = Peers(Path(folder), adopt)
+            atexit.register(peers.close)
+        _peers.append(peers)
+    return _peers[0]
+
+
+async def _adopt(
+    loop: asyncio.AbstractEventLoop,
+    factory: functools.partial[ServiceProtocol],
+    connection: socket.socket,
+) -> None:
+    try:
+        await loop.connect_accepted_socket(factory, connection)
+    except OSError:
+        connection.close()  # its client went away meanwhile

@@ -1,0 +1,128 @@
+"""A replica of several worker processes (``--workers 2``): the connections of a session
+are handed to the process that owns it (cli/handoff.py), and everything sent on them is
+answered as by one process."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from adamhub_service.optim import AdamConfig, adam_step, init_state
+from adamhub_service.testing import ServiceProcess
+
+BINARY = "application/octet-stream"
+
+
+@pytest.fixture
+def replica(redis_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(
+        "--redis-url", redis_url, "--workers", "2", log_path=tmp_path / "service.log"
+    ).start()
+    yield process
+    assert process.stop() == 0
+
+
+def create(base_url: str, size: int) -> str:
+    response = httpx.post(f"{base_url}/v1/sessions", json={"size": size})
+    assert response.status_code == 201, response.text
+    session_id: str = response.json()["id"]
+    return session_id
+
+
+def read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` answers (head, body) read in order from one keep-alive connection."""
+    data, answers = b"", []
+    while len(answers) < count:
+        head, found, rest = data.partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        if found and len(rest) >= length:
+            answers.append((head, rest[:length]))
+            data = rest[length:]
+            continue
+        part = sock.recv(1 << 20)
+        assert part, f"the connection closed after {len(answers)} answers"
+        data += part
+    return answers
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+def post(path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {BINARY}\r\n"
+        f"Accept: {BINARY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def holders(replica: ServiceProcess, connections: list[socket.socket]) -> list[int]:
+    """How many of ``connections`` each worker process of the replica holds."""
+    assert replica.process is not None
+    ports = {connection.getsockname()[1] for connection in connections}
+    return [
+        sum(1 for held in child.net_connections("tcp") if held.raddr and held.raddr.port in ports)
+        for child in psutil.Process(replica.process.pid).children()
+    ]
+
+
+def test_the_connections_of_a_session_meet_in_the_process_that_owns_it(
+    replica: ServiceProcess,
+) -> None:
+    """Whichever process accepts a connection, a session's connections end up held by
+    one process (its owner), and every request on them is answered in order: a step
+    whose head and first bytes of body came before the hand-over, requests pipelined
+    behind it, reads."""
+    size = 300_000
+    sessions = [create(replica.base_url, size) for _ in range(3)]
+    values = np.random.default_rng(1).standard_normal(size).astype(np.float32)
+    opened: dict[str, list[socket.socket]] = {}
+    try:
+        for session in sessions:
+            for _ in range(6):
+                connection = socket.create_connection(("127.0.0.1", replica.port), timeout=30)
+                opened.setdefault(session, []).append(connection)
+                # A step, with a read pipelined right behind it, in one write.
+                path = f"/v1/sessions/{session}"
+                connection.sendall(post(f"{path}/step", values.tobytes()) + get(path))
+                (step_head, body), (read_head, _) = read_answers(connection, 2)
+                assert step_head.startswith(b"HTTP/1.1 200"), step_head
+                assert len(body) == values.nbytes and read_head.startswith(b"HTTP/1.1 200")
+        for session, connections in opened.items():
+            # The next request of a connection goes where the owner is known by then.
+            for connection in connections:
+                connection.sendall(get(f"/v1/sessions/{session}"))
+                [(head, document)] = read_answers(connection, 1)
+                assert head.startswith(b"HTTP/1.1 200") and b'"t":6' in document
+            held = holders(replica, connections)
+            assert max(held) == len(connections), f"{session}'s connections are split {held}"
+    finally:
+        for connections in opened.values():
+            for connection in connections:
+                connection.close()
+    # Six steps of the same gradient from each session's six connections: the state of
+    # six steps, to the bit.
+    config = AdamConfig()
+    state = init_state(np.zeros(size, np.float32), config)
+    for _ in range(6):
+        state = adam_step(state, values, config)
+    for session in sessions:
+        answer = httpx.get(
+            f"{replica.base_url}/v1/sessions/{session}/params", headers={"Accept": BINARY}
+        )
+        assert answer.status_code == 200
+        assert np.frombuffer(answer.content, np.float32).tobytes() == state.params.tobytes()
