@@ -1,6 +1,7 @@
 """Starting a store and the service as real processes, for the tests and the benchmark
-(the service process is ``cli.processes``'s, which the demo uses too); and a lossy TCP
-proxy for fault tests. Nothing in the service imports this module."""
+(the service process is ``cli.processes``'s, which the demo uses too); a lossy TCP
+proxy for fault tests; and reading HTTP answers off a raw connection. Nothing in the
+service imports this module."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ __all__ = [
     "ServiceProcess",
     "StoreCluster",
     "StoreServer",
+    "content_length",
     "free_port",
+    "read_answers",
     "store_binary",
 ]
 # The client address of in-process test clients: this machine (served in protected mode).
@@ -385,3 +388,29 @@ def _close_both(*sockets: socket.socket) -> None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+
+
+def content_length(head: bytes) -> int:
+    """The Content-Length an HTTP head declares (0 when none)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
+
+
+def read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` HTTP answers (head, body) read in order from one connection."""
+    data, answers = b"", list[tuple[bytes, bytes]]()
+    while len(answers) < count:
+        head, found, rest = data.partition(b"\r\n\r\n")
+        if found and len(rest) >= content_length(head):
+            length = content_length(head)
+            answers.append((head, rest[:length]))
+            data = rest[length:]
+            continue
+        part = sock.recv(1 << 20)
+        if not part:
+            raise ConnectionError(f"the connection closed after {len(answers)} answers")
+        data += part
+    return answers

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import redis
 
-from adamhub_service.testing import ServiceProcess, StoreServer
+from adamhub_service.testing import ServiceProcess, StoreServer, content_length, read_answers
 
 BINARY = "application/octet-stream"
 ERRORS = "https://adamhub.dev/errors/"
@@ -79,19 +79,11 @@ def send_until_answered(sock: socket.socket, piece: bytes, *, limit: int) -> tup
         while part := sock.recv(65536):
             answer += part
             head, found, body = answer.partition(b"\r\n\r\n")
-            if found and len(body) >= _content_length(head):
+            if found and len(body) >= content_length(head):
                 break
     except OSError:
         pass
     return answer, sent
-
-
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value.strip())
-    return 0
 
 
 def create(base_url: str, size: int = 3) -> str:
@@ -208,22 +200,6 @@ def test_a_body_read_straight_into_place_arrives_whole_however_it_is_sent(
         service.stop()
 
 
-def read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
-    """``count`` answers (head, body) read in order from one connection."""
-    data, answers = b"", []
-    while len(answers) < count:
-        head, found, rest = data.partition(b"\r\n\r\n")
-        if found and len(rest) >= _content_length(head):
-            length = _content_length(head)
-            answers.append((head, rest[:length]))
-            data = rest[length:]
-            continue
-        part = sock.recv(1 << 20)
-        assert part, f"the connection closed after {len(answers)} answers"
-        data += part
-    return answers
-
-
 def test_a_body_read_from_the_socket_into_place_leaves_the_connection_in_step(
     store_url: str, tmp_path: Path
 ) -> None:
@@ -291,9 +267,15 @@ def test_a_client_gone_halfway_through_a_body_frees_its_budget_and_changes_nothi
             time.sleep(0.3)
             sock.sendall(b"\0" * 100)
             time.sleep(0.2)
-        step = {"content": np.ones(100, np.float32).tobytes(), "headers": {"Content-Type": BINARY}}
+        gradient = np.ones(100, np.float32).tobytes()
+
+        def step() -> httpx.Response:
+            return httpx.post(
+                f"{service.base_url}{path}", content=gradient, headers={"Content-Type": BINARY}
+            )
+
         deadline = time.monotonic() + 5
-        while (response := httpx.post(f"{service.base_url}{path}", **step)).status_code == 503:
+        while (response := step()).status_code == 503:
             assert time.monotonic() < deadline, "the budget was not given back"
         assert response.status_code == 200, response.text
         assert response.json()["t"] == 1

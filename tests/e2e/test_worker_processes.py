@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from adamhub_service.optim import AdamConfig, adam_step, init_state
-from adamhub_service.testing import ServiceProcess
+from adamhub_service.testing import ServiceProcess, read_answers
 
 BINARY = "application/octet-stream"
 
@@ -35,29 +35,6 @@ def create(base_url: str, size: int) -> str:
     return session_id
 
 
-def read_answers(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
-    """``count`` answers (head, body) read in order from one keep-alive connection."""
-    data, answers = b"", []
-    while len(answers) < count:
-        head, found, rest = data.partition(b"\r\n\r\n")
-        length = next(
-            (
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            ),
-            0,
-        )
-        if found and len(rest) >= length:
-            answers.append((head, rest[:length]))
-            data = rest[length:]
-            continue
-        part = sock.recv(1 << 20)
-        assert part, f"the connection closed after {len(answers)} answers"
-        data += part
-    return answers
-
-
 def get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 
@@ -70,12 +47,21 @@ def post(path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-def holders(replica: ServiceProcess, connections: list[socket.socket]) -> list[int]:
-    """How many of ``connections`` each worker process of the replica holds."""
+def holders(
+    replica: ServiceProcess, connections: list[socket.socket]
+) -> list[tuple[psutil.Process, int]]:
+    """Each process of the replica, and how many of ``connections`` it holds."""
     assert replica.process is not None
     ports = {connection.getsockname()[1] for connection in connections}
     return [
-        sum(1 for held in child.net_connections("tcp") if held.raddr and held.raddr.port in ports)
+        (
+            child,
+            sum(
+                1
+                for held in child.net_connections("tcp")
+                if held.raddr and held.raddr.port in ports
+            ),
+        )
         for child in psutil.Process(replica.process.pid).children()
     ]
 
@@ -108,7 +94,7 @@ def test_the_connections_of_a_session_meet_in_the_process_that_owns_it(
                 connection.sendall(get(f"/v1/sessions/{session}"))
                 [(head, document)] = read_answers(connection, 1)
                 assert head.startswith(b"HTTP/1.1 200") and b'"t":6' in document
-            held = holders(replica, connections)
+            held = [count for _, count in holders(replica, connections)]
             assert max(held) == len(connections), f"{session}'s connections are split {held}"
     finally:
         for connections in opened.values():
@@ -126,3 +112,34 @@ def test_the_connections_of_a_session_meet_in_the_process_that_owns_it(
         )
         assert answer.status_code == 200
         assert np.frombuffer(answer.content, np.float32).tobytes() == state.params.tobytes()
+
+
+def test_the_sessions_of_a_worker_process_killed_are_served_by_the_others(
+    replica: ServiceProcess,
+) -> None:
+    """kill -9 of the process that owns a session: new connections for it are served at
+    once by the process left (a hand-over to the dead one fails, and it is no longer
+    listed), and its steps go on from the state acknowledged."""
+    session = create(replica.base_url, 1000)
+    values = np.random.default_rng(2).standard_normal(1000).astype(np.float32)
+    with socket.create_connection(("127.0.0.1", replica.port), timeout=30) as connection:
+        connection.sendall(post(f"/v1/sessions/{session}/step", values.tobytes()))
+        [(head, _)] = read_answers(connection, 1)
+        assert head.startswith(b"HTTP/1.1 200")
+        [owner] = [child for child, held in holders(replica, [connection]) if held]
+    owner.kill()
+    owner.wait(10)
+    for _ in range(6):  # each accepted by whichever process is there
+        with socket.create_connection(("127.0.0.1", replica.port), timeout=30) as connection:
+            connection.sendall(post(f"/v1/sessions/{session}/step", values.tobytes()))
+            [(head, _)] = read_answers(connection, 1)
+            assert head.startswith(b"HTTP/1.1 200"), head
+    config = AdamConfig()
+    state = init_state(np.zeros(1000, np.float32), config)
+    for _ in range(7):
+        state = adam_step(state, values, config)
+    answer = httpx.get(
+        f"{replica.base_url}/v1/sessions/{session}/params", headers={"Accept": BINARY}
+    )
+    assert answer.headers["adamhub-step"] == "7"
+    assert np.frombuffer(answer.content, np.float32).tobytes() == state.params.tobytes()
