@@ -1,5 +1,5 @@
-"""uvicorn's HTTP protocol with a bound on a request's head, and bodies read straight
-into place.
+"""uvicorn's HTTP protocol with a bound on a request's head, bodies read straight into
+place, and connections handed to the worker process that owns their session.
 
 - httptools keeps reading a header of any size; this protocol answers 431 and closes
   the connection as soon as a head passes ``MAX_HEAD_BYTES`` without being complete.
@@ -14,6 +14,8 @@ into place.
   would be copied three times more: into the bytes the event loop hands over, into the
   bytes the parser hands over, and into the buffer. Other bodies (chunked) are parsed,
   each piece copied into the buffer as it comes.
+- With ``--workers N``, a request that names a session another worker process owns
+  goes there with its connection, unparsed here (``cli/handoff.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import logging
 import os
 import socket
 from pathlib import Path
@@ -35,6 +38,8 @@ from adamhub_service.cli.handoff import MAX_HANDED_BYTES, PEERS_ENV, Peers, sess
 from adamhub_service.errors import ERROR_TYPE_BASE
 
 MAX_HEAD_BYTES = 64 * 1024
+
+logger = logging.getLogger(__name__)
 
 
 class _DirectBody:
@@ -242,8 +247,7 @@ class ServiceProtocol(HttpToolsProtocol):
 
     def raw_body_read(self) -> None:
         """The body read raw is over: parse again, from the next request's first byte."""
-        self.parser = httptools.HttpRequestParser(self)
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self._new_parser()
         self.on_message_complete()
         self.transport.set_protocol(self)
 
@@ -318,12 +322,16 @@ class ServiceProtocol(HttpToolsProtocol):
             self.transport.abort()  # closes this process's descriptor only
             return
         self._handing = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self._new_parser()
         self._in_head, self._head_bytes, self._in_message = True, 0, False
         if not self.transport.is_closing():
             self.flow.resume_reading()
             self.data_received(received)
+
+    def _new_parser(self) -> None:
+        """A parser at a request's first byte, set as uvicorn sets its own."""
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
 
     def _refuse_head(self) -> None:
         body = orjson.dumps(
@@ -365,8 +373,12 @@ def _process_peers(*args: Any, **kwargs: Any) -> Peers | None:
                 _tasks.add(task)
                 task.add_done_callback(_tasks.discard)
 
-            peers = Peers(Path(folder), adopt)
-            atexit.register(peers.close)
+            try:
+                peers = Peers(Path(folder), adopt)
+            except OSError as exc:  # a folder it cannot listen in: served without
+                logger.warning("worker processes do not hand over connections: %s", exc)
+            else:
+                atexit.register(peers.close)
         _peers.append(peers)
     return _peers[0]
 
