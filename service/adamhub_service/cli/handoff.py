@@ -36,6 +36,7 @@ import hashlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,8 @@ PEERS_ENV = "ADAMHUB_WORKER_PEERS_DIR"
 # A connection's bytes read before it is handed over: its first request's head and what
 # came with it (uvloop reads at most 256 KiB at a time).
 MAX_HANDED_BYTES = 1 << 20
+# The longest a listing of the peers is trusted.
+_LISTING_SECONDS = 1.0
 # A hand-over is a local exchange of a few bytes; one that takes longer is given up.
 _EXCHANGE_SECONDS = 1.0
 _SUFFIX = ".sock"
@@ -82,17 +85,18 @@ class Peers:
         self._listener.setblocking(False)
         asyncio.get_running_loop().add_reader(self._listener.fileno(), self._on_connection)
         self._names: list[str] = []
-        self._listed_at = -1
+        self._listed_changed, self._listed_at = -1, -_LISTING_SECONDS
 
     def owner(self, session_id: str) -> str:
         """The peer that owns ``session_id`` (this one's name when it is this one)."""
-        # The folder changes when a peer comes or goes: listed again only then.
-        changed = os.stat(self._folder).st_mtime_ns
-        if changed != self._listed_at:
+        # The folder changes when a peer comes or goes: listed again then, and every
+        # second (a timestamp's tick may hide a change that followed the last listing).
+        changed, now = os.stat(self._folder).st_mtime_ns, time.monotonic()
+        if changed != self._listed_changed or now - self._listed_at >= _LISTING_SECONDS:
             self._names = sorted(
                 entry.name for entry in os.scandir(self._folder) if entry.name.endswith(_SUFFIX)
             )
-            self._listed_at = changed
+            self._listed_changed, self._listed_at = changed, now
         return max(self._names or [self.name], key=lambda name: _weight(name, session_id))
 
     def hand_over(self, peer: str, connection: int, received: bytes) -> bool:
