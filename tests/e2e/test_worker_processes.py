@@ -4,6 +4,7 @@ answered as by one process."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,3 +144,30 @@ def test_the_sessions_of_a_worker_process_killed_are_served_by_the_others(
     )
     assert answer.headers["adamhub-step"] == "7"
     assert np.frombuffer(answer.content, np.float32).tobytes() == state.params.tobytes()
+
+
+def test_a_connection_carrying_several_sessions_moves_once_at_most(
+    replica: ServiceProcess,
+) -> None:
+    """A connection that carries requests for sessions of different owners (as a
+    proxy's does) is not passed back and forth: it moves once at most, and every
+    request on it is answered."""
+    owned: dict[int, str] = {}
+    while len(owned) < 2:  # a session owned by each process
+        session = create(replica.base_url, 3)
+        with socket.create_connection(("127.0.0.1", replica.port), timeout=30) as connection:
+            connection.sendall(get(f"/v1/sessions/{session}"))
+            read_answers(connection, 1)
+            [owner] = [child.pid for child, held in holders(replica, [connection]) if held]
+        owned.setdefault(owner, session)
+    first, second = owned.values()
+    seen = []
+    with socket.create_connection(("127.0.0.1", replica.port), timeout=30) as connection:
+        for session in [first, second] * 4:
+            connection.sendall(get(f"/v1/sessions/{session}"))
+            [(head, document)] = read_answers(connection, 1)
+            assert head.startswith(b"HTTP/1.1 200") and session.encode() in document
+            [holder] = [child.pid for child, held in holders(replica, [connection]) if held]
+            seen.append(holder)
+    moves = sum(1 for before, after in itertools.pairwise(seen) if before != after)
+    assert moves <= 1, f"the connection moved {moves} times: {seen}"

@@ -20,12 +20,13 @@ Keep-alive clients (the SDK) thus send their later requests straight to the owne
 Only a request whose bytes are all at hand from its first goes: the first of a
 connection, or one after an answer with nothing read beyond the request answered (a
 client that waits for each answer, as the SDK does); never a pipelined one, nor over
-TLS, nor the request that came with a connection handed over. A process becomes a
-peer with its first connection (the connections handed to it are served as that one
-is), so a connection may stay with a process that did not yet list the owner, until
-its next request. Whenever a hand-over fails, the process serves the connection
-itself. Ownership is a matter of speed, never of correctness: every process serves
-every session, as every replica does.
+TLS. A connection moves once at most: one handed over stays where it went, so that a
+connection carrying the requests of several sessions (a proxy's) is not passed back
+and forth. A process becomes a peer with its first connection (the connections handed
+to it are served as that one is), so a connection may stay with a process that did not
+yet list the owner, until its next request. Whenever a hand-over fails, the process
+serves the connection itself. Ownership is a matter of speed, never of correctness:
+every process serves every session, as every replica does.
 """
 
 from __future__ import annotations

@@ -181,10 +181,13 @@ class ServiceProtocol(HttpToolsProtocol):
         self.direct: _DirectBody | None = None
         # A connection handed to this process: the bytes the other one read of it.
         self._adopted = received
+        # A connection moves once at most: one that carries the requests of several
+        # sessions (a proxy's, reused for any client) is not passed back and forth.
+        self._may_hand_over = received is None
         # The bytes read since the first byte of the request being parsed, while they
-        # are all of it (None: the request began amid bytes already parsed, or it came
-        # with a connection handed here, which it is served where it arrived).
-        self._request_chunks: list[bytes] | None = None if received is not None else []
+        # are all of it (None: the request began amid bytes already parsed, or the
+        # connection is not to be handed over).
+        self._request_chunks: list[bytes] | None = [] if self._may_hand_over else None
         self._request_bytes = 0
         self._in_message = False
         # While the connection is being handed over: the bytes read of it.
@@ -269,7 +272,7 @@ class ServiceProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self._in_message and not self.pipeline:
+        if self._may_hand_over and not self._in_message and not self.pipeline:
             # Every byte read so far is parsed, up to this request's end: the next byte
             # read is the next request's first.
             self._request_chunks, self._request_bytes = [], 0
