@@ -181,9 +181,10 @@ class ServiceProtocol(HttpToolsProtocol):
         self.direct: _DirectBody | None = None
         # A connection handed to this process: the bytes the other one read of it.
         self._adopted = received
+        self._peers = _process_peers(*args, **kwargs)
         # A connection moves once at most: one that carries the requests of several
         # sessions (a proxy's, reused for any client) is not passed back and forth.
-        self._may_hand_over = received is None
+        self._may_hand_over = received is None and self._peers is not None
         # The bytes read since the first byte of the request being parsed, while they
         # are all of it (None: the request began amid bytes already parsed, or the
         # connection is not to be handed over).
@@ -192,7 +193,6 @@ class ServiceProtocol(HttpToolsProtocol):
         self._in_message = False
         # While the connection is being handed over: the bytes read of it.
         self._handing: bytes | None = None
-        self._peers = _process_peers(*args, **kwargs)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
