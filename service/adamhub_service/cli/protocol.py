@@ -14,6 +14,7 @@ place, and connections handed to the worker process that owns their session.
   would be copied three times more: into the bytes the event loop hands over, into the
   bytes the parser hands over, and into the buffer. Other bodies (chunked) are parsed,
   each piece copied into the buffer as it comes.
+- An answer's head goes out with its body, in one write (``cli/answer_writes.py``).
 - With ``--workers N``, a request that names a session another worker process owns
   goes there with its connection, unparsed here (``cli/handoff.py``).
 """
@@ -34,6 +35,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from adamhub_service.api.bodies import DIRECT_BODY
+from adamhub_service.cli.answer_writes import HeadWithBody
 from adamhub_service.cli.handoff import MAX_HANDED_BYTES, PEERS_ENV, Peers, session_of
 from adamhub_service.errors import ERROR_TYPE_BASE
 
@@ -229,6 +231,7 @@ class ServiceProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:
+            cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
             # The request's task starts on the loop's next turn: its scope is still ours
             # to complete.
             direct = _DirectBody(self, cycle)
