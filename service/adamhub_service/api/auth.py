@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Annotated
 
@@ -19,6 +20,7 @@ PROTECTED_MODE_HELP = (
 )
 
 
+@functools.lru_cache(maxsize=1024)  # a request's cost in protected mode; clients are few
 def is_loopback(host: str | None) -> bool:
     """Whether a client address is on this machine."""
     if host is None:
