@@ -45,7 +45,8 @@ def test_the_wheel_holds_both_packages_and_their_files(tmp_path: Path) -> None:
         if line.startswith("Requires-Dist")
     ]
     base = [line for line in requires if "extra ==" not in line]
-    assert sorted(line.split()[1].rstrip(">=<0123456789.") for line in base) == ["httpx", "numpy"]
+    required = sorted(line.split()[1].rstrip(">=<0123456789.") for line in base)
+    assert required == ["httptools", "httpx", "numpy"]
     entry_points = (
         zipfile.ZipFile(wheel)
         .read(next(n for n in names if n.endswith("entry_points.txt")))

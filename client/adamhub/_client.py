@@ -149,7 +149,7 @@ class Client(BaseClient[httpx.Client]):
     call ``close()``.
 
     Steps and parameter reads to a plain ``http://`` service go over a lean
-    ``http.client`` connection per thread (``_direct.py``) unless ``http_client`` is
+    keep-alive socket per thread (``_direct.py``) unless ``http_client`` is
     given or the environment names a proxy; every other call, and every retry, goes
     through httpx.
     """

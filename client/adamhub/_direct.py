@@ -1,10 +1,13 @@
-"""The direct lane: a sync client's steps and parameter reads over ``http.client``.
+"""The direct lane: a sync client's steps and parameter reads over a plain socket.
 
 A training loop sends the same two calls thousands of times. Through httpx each costs
 about 0.5 ms of the worker's CPU in request and response models (URL parsing, header
-normalisation, event hooks), several times the socket work, and K workers of a round
-share the machine with the service. The lane sends them over one keep-alive
-``http.client`` connection per thread and hands back a plain ``httpx.Response``, so
+normalisation, event hooks), several times the socket work; ``http.client`` still
+spends half of that parsing the answer's head with the ``email`` package and sends a
+request as two packets (head, then body), waking the service twice. K workers of a
+round share the machine with the service, so the lane keeps one keep-alive socket per
+thread, sends each request in one write, has ``httptools`` parse the answer's head and
+reads its body straight into one buffer. It hands back a plain ``httpx.Response``, so
 everything after (retries, errors, results) is the client's usual code.
 
 It is the first attempt only. Whatever it cannot settle goes the usual way: a keep-alive
@@ -16,38 +19,147 @@ services, no proxy from the environment, and an httpx client the SDK made itself
 
 from __future__ import annotations
 
-import http.client
+import io
 import os
 import socket
 import threading
 import urllib.parse
 import urllib.request
-from typing import cast
+from collections.abc import Mapping
 
+import httptools
 import httpx
 
 from adamhub._base_client import RequestSpec
 
-# A reused connection that fails like this before any answer came was closed by the
-# service while idle; the request is sent again at once.
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+# A body up to this size goes in the same buffer as the head (one copy of a few KB); a
+# larger one goes beside it, in the same system call.
+_JOIN_BYTES = 64 * 1024
+_READ_BUFFER_BYTES = 64 * 1024
+_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_ILLEGAL_IN_HEADERS = ("\r", "\n", "\0")
+
+
+class _Closed(Exception):
+    """The connection ended before the answer did (``started``: after some of it)."""
+
+    def __init__(self, started: bool) -> None:
+        super().__init__("the service closed the connection before answering")
+        self.started = started
+
+
+class _Answer:
+    """What the parser saw of one answer."""
+
+    __slots__ = ("complete", "head_done", "headers", "keep_alive", "parser", "pieces")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.pieces: list[bytes] = []
+        self.head_done = False
+        self.keep_alive = False
+        self.complete = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        # Asked here: once the answer is complete, the parser has forgotten it.
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    def content_length(self) -> int | None:
+        """The body's declared length (None: chunked, or until the connection closes)."""
+        length = None
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                return None
+            if lowered == b"content-length":
+                length = int(value)
+        return length
+
+
+class _Connection:
+    """One keep-alive socket to the service, and the buffer its answers are read from."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float | None) -> None:
+        self.sock = socket.create_connection((host, port), timeout=connect_timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = io.BufferedReader(socket.SocketIO(self.sock, "rb"), _READ_BUFFER_BYTES)
+        self.used = False
+
+    def send(self, head: bytes, body: bytes | memoryview | None) -> None:
+        if body is None:
+            self.sock.sendall(head)
+        elif memoryview(body).nbytes <= _JOIN_BYTES:
+            self.sock.sendall(head + body)
+        else:
+            sent = self.sock.sendmsg([head, body])
+            if sent < len(head):
+                self.sock.sendall(head[sent:])
+                self.sock.sendall(body)
+            else:
+                self.sock.sendall(memoryview(body).cast("B")[sent - len(head) :])
+
+    def answer(self) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+        """The next answer: status, headers, body, and whether the connection stays."""
+        answer = _Answer()
+        parser = answer.parser
+        started = False
+        while not answer.head_done:
+            buffered = self.reader.peek(1)
+            if not buffered:
+                raise _Closed(started)
+            started = True
+            # The head alone goes to the parser, so that the body is read in one piece.
+            end = buffered.find(b"\r\n\r\n")
+            parser.feed_data(self.reader.read(end + 4 if end >= 0 else len(buffered)))
+        length = answer.content_length()
+        if answer.complete:
+            body = b"".join(answer.pieces)
+        elif length is not None:
+            got = sum(len(piece) for piece in answer.pieces)
+            rest = self.reader.read(length - got)
+            if len(rest) < length - got:
+                raise _Closed(True)
+            body = b"".join([*answer.pieces, rest]) if answer.pieces else rest
+        else:  # chunked, or until the connection closes
+            while not answer.complete and (data := self.reader.read1(_READ_BUFFER_BYTES)):
+                parser.feed_data(data)
+            if not answer.complete and _is_chunked(answer.headers):
+                raise _Closed(True)
+            body = b"".join(answer.pieces)
+        return parser.get_status_code(), answer.headers, body, answer.keep_alive
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
 
 
 class DirectLane:
-    """Keep-alive ``http.client`` connections to one service, one per thread."""
+    """Keep-alive sockets to one service, one per thread."""
 
     def __init__(self, base_url: str, timeout: httpx.Timeout | float) -> None:
         url = urllib.parse.urlsplit(base_url)
         self._base_url = base_url
         self._host = url.hostname or "localhost"
         self._port = url.port or 80
+        self._host_header = self._host if url.port is None else f"{self._host}:{url.port}"
         self._prefix = url.path.rstrip("/")
         limits = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self._connect_timeout = limits.connect
         self._read_timeout = limits.read
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[http.client.HTTPConnection] = []
+        self._connections: list[_Connection] = []
         self._closed = False
 
     @classmethod
@@ -69,40 +181,46 @@ class DirectLane:
 
     def send(self, spec: RequestSpec, headers: dict[str, str]) -> httpx.Response | None:
         """The answer to one attempt of ``spec``, or None when it should go through httpx
-        (the lane is closed, or a kept-alive connection turned out to be closed).
+        (the lane is closed, a header is not one it sends, or a kept-alive connection
+        turned out to be closed).
 
         A failure after the request may have reached the service raises the httpx error
         httpx would have raised, with its request, for the client's retries.
         """
         if self._closed:
             return None
-        connection, reused = self._connection()
         target = f"{self._prefix}{spec.path}"
         if spec.params:
             target = f"{target}?{urllib.parse.urlencode(spec.params, doseq=True)}"
+        head = self._head(spec, target, headers)
+        if head is None:
+            return None
+        connection: _Connection | None = None
         try:
-            if connection.sock is None:
-                connection.connect()
-                # connect() set the socket (mypy keeps it narrowed to None).
-                cast(socket.socket, connection.sock).settimeout(self._read_timeout)
-            connection.request(spec.method, target, body=spec.content, headers=headers)
-        except (OSError, http.client.HTTPException):
+            connection = self._connection()
+            reused, connection.used = connection.used, True
+            connection.send(head, spec.content)
+        except OSError:
+            if connection is None:  # not connected: httpx tries, with its errors
+                return None
             # Not sent, or sent on a connection the service had closed: httpx sends it.
             self._drop(connection)
             return None
         try:
-            answer = connection.getresponse()
-            body = answer.read()
-        except (OSError, http.client.HTTPException) as exc:
+            status, answer_headers, body, keep_alive = connection.answer()
+        except (OSError, ValueError, httptools.HttpParserError, _Closed) as exc:
             self._drop(connection)
-            if reused and isinstance(exc, _STALE):
+            stale = isinstance(exc, ConnectionResetError | BrokenPipeError) or (
+                isinstance(exc, _Closed) and not exc.started
+            )
+            if reused and stale:
                 return None
             error = httpx.ReadTimeout if isinstance(exc, TimeoutError) else httpx.ReadError
             raise error(str(exc), request=self._request(spec, target)) from exc
-        if answer.will_close:
+        if not keep_alive:
             self._drop(connection)
-        response = httpx.Response(answer.status, headers=answer.getheaders(), content=body)
-        if not 200 <= answer.status < 300:
+        response = httpx.Response(status, headers=answer_headers, content=body)
+        if not 200 <= status < 300:
             # An error answer is turned into an exception that carries its request.
             response.request = self._request(spec, target)
         return response
@@ -115,27 +233,51 @@ class DirectLane:
         for connection in connections:
             connection.close()
 
+    def _head(self, spec: RequestSpec, target: str, headers: Mapping[str, str]) -> bytes | None:
+        """The request's head, or None when a header could not be sent as it is (httpx
+        refuses it with its own error)."""
+        lines = [f"{spec.method} {target} HTTP/1.1", f"Host: {self._host_header}"]
+        lines.append("Accept-Encoding: identity")
+        if spec.content is not None:
+            lines.append(f"Content-Length: {memoryview(spec.content).nbytes}")
+        elif spec.method in _METHODS_WITH_BODY:
+            lines.append("Content-Length: 0")
+        for name, value in headers.items():
+            if any(bad in name or bad in value for bad in _ILLEGAL_IN_HEADERS) or ":" in name:
+                return None
+            lines.append(f"{name}: {value}")
+        lines.append("\r\n")
+        try:
+            return "\r\n".join(lines).encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+
     def _request(self, spec: RequestSpec, target: str) -> httpx.Request:
         return httpx.Request(spec.method, f"{self._base_url}{target[len(self._prefix) :]}")
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection (a new one in a forked child), and whether it has
-        carried a request before."""
+    def _connection(self) -> _Connection:
+        """This thread's connection (a new one in a forked child)."""
         pid = os.getpid()
-        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        connection: _Connection | None = getattr(self._local, "connection", None)
         if connection is not None and self._local.pid == pid:
-            return connection, connection.sock is not None
-        connection = http.client.HTTPConnection(
-            self._host, self._port, timeout=self._connect_timeout
-        )
+            return connection
+        connection = _Connection(self._host, self._port, self._connect_timeout)
+        connection.sock.settimeout(self._read_timeout)
         self._local.connection, self._local.pid = connection, pid
         with self._lock:
             self._connections.append(connection)
-        return connection, False
+        return connection
 
-    def _drop(self, connection: http.client.HTTPConnection) -> None:
+    def _drop(self, connection: _Connection) -> None:
         connection.close()
         self._local.connection = None
         with self._lock:
             if connection in self._connections:
                 self._connections.remove(connection)
+
+
+def _is_chunked(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        name.lower() == b"transfer-encoding" and b"chunked" in value.lower()
+        for name, value in headers
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -150,3 +151,98 @@ def test_the_lane_is_off_where_httpx_must_send(monkeypatch: pytest.MonkeyPatch) 
     assert DirectLane.serving("http://adamhub.example", timeout, own_http=True) is None
     monkeypatch.setenv("NO_PROXY", "adamhub.example")
     assert DirectLane.serving("http://adamhub.example", timeout, own_http=True) is not None
+
+
+def test_a_large_step_goes_and_comes_back_whole(service_url: str, httpx_sends: list[str]) -> None:
+    size = 300_000  # 1.2 MB each way: sent beside the head, read past the read buffer
+    with (
+        adamhub.Client(service_url) as client,
+        adamhub.Client(service_url, http_client=httpx.Client()) as through_httpx,
+    ):
+        lane = client.create_session(size=size, optimizer={"lr": 0.01})
+        plain = through_httpx.create_session(size=size, optimizer={"lr": 0.01})
+        httpx_sends.clear()
+        for seed in range(3):
+            big = np.random.default_rng(seed).normal(size=size).astype(np.float32)
+            assert np.array_equal(lane.step(big), plain.step(big))
+        assert not [sent for sent in httpx_sends if lane.id in sent]
+
+
+class OneConnectionServer:
+    """A listener that answers each request on its first connection with the next of
+    ``answers``, each a list of pieces written with a pause between them."""
+
+    def __init__(self, answers: list[list[bytes]]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.requests: list[bytes] = []
+        self._answers = answers
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection:
+            for pieces in self._answers:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += connection.recv(65536)
+                self.requests.append(request)
+                for piece in pieces:
+                    connection.sendall(piece)
+                    time.sleep(0.05)
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self.listener.close()
+        self._thread.join(5)
+
+
+def lane_get(lane: DirectLane) -> httpx.Response | None:
+    return lane.send(RequestSpec("GET", "/v1/sessions/s/params", direct=True), {})
+
+
+def test_chunked_answers_and_heads_split_across_reads_are_read_whole() -> None:
+    chunked = [
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nadamhub-t: 7\r\n\r\n",
+        b"5\r\nhello\r\n",
+        b"6\r\n world\r\n0\r\n\r\n",
+    ]
+    split_head = [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r", b"\nabc", b"de"]
+    server = OneConnectionServer([chunked, split_head])
+    lane = DirectLane(server.base_url, 5.0)
+    try:
+        first = lane_get(lane)
+        assert first is not None
+        assert first.content == b"hello world" and first.headers["adamhub-t"] == "7"
+        second = lane_get(lane)  # on the same kept-alive connection
+        assert second is not None and second.content == b"abcde"
+        assert len(server.requests) == 2
+        assert server.requests[0].startswith(b"GET /v1/sessions/s/params HTTP/1.1\r\n")
+    finally:
+        lane.close()
+        server.close()
+
+
+def test_an_answer_cut_short_is_a_read_error() -> None:
+    server = OneConnectionServer([[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"]])
+    lane = DirectLane(server.base_url, 5.0)
+    try:
+        with pytest.raises(httpx.ReadError):
+            lane_get(lane)
+    finally:
+        lane.close()
+        server.close()
+
+
+def test_a_header_it_cannot_send_as_it_is_goes_through_httpx() -> None:
+    server = OneConnectionServer([])
+    lane = DirectLane(server.base_url, 5.0)
+    try:
+        spec = RequestSpec("GET", "/v1/sessions/s/params", direct=True)
+        assert lane.send(spec, {"Adamhub-Worker": "a\r\nInjected: 1"}) is None
+        assert lane.send(spec, {"Adamhub-Worker": "snow ☃"}) is None
+        assert server.requests == []
+    finally:
+        lane.close()
+        server.close()
