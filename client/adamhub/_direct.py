@@ -109,8 +109,9 @@ class _Connection:
             else:
                 self.sock.sendall(memoryview(body).cast("B")[sent - len(head) :])
 
-    def answer(self) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
-        """The next answer: status, headers, body, and whether the connection stays."""
+    def answer(self) -> tuple[int, list[tuple[bytes, bytes]], bytearray, bool]:
+        """The next answer: status, headers, body (writable: a vector's bytes are used
+        in place), and whether the connection stays."""
         answer = _Answer()
         parser = answer.parser
         started = False
@@ -123,20 +124,22 @@ class _Connection:
             end = buffered.find(b"\r\n\r\n")
             parser.feed_data(self.reader.read(end + 4 if end >= 0 else len(buffered)))
         length = answer.content_length()
-        if answer.complete:
-            body = b"".join(answer.pieces)
+        if answer.complete:  # no body, or all of it came with a head split across reads
+            body = bytearray().join(answer.pieces)
         elif length is not None:
-            got = sum(len(piece) for piece in answer.pieces)
-            rest = self.reader.read(length - got)
-            if len(rest) < length - got:
+            body = bytearray(length)
+            got = 0
+            for piece in answer.pieces:  # a head split across reads: the body's start
+                body[got : got + len(piece)] = piece
+                got += len(piece)
+            if self.reader.readinto(memoryview(body)[got:]) < length - got:
                 raise _Closed(True)
-            body = b"".join([*answer.pieces, rest]) if answer.pieces else rest
         else:  # chunked, or until the connection closes
             while not answer.complete and (data := self.reader.read1(_READ_BUFFER_BYTES)):
                 parser.feed_data(data)
             if not answer.complete and _is_chunked(answer.headers):
                 raise _Closed(True)
-            body = b"".join(answer.pieces)
+            body = bytearray().join(answer.pieces)
         return parser.get_status_code(), answer.headers, body, answer.keep_alive
 
     def close(self) -> None:
@@ -219,7 +222,11 @@ class DirectLane:
             raise error(str(exc), request=self._request(spec, target)) from exc
         if not keep_alive:
             self._drop(connection)
-        response = httpx.Response(status, headers=answer_headers, content=body)
+        response = httpx.Response(status, headers=answer_headers)
+        # The body as it was read, writable, so that a vector's bytes are used in place
+        # (``SessionBase._vector``) rather than copied out of an immutable ``bytes``:
+        # httpx keeps the body it has read in ``_content``.
+        response._content = body  # type: ignore[assignment]  # bytes-like is all it needs
         if not 200 <= status < 300:
             # An error answer is turned into an exception that carries its request.
             response.request = self._request(spec, target)

@@ -331,8 +331,9 @@ class SessionBase(Generic[C]):
             return widened
         vector: npt.NDArray[np.floating] = np.frombuffer(
             response.content, dtype=np.dtype(wire).newbyteorder("<")
-        ).astype(self.dtype)
-        return vector
+        )
+        # A body read into a writable buffer (the direct lane's) is the vector itself.
+        return vector.astype(self.dtype, copy=not vector.flags.writeable)
 
 
 class Session(SessionBase[Requester]):
