@@ -155,7 +155,7 @@ class DirectLane:
         self._base_url = base_url
         self._host = url.hostname or "localhost"
         self._port = url.port or 80
-        self._host_header = self._host if url.port is None else f"{self._host}:{url.port}"
+        self._host_header = url.netloc.rpartition("@")[2]  # [::1]:8000 for IPv6, as sent
         self._prefix = url.path.rstrip("/")
         limits = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self._connect_timeout = limits.connect

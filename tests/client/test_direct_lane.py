@@ -1,8 +1,9 @@
-"""The sync client's direct lane: steps and parameter reads over ``http.client``, with
+"""The sync client's direct lane: steps and parameter reads over a socket of its own, with
 the answers, errors, retries and exactly-once of the httpx path."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -198,8 +199,11 @@ class OneConnectionServer:
             time.sleep(0.2)
 
     def close(self) -> None:
-        self.listener.close()
+        # A connection of its own wakes an accept still waiting (closing does not).
+        with contextlib.suppress(OSError):
+            socket.create_connection(self.listener.getsockname(), timeout=1).close()
         self._thread.join(5)
+        self.listener.close()
 
 
 def lane_get(lane: DirectLane) -> httpx.Response | None:
@@ -250,3 +254,17 @@ def test_a_header_it_cannot_send_as_it_is_goes_through_httpx() -> None:
     finally:
         lane.close()
         server.close()
+
+
+def test_the_host_header_names_the_service_as_its_url_does() -> None:
+    server = OneConnectionServer([[b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]])
+    port = server.base_url.rsplit(":", 1)[1]
+    lane = DirectLane(server.base_url, 5.0)
+    try:
+        answer = lane_get(lane)
+        assert answer is not None and answer.status_code == 200 and answer.content == b""
+        assert f"\r\nHost: 127.0.0.1:{port}\r\n".encode() in server.requests[0]
+    finally:
+        lane.close()
+        server.close()
+    assert DirectLane("http://[::1]:8000/base", 5.0)._host_header == "[::1]:8000"
