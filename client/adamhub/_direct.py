@@ -51,10 +51,21 @@ class _Closed(Exception):
 class _Answer:
     """What the parser saw of one answer."""
 
-    __slots__ = ("complete", "head_done", "headers", "keep_alive", "parser", "pieces")
+    __slots__ = (
+        "complete",
+        "declared_length",
+        "head_done",
+        "headers",
+        "keep_alive",
+        "parser",
+        "pieces",
+        "transfer_encoding",
+    )
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
+        self.declared_length: int | None = None
+        self.transfer_encoding: bytes | None = None
         self.pieces: list[bytes] = []
         self.head_done = False
         self.keep_alive = False
@@ -63,6 +74,11 @@ class _Answer:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        lowered = name.lower()
+        if lowered == b"content-length":
+            self.declared_length = int(value)
+        elif lowered == b"transfer-encoding":
+            self.transfer_encoding = value.lower()
 
     def on_headers_complete(self) -> None:
         self.head_done = True
@@ -77,14 +93,11 @@ class _Answer:
 
     def content_length(self) -> int | None:
         """The body's declared length (None: chunked, or until the connection closes)."""
-        length = None
-        for name, value in self.headers:
-            lowered = name.lower()
-            if lowered == b"transfer-encoding":
-                return None
-            if lowered == b"content-length":
-                length = int(value)
-        return length
+        return None if self.transfer_encoding is not None else self.declared_length
+
+    def chunked(self) -> bool:
+        """Whether the body comes in chunks."""
+        return self.transfer_encoding is not None and b"chunked" in self.transfer_encoding
 
 
 class _Connection:
@@ -137,7 +150,7 @@ class _Connection:
         else:  # chunked, or until the connection closes
             while not answer.complete and (data := self.reader.read1(_READ_BUFFER_BYTES)):
                 parser.feed_data(data)
-            if not answer.complete and _is_chunked(answer.headers):
+            if not answer.complete and answer.chunked():
                 raise _Closed(True)
             body = bytearray().join(answer.pieces)
         return parser.get_status_code(), answer.headers, body, answer.keep_alive
@@ -281,10 +294,3 @@ class DirectLane:
         with self._lock:
             if connection in self._connections:
                 self._connections.remove(connection)
-
-
-def _is_chunked(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(
-        name.lower() == b"transfer-encoding" and b"chunked" in value.lower()
-        for name, value in headers
-    )

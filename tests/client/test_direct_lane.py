@@ -7,6 +7,7 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -38,15 +39,25 @@ def httpx_sends(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return sent
 
 
-def test_steps_and_reads_go_over_the_lane_with_the_same_bits(
-    service_url: str, httpx_sends: list[str]
-) -> None:
+@contextlib.contextmanager
+def lane_and_httpx(
+    service_url: str, size: int
+) -> Iterator[tuple[adamhub.Session, adamhub.Session]]:
+    """Two sessions alike: one stepped over the lane, one through an injected httpx."""
     with (
         adamhub.Client(service_url) as client,
         adamhub.Client(service_url, http_client=httpx.Client()) as through_httpx,
     ):
-        lane = client.create_session(size=SIZE, optimizer={"lr": 0.01})
-        plain = through_httpx.create_session(size=SIZE, optimizer={"lr": 0.01})
+        yield (
+            client.create_session(size=size, optimizer={"lr": 0.01}),
+            through_httpx.create_session(size=size, optimizer={"lr": 0.01}),
+        )
+
+
+def test_steps_and_reads_go_over_the_lane_with_the_same_bits(
+    service_url: str, httpx_sends: list[str]
+) -> None:
+    with lane_and_httpx(service_url, SIZE) as (lane, plain):
         httpx_sends.clear()
         for index in range(20):
             answered = lane.step(gradient(index))
@@ -156,12 +167,7 @@ def test_the_lane_is_off_where_httpx_must_send(monkeypatch: pytest.MonkeyPatch) 
 
 def test_a_large_step_goes_and_comes_back_whole(service_url: str, httpx_sends: list[str]) -> None:
     size = 300_000  # 1.2 MB each way: sent beside the head, read past the read buffer
-    with (
-        adamhub.Client(service_url) as client,
-        adamhub.Client(service_url, http_client=httpx.Client()) as through_httpx,
-    ):
-        lane = client.create_session(size=size, optimizer={"lr": 0.01})
-        plain = through_httpx.create_session(size=size, optimizer={"lr": 0.01})
+    with lane_and_httpx(service_url, size) as (lane, plain):
         httpx_sends.clear()
         for seed in range(3):
             big = np.random.default_rng(seed).normal(size=size).astype(np.float32)
